@@ -1,0 +1,37 @@
+//! Domain events: what the sources (probe, inotify walker, pod-logs dir) tell the
+//! state owner. Raw kernel records never leave their source module.
+
+use std::path::PathBuf;
+
+use crate::{
+    updates::{Detection, PodName},
+    volumes::VolumeKey,
+};
+
+#[derive(Debug)]
+pub enum Event {
+    /// A source saw a volume's `..data` swapped.
+    Detected(Detection),
+    /// The walk found a volume (again, after a rescan); `current` is its `..data` target.
+    VolumeFound { key: VolumeKey, dir: PathBuf, current: Option<String> },
+    VolumeGone(VolumeKey),
+    PodGone { uid: String },
+    PodNamed { uid: String, name: PodName },
+    /// The inotify queue overflowed: a rescan follows.
+    InotifyOverflow,
+    /// A rescan saw these pods' volumes and no others (removes what it did not find).
+    RescanDone { pods: Vec<String> },
+    /// The first full walk of every root is done: the agent is ready.
+    ScanDone,
+}
+
+pub type Sender = tokio::sync::mpsc::Sender<Event>;
+pub type Receiver = tokio::sync::mpsc::Receiver<Event>;
+
+/// Events queued between the sources and the state owner. Beyond it the sources wait;
+/// the probe's kernel ring buffer then fills and counts its losses.
+pub const QUEUE: usize = 65_536;
+
+pub fn channel() -> (Sender, Receiver) {
+    tokio::sync::mpsc::channel(QUEUE)
+}

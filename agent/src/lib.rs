@@ -1,0 +1,8 @@
+//! reloadscope: sees every kubelet atomic volume update on a node, from an eBPF probe
+//! on the swap syscalls and from inotify, and exports them as Prometheus metrics.
+
+pub mod clock;
+pub mod events;
+pub mod probe;
+pub mod updates;
+pub mod volumes;

@@ -1,0 +1,393 @@
+//! Volume updates: pairs what the two sources report into one update record per
+//! (volume, new timestamped dir), and keeps each volume's count and last swap time.
+//!
+//! Pure state: time comes in as arguments, so every transition is unit-tested.
+//!
+//! Rules:
+//! - A volume's first `..data` (no previous one known) is its initial population, not an update.
+//! - A report naming the volume's current dir is a second sighting of a known update, or of
+//!   the baseline taken when the volume was found; never a new update.
+//! - A report for a volume not known yet (the probe is usually faster than the directory
+//!   walk that discovers a new pod) waits up to `window` for the volume to be found.
+//! - An update seen by one source only for `window` is a detection gap of the other.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::volumes::{VolumeKey, VolumeType};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Ebpf,
+    Inotify,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Ebpf, Source::Inotify];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Ebpf => "ebpf",
+            Source::Inotify => "inotify",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One source saw `..data` of `key` point to `ts_dir`, at `at` (the swap itself for eBPF,
+/// the moment the event was read for inotify).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detection {
+    pub source: Source,
+    pub key: VolumeKey,
+    pub ts_dir: String,
+    pub at: SystemTime,
+}
+
+/// An update seen by one source, waiting for the other.
+#[derive(Clone, Debug)]
+struct Open {
+    ts_dir: String,
+    seen: [bool; 2],
+    since: Instant,
+}
+
+#[derive(Clone, Debug)]
+pub struct VolumeState {
+    pub dir: PathBuf,
+    /// The `..data` target as last known.
+    pub current: Option<String>,
+    pub updates: u64,
+    pub last_update: Option<SystemTime>,
+    open: Vec<Open>,
+    /// Recently closed updates, so late sightings are not taken for new ones.
+    closed: VecDeque<String>,
+}
+
+const CLOSED_KEPT: usize = 8;
+const PENDING_MAX: usize = 4096;
+
+/// Pod names, from the pod-logs dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    volumes: HashMap<VolumeKey, VolumeState>,
+    pods: HashMap<String, PodName>,
+    pending: VecDeque<(Detection, Instant)>,
+    window: Duration,
+    ebpf: bool,
+    pub detections: [u64; 2],
+    /// Indexed by the source that missed the update.
+    pub gaps: [u64; 2],
+    /// Reports dropped because their volume was never found.
+    pub unmatched: u64,
+}
+
+impl Tracker {
+    /// `ebpf`: whether the probe runs, i.e. whether its silence is a gap.
+    pub fn new(window: Duration, ebpf: bool) -> Self {
+        Tracker {
+            volumes: HashMap::new(),
+            pods: HashMap::new(),
+            pending: VecDeque::new(),
+            window,
+            ebpf,
+            detections: [0; 2],
+            gaps: [0; 2],
+            unmatched: 0,
+        }
+    }
+
+    pub fn set_ebpf(&mut self, on: bool) {
+        self.ebpf = on;
+    }
+
+    pub fn volumes(&self) -> impl Iterator<Item = (&VolumeKey, &VolumeState)> {
+        self.volumes.iter()
+    }
+
+    pub fn volume(&self, key: &VolumeKey) -> Option<&VolumeState> {
+        self.volumes.get(key)
+    }
+
+    pub fn pod_name(&self, uid: &str) -> Option<&PodName> {
+        self.pods.get(uid)
+    }
+
+    pub fn watched(&self, t: VolumeType) -> usize {
+        self.volumes.keys().filter(|k| k.volume_type == t).count()
+    }
+
+    /// The directory walk found a volume; `current` is its `..data` target at that time.
+    /// Found again (a rescan) with another target: inotify missed the swap, record it now.
+    pub fn volume_found(
+        &mut self,
+        key: VolumeKey,
+        dir: PathBuf,
+        current: Option<String>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        match self.volumes.get(&key) {
+            Some(v) if v.current == current || current.is_none() => {}
+            Some(_) => {
+                let ts_dir = current.expect("checked above");
+                let det = Detection { source: Source::Inotify, key: key.clone(), ts_dir, at: wall };
+                self.detect(det, now);
+            }
+            None => {
+                let v = VolumeState {
+                    dir,
+                    current,
+                    updates: 0,
+                    last_update: None,
+                    open: Vec::new(),
+                    closed: VecDeque::new(),
+                };
+                self.volumes.insert(key.clone(), v);
+                let (ready, rest): (Vec<_>, Vec<_>) =
+                    self.pending.drain(..).partition(|(d, _)| d.key == key);
+                self.pending = rest.into();
+                for (det, _) in ready {
+                    self.detect(det, now);
+                }
+            }
+        }
+    }
+
+    pub fn volume_gone(&mut self, key: &VolumeKey) {
+        self.volumes.remove(key);
+    }
+
+    pub fn pod_gone(&mut self, uid: &str) {
+        self.volumes.retain(|k, _| k.pod_uid != uid);
+        self.pending.retain(|(d, _)| d.key.pod_uid != uid);
+        self.pods.remove(uid);
+    }
+
+    pub fn pod_named(&mut self, uid: String, name: PodName) {
+        self.pods.insert(uid, name);
+    }
+
+    /// Volume keys of a pod (for a rescan that no longer finds them).
+    pub fn keys_of_pod(&self, uid: &str) -> Vec<VolumeKey> {
+        self.volumes.keys().filter(|k| k.pod_uid == uid).cloned().collect()
+    }
+
+    pub fn keys(&self) -> Vec<VolumeKey> {
+        self.volumes.keys().cloned().collect()
+    }
+
+    pub fn detect(&mut self, det: Detection, now: Instant) {
+        let Some(v) = self.volumes.get_mut(&det.key) else {
+            if det.source == Source::Ebpf {
+                if self.pending.len() == PENDING_MAX {
+                    self.pending.pop_front();
+                    self.unmatched += 1;
+                }
+                self.pending.push_back((det, now));
+            }
+            return;
+        };
+        let s = det.source.index();
+        if let Some(open) = v.open.iter_mut().find(|o| o.ts_dir == det.ts_dir) {
+            if !open.seen[s] {
+                open.seen[s] = true;
+                self.detections[s] += 1;
+                // The probe's clock is the swap itself: prefer it for the newest update.
+                if det.source == Source::Ebpf && v.current.as_deref() == Some(&det.ts_dir) {
+                    v.last_update = Some(det.at);
+                }
+            }
+            if open.seen.iter().all(|&b| b) {
+                v.open.retain(|o| o.ts_dir != det.ts_dir);
+                remember(&mut v.closed, det.ts_dir);
+            }
+            return;
+        }
+        if v.closed.contains(&det.ts_dir) || v.current.as_deref() == Some(&det.ts_dir) {
+            return;
+        }
+        if v.current.is_none() {
+            v.current = Some(det.ts_dir);
+            return;
+        }
+        self.detections[s] += 1;
+        v.updates += 1;
+        v.last_update = Some(det.at);
+        v.current = Some(det.ts_dir.clone());
+        let mut seen = [false; 2];
+        seen[s] = true;
+        if !self.ebpf {
+            seen[Source::Ebpf.index()] = true;
+        }
+        if seen.iter().all(|&b| b) {
+            remember(&mut v.closed, det.ts_dir);
+        } else {
+            v.open.push(Open { ts_dir: det.ts_dir, seen, since: now });
+        }
+    }
+
+    /// Closes what waited longer than the window: open updates become gaps, reports for
+    /// volumes never found are dropped.
+    pub fn tick(&mut self, now: Instant) {
+        let window = self.window;
+        for v in self.volumes.values_mut() {
+            let (expired, open): (Vec<_>, Vec<_>) =
+                v.open.drain(..).partition(|o| now.duration_since(o.since) >= window);
+            v.open = open;
+            for o in expired {
+                for src in Source::ALL {
+                    if !o.seen[src.index()] {
+                        self.gaps[src.index()] += 1;
+                    }
+                }
+                remember(&mut v.closed, o.ts_dir);
+            }
+        }
+        while let Some((_, since)) = self.pending.front() {
+            if now.duration_since(*since) < window {
+                break;
+            }
+            self.pending.pop_front();
+            self.unmatched += 1;
+        }
+    }
+}
+
+fn remember(closed: &mut VecDeque<String>, ts: String) {
+    if closed.len() == CLOSED_KEPT {
+        closed.pop_front();
+    }
+    closed.push_back(ts);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Duration = Duration::from_secs(2);
+
+    fn key(v: &str) -> VolumeKey {
+        VolumeKey { pod_uid: "uid-1".into(), volume_type: VolumeType::Secret, name: v.into() }
+    }
+
+    fn det(source: Source, v: &str, ts: &str, secs: u64) -> Detection {
+        Detection { source, key: key(v), ts_dir: ts.into(), at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs) }
+    }
+
+    fn tracker_with(v: &str, current: Option<&str>, t0: Instant) -> Tracker {
+        let mut t = Tracker::new(W, true);
+        t.volume_found(key(v), "/x".into(), current.map(Into::into), t0, SystemTime::UNIX_EPOCH);
+        t
+    }
+
+    #[test]
+    fn both_sources_make_one_update_with_the_probe_time() {
+        let t0 = Instant::now();
+        let mut t = tracker_with("a", Some("..1"), t0);
+        t.detect(det(Source::Inotify, "a", "..2", 20), t0);
+        t.detect(det(Source::Ebpf, "a", "..2", 10), t0);
+        let v = t.volume(&key("a")).unwrap();
+        assert_eq!(v.updates, 1);
+        assert_eq!(v.current.as_deref(), Some("..2"));
+        assert_eq!(v.last_update, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10)));
+        assert_eq!(t.detections, [1, 1]);
+        t.tick(t0 + W * 2);
+        assert_eq!(t.gaps, [0, 0]);
+        // A late duplicate changes nothing.
+        t.detect(det(Source::Inotify, "a", "..2", 30), t0 + W * 3);
+        assert_eq!((t.volume(&key("a")).unwrap().updates, t.detections), (1, [1, 1]));
+    }
+
+    #[test]
+    fn initial_population_and_baseline_are_not_updates() {
+        let t0 = Instant::now();
+        let mut t = tracker_with("a", None, t0);
+        t.detect(det(Source::Ebpf, "a", "..1", 1), t0);
+        t.detect(det(Source::Inotify, "a", "..1", 1), t0);
+        let mut u = tracker_with("b", Some("..1"), t0);
+        u.detect(det(Source::Ebpf, "b", "..1", 1), t0);
+        for (tr, k) in [(&t, "a"), (&u, "b")] {
+            assert_eq!(tr.volume(&key(k)).unwrap().updates, 0);
+            assert_eq!(tr.detections, [0, 0]);
+        }
+    }
+
+    #[test]
+    fn early_probe_report_waits_for_the_volume() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(W, true);
+        // The swap of a new pod's volume: the probe reports it before the walk finds it.
+        t.detect(det(Source::Ebpf, "a", "..1", 1), t0);
+        t.volume_found(key("a"), "/x".into(), Some("..1".into()), t0, SystemTime::UNIX_EPOCH);
+        assert_eq!(t.volume(&key("a")).unwrap().updates, 0);
+        // A real update reported early, volume found with the old target: it counts.
+        let mut u = Tracker::new(W, true);
+        u.detect(det(Source::Ebpf, "a", "..2", 1), t0);
+        u.volume_found(key("a"), "/x".into(), Some("..1".into()), t0, SystemTime::UNIX_EPOCH);
+        assert_eq!(u.volume(&key("a")).unwrap().updates, 1);
+        // Never found: dropped after the window.
+        let mut w = Tracker::new(W, true);
+        w.detect(det(Source::Ebpf, "zz", "..2", 1), t0);
+        w.tick(t0 + W);
+        assert_eq!(w.unmatched, 1);
+    }
+
+    #[test]
+    fn one_sided_updates_become_gaps_of_the_other() {
+        let t0 = Instant::now();
+        let mut t = tracker_with("a", Some("..1"), t0);
+        t.detect(det(Source::Inotify, "a", "..2", 1), t0);
+        t.detect(det(Source::Ebpf, "a", "..3", 2), t0);
+        t.tick(t0 + W - Duration::from_millis(1));
+        assert_eq!(t.gaps, [0, 0]);
+        t.tick(t0 + W);
+        assert_eq!(t.gaps, [1, 1]);
+        assert_eq!(t.volume(&key("a")).unwrap().updates, 2);
+    }
+
+    #[test]
+    fn without_the_probe_inotify_alone_is_complete() {
+        let t0 = Instant::now();
+        let mut t = tracker_with("a", Some("..1"), t0);
+        t.set_ebpf(false);
+        t.detect(det(Source::Inotify, "a", "..2", 1), t0);
+        t.tick(t0 + W * 2);
+        assert_eq!((t.gaps, t.detections), ([0, 0], [0, 1]));
+        assert_eq!(t.volume(&key("a")).unwrap().updates, 1);
+    }
+
+    #[test]
+    fn rescan_with_a_new_target_records_the_missed_swap() {
+        let t0 = Instant::now();
+        let mut t = tracker_with("a", Some("..1"), t0);
+        t.volume_found(key("a"), "/x".into(), Some("..1".into()), t0, SystemTime::UNIX_EPOCH);
+        assert_eq!(t.volume(&key("a")).unwrap().updates, 0);
+        t.volume_found(key("a"), "/x".into(), Some("..2".into()), t0, SystemTime::UNIX_EPOCH);
+        assert_eq!(t.volume(&key("a")).unwrap().updates, 1);
+    }
+
+    #[test]
+    fn pod_gone_forgets_volumes_pending_and_name() {
+        let t0 = Instant::now();
+        let mut t = tracker_with("a", Some("..1"), t0);
+        t.pod_named("uid-1".into(), PodName { namespace: "ns".into(), name: "p".into() });
+        t.detect(det(Source::Ebpf, "b", "..1", 1), t0);
+        t.pod_gone("uid-1");
+        assert!(t.volume(&key("a")).is_none() && t.pod_name("uid-1").is_none());
+        t.tick(t0 + W);
+        assert_eq!(t.unmatched, 0);
+    }
+}
