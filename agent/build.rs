@@ -6,5 +6,8 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-ebpf"),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], aya_build::Toolchain::Custom("nightly-2026-07-01"))
+    aya_build::build_ebpf(
+        [package],
+        aya_build::Toolchain::Custom("nightly-2026-07-01"),
+    )
 }

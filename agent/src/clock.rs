@@ -3,7 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 fn now_ns(clock: libc::clockid_t) -> u128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
@@ -21,7 +24,8 @@ pub fn boot_to_wall(boot_ns: u64) -> SystemTime {
 
 /// Seconds since the epoch, as Prometheus timestamps are given.
 pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -42,6 +46,9 @@ mod tests {
         let a = boot_to_wall(now - 5_000_000_000);
         let b = boot_to_wall(now);
         let d = b.duration_since(a).unwrap();
-        assert!(d >= Duration::from_millis(4_990) && d <= Duration::from_millis(5_010), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(4_990) && d <= Duration::from_millis(5_010),
+            "{d:?}"
+        );
     }
 }

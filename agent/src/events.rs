@@ -13,14 +13,26 @@ pub enum Event {
     /// A source saw a volume's `..data` swapped.
     Detected(Detection),
     /// The walk found a volume (again, after a rescan); `current` is its `..data` target.
-    VolumeFound { key: VolumeKey, dir: PathBuf, current: Option<String> },
+    VolumeFound {
+        key: VolumeKey,
+        dir: PathBuf,
+        current: Option<String>,
+    },
     VolumeGone(VolumeKey),
-    PodGone { uid: String },
-    PodNamed { uid: String, name: PodName },
+    PodGone {
+        uid: String,
+    },
+    PodNamed {
+        uid: String,
+        name: PodName,
+    },
     /// The inotify queue overflowed: a rescan follows.
     InotifyOverflow,
-    /// A rescan saw these pods' volumes and no others (removes what it did not find).
-    RescanDone { pods: Vec<String> },
+    /// A walk of `pods_dir` found these volumes and no others below it.
+    RescanDone {
+        pods_dir: PathBuf,
+        volumes: Vec<VolumeKey>,
+    },
     /// The first full walk of every root is done: the agent is ready.
     ScanDone,
 }

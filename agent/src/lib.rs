@@ -1,8 +1,12 @@
 //! reloadscope: sees every kubelet atomic volume update on a node, from an eBPF probe
 //! on the swap syscalls and from inotify, and exports them as Prometheus metrics.
 
+pub mod agent;
 pub mod clock;
 pub mod events;
+pub mod metrics;
 pub mod probe;
+pub mod server;
 pub mod updates;
 pub mod volumes;
+pub mod watch;

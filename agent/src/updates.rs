@@ -143,7 +143,12 @@ impl Tracker {
             Some(v) if v.current == current || current.is_none() => {}
             Some(_) => {
                 let ts_dir = current.expect("checked above");
-                let det = Detection { source: Source::Inotify, key: key.clone(), ts_dir, at: wall };
+                let det = Detection {
+                    source: Source::Inotify,
+                    key: key.clone(),
+                    ts_dir,
+                    at: wall,
+                };
                 self.detect(det, now);
             }
             None => {
@@ -180,13 +185,15 @@ impl Tracker {
         self.pods.insert(uid, name);
     }
 
-    /// Volume keys of a pod (for a rescan that no longer finds them).
-    pub fn keys_of_pod(&self, uid: &str) -> Vec<VolumeKey> {
-        self.volumes.keys().filter(|k| k.pod_uid == uid).cloned().collect()
-    }
-
-    pub fn keys(&self) -> Vec<VolumeKey> {
-        self.volumes.keys().cloned().collect()
+    /// After a walk of `pods_dir`: forgets the volumes below it that the walk did not
+    /// find (removed while the inotify queue overflowed).
+    pub fn retain_found_under(
+        &mut self,
+        pods_dir: &std::path::Path,
+        found: &std::collections::HashSet<VolumeKey>,
+    ) {
+        self.volumes
+            .retain(|k, v| !v.dir.starts_with(pods_dir) || found.contains(k));
     }
 
     pub fn detect(&mut self, det: Detection, now: Instant) {
@@ -235,7 +242,11 @@ impl Tracker {
         if seen.iter().all(|&b| b) {
             remember(&mut v.closed, det.ts_dir);
         } else {
-            v.open.push(Open { ts_dir: det.ts_dir, seen, since: now });
+            v.open.push(Open {
+                ts_dir: det.ts_dir,
+                seen,
+                since: now,
+            });
         }
     }
 
@@ -244,8 +255,10 @@ impl Tracker {
     pub fn tick(&mut self, now: Instant) {
         let window = self.window;
         for v in self.volumes.values_mut() {
-            let (expired, open): (Vec<_>, Vec<_>) =
-                v.open.drain(..).partition(|o| now.duration_since(o.since) >= window);
+            let (expired, open): (Vec<_>, Vec<_>) = v
+                .open
+                .drain(..)
+                .partition(|o| now.duration_since(o.since) >= window);
             v.open = open;
             for o in expired {
                 for src in Source::ALL {
@@ -280,16 +293,31 @@ mod tests {
     const W: Duration = Duration::from_secs(2);
 
     fn key(v: &str) -> VolumeKey {
-        VolumeKey { pod_uid: "uid-1".into(), volume_type: VolumeType::Secret, name: v.into() }
+        VolumeKey {
+            pod_uid: "uid-1".into(),
+            volume_type: VolumeType::Secret,
+            name: v.into(),
+        }
     }
 
     fn det(source: Source, v: &str, ts: &str, secs: u64) -> Detection {
-        Detection { source, key: key(v), ts_dir: ts.into(), at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs) }
+        Detection {
+            source,
+            key: key(v),
+            ts_dir: ts.into(),
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        }
     }
 
     fn tracker_with(v: &str, current: Option<&str>, t0: Instant) -> Tracker {
         let mut t = Tracker::new(W, true);
-        t.volume_found(key(v), "/x".into(), current.map(Into::into), t0, SystemTime::UNIX_EPOCH);
+        t.volume_found(
+            key(v),
+            "/x".into(),
+            current.map(Into::into),
+            t0,
+            SystemTime::UNIX_EPOCH,
+        );
         t
     }
 
@@ -302,13 +330,19 @@ mod tests {
         let v = t.volume(&key("a")).unwrap();
         assert_eq!(v.updates, 1);
         assert_eq!(v.current.as_deref(), Some("..2"));
-        assert_eq!(v.last_update, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10)));
+        assert_eq!(
+            v.last_update,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10))
+        );
         assert_eq!(t.detections, [1, 1]);
         t.tick(t0 + W * 2);
         assert_eq!(t.gaps, [0, 0]);
         // A late duplicate changes nothing.
         t.detect(det(Source::Inotify, "a", "..2", 30), t0 + W * 3);
-        assert_eq!((t.volume(&key("a")).unwrap().updates, t.detections), (1, [1, 1]));
+        assert_eq!(
+            (t.volume(&key("a")).unwrap().updates, t.detections),
+            (1, [1, 1])
+        );
     }
 
     #[test]
@@ -331,12 +365,24 @@ mod tests {
         let mut t = Tracker::new(W, true);
         // The swap of a new pod's volume: the probe reports it before the walk finds it.
         t.detect(det(Source::Ebpf, "a", "..1", 1), t0);
-        t.volume_found(key("a"), "/x".into(), Some("..1".into()), t0, SystemTime::UNIX_EPOCH);
+        t.volume_found(
+            key("a"),
+            "/x".into(),
+            Some("..1".into()),
+            t0,
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(t.volume(&key("a")).unwrap().updates, 0);
         // A real update reported early, volume found with the old target: it counts.
         let mut u = Tracker::new(W, true);
         u.detect(det(Source::Ebpf, "a", "..2", 1), t0);
-        u.volume_found(key("a"), "/x".into(), Some("..1".into()), t0, SystemTime::UNIX_EPOCH);
+        u.volume_found(
+            key("a"),
+            "/x".into(),
+            Some("..1".into()),
+            t0,
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(u.volume(&key("a")).unwrap().updates, 1);
         // Never found: dropped after the window.
         let mut w = Tracker::new(W, true);
@@ -373,17 +419,53 @@ mod tests {
     fn rescan_with_a_new_target_records_the_missed_swap() {
         let t0 = Instant::now();
         let mut t = tracker_with("a", Some("..1"), t0);
-        t.volume_found(key("a"), "/x".into(), Some("..1".into()), t0, SystemTime::UNIX_EPOCH);
+        t.volume_found(
+            key("a"),
+            "/x".into(),
+            Some("..1".into()),
+            t0,
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(t.volume(&key("a")).unwrap().updates, 0);
-        t.volume_found(key("a"), "/x".into(), Some("..2".into()), t0, SystemTime::UNIX_EPOCH);
+        t.volume_found(
+            key("a"),
+            "/x".into(),
+            Some("..2".into()),
+            t0,
+            SystemTime::UNIX_EPOCH,
+        );
         assert_eq!(t.volume(&key("a")).unwrap().updates, 1);
+    }
+
+    #[test]
+    fn a_walk_forgets_what_it_no_longer_finds_under_its_root_only() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(W, true);
+        for (v, dir) in [
+            ("a", "/r1/pods/x"),
+            ("b", "/r1/pods/y"),
+            ("c", "/r2/pods/z"),
+        ] {
+            t.volume_found(key(v), dir.into(), None, t0, SystemTime::UNIX_EPOCH);
+        }
+        let found = [key("a")].into_iter().collect();
+        t.retain_found_under(std::path::Path::new("/r1/pods"), &found);
+        let mut left: Vec<_> = t.volumes().map(|(k, _)| k.name.clone()).collect();
+        left.sort();
+        assert_eq!(left, ["a", "c"]);
     }
 
     #[test]
     fn pod_gone_forgets_volumes_pending_and_name() {
         let t0 = Instant::now();
         let mut t = tracker_with("a", Some("..1"), t0);
-        t.pod_named("uid-1".into(), PodName { namespace: "ns".into(), name: "p".into() });
+        t.pod_named(
+            "uid-1".into(),
+            PodName {
+                namespace: "ns".into(),
+                name: "p".into(),
+            },
+        );
         t.detect(det(Source::Ebpf, "b", "..1", 1), t0);
         t.pod_gone("uid-1");
         assert!(t.volume(&key("a")).is_none() && t.pod_name("uid-1").is_none());

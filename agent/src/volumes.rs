@@ -35,7 +35,9 @@ impl VolumeType {
     }
 
     pub fn from_plugin_dir(name: &OsStr) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| OsStr::new(t.plugin_dir()) == name)
+        Self::ALL
+            .into_iter()
+            .find(|t| OsStr::new(t.plugin_dir()) == name)
     }
 
     /// The `volume_type` label value.
@@ -64,7 +66,13 @@ pub struct VolumeKey {
 
 impl fmt::Display for VolumeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.pod_uid, self.volume_type.label(), self.name)
+        write!(
+            f,
+            "{}/{}/{}",
+            self.pod_uid,
+            self.volume_type.label(),
+            self.name
+        )
     }
 }
 
@@ -114,9 +122,15 @@ pub enum Place<'a> {
     /// `<root>/pods/<uid>/volumes`
     VolumesDir { uid: &'a str },
     /// `<root>/pods/<uid>/volumes/kubernetes.io~<plugin>`
-    PluginDir { uid: &'a str, volume_type: VolumeType },
+    PluginDir {
+        uid: &'a str,
+        volume_type: VolumeType,
+    },
     /// `<root>/pods/<uid>/volumes/kubernetes.io~<plugin>/<volume>[/<rest>]`
-    Volume { key: VolumeKey, rest: Option<&'a OsStr> },
+    Volume {
+        key: VolumeKey,
+        rest: Option<&'a OsStr>,
+    },
     /// Under a root but nothing the agent follows (other plugins, `containers/`, ...).
     Other,
 }
@@ -129,7 +143,9 @@ pub struct Roots {
 
 impl Roots {
     pub fn new(roots: impl IntoIterator<Item = PathBuf>) -> Self {
-        Roots { roots: roots.into_iter().map(|r| normalize(&r)).collect() }
+        Roots {
+            roots: roots.into_iter().map(|r| normalize(&r)).collect(),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Path> {
@@ -158,7 +174,8 @@ impl Roots {
 }
 
 fn utf8<'a>(c: &'a OsStr, whole: &Path) -> Result<&'a str, PathError> {
-    c.to_str().ok_or_else(|| PathError::NotUtf8(whole.to_owned()))
+    c.to_str()
+        .ok_or_else(|| PathError::NotUtf8(whole.to_owned()))
 }
 
 fn classify_rel<'a>(rel: &'a Path, whole: &Path) -> Result<Place<'a>, PathError> {
@@ -188,7 +205,11 @@ fn classify_rel<'a>(rel: &'a Path, whole: &Path) -> Result<Place<'a>, PathError>
     let Some(name) = parts.next().transpose()? else {
         return Ok(Place::PluginDir { uid, volume_type });
     };
-    let key = VolumeKey { pod_uid: uid.to_owned(), volume_type, name: utf8(name, whole)?.to_owned() };
+    let key = VolumeKey {
+        pod_uid: uid.to_owned(),
+        volume_type,
+        name: utf8(name, whole)?.to_owned(),
+    };
     let rest = parts.next().transpose()?;
     if parts.next().is_some() {
         // Deeper than the volume's own entries: a file inside a timestamped dir.
@@ -206,7 +227,10 @@ mod tests {
     const UID: &str = "0b5c7f2e-1a2b-4c3d-8e9f-001122334455";
 
     fn roots() -> Roots {
-        Roots::new([PathBuf::from("/var/lib/kubelet"), PathBuf::from("/var/lib/k0s/kubelet")])
+        Roots::new([
+            PathBuf::from("/var/lib/kubelet"),
+            PathBuf::from("/var/lib/k0s/kubelet"),
+        ])
     }
 
     fn place(p: &str) -> Option<Place<'static>> {
@@ -219,31 +243,65 @@ mod tests {
         let base = format!("/var/lib/kubelet/pods/{UID}");
         assert_eq!(place("/var/lib/kubelet/pods"), Some(Place::PodsDir));
         assert_eq!(place(&base), Some(Place::Pod { uid: UID }));
-        assert_eq!(place(&format!("{base}/volumes")), Some(Place::VolumesDir { uid: UID }));
+        assert_eq!(
+            place(&format!("{base}/volumes")),
+            Some(Place::VolumesDir { uid: UID })
+        );
         assert_eq!(
             place(&format!("{base}/volumes/kubernetes.io~secret")),
-            Some(Place::PluginDir { uid: UID, volume_type: VolumeType::Secret })
+            Some(Place::PluginDir {
+                uid: UID,
+                volume_type: VolumeType::Secret
+            })
         );
-        let key = VolumeKey { pod_uid: UID.into(), volume_type: VolumeType::DownwardApi, name: "podinfo".into() };
+        let key = VolumeKey {
+            pod_uid: UID.into(),
+            volume_type: VolumeType::DownwardApi,
+            name: "podinfo".into(),
+        };
         assert_eq!(
-            place(&format!("{base}/volumes/kubernetes.io~downward-api/podinfo")),
-            Some(Place::Volume { key: key.clone(), rest: None })
+            place(&format!(
+                "{base}/volumes/kubernetes.io~downward-api/podinfo"
+            )),
+            Some(Place::Volume {
+                key: key.clone(),
+                rest: None
+            })
         );
         assert_eq!(
-            place(&format!("{base}/volumes/kubernetes.io~downward-api/podinfo/..data")),
-            Some(Place::Volume { key, rest: Some(OsStr::new("..data")) })
+            place(&format!(
+                "{base}/volumes/kubernetes.io~downward-api/podinfo/..data"
+            )),
+            Some(Place::Volume {
+                key,
+                rest: Some(OsStr::new("..data"))
+            })
         );
     }
 
     #[test]
     fn second_root_and_unrelated_paths() {
-        let p = format!("/var/lib/k0s/kubelet/pods/{UID}/volumes/kubernetes.io~configmap/cfg/..data_tmp");
-        assert!(matches!(place(&p), Some(Place::Volume { rest: Some(r), .. }) if r == "..data_tmp"));
+        let p = format!(
+            "/var/lib/k0s/kubelet/pods/{UID}/volumes/kubernetes.io~configmap/cfg/..data_tmp"
+        );
+        assert!(
+            matches!(place(&p), Some(Place::Volume { rest: Some(r), .. }) if r == "..data_tmp")
+        );
         assert_eq!(place("/etc/passwd"), None);
         assert_eq!(place("/var/lib/kubelet/plugins/x"), Some(Place::Other));
-        assert_eq!(place(&format!("/var/lib/kubelet/pods/{UID}/containers/app")), Some(Place::Other));
-        assert_eq!(place(&format!("/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~csi/v")), Some(Place::Other));
-        let deep = format!("/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~secret/s/..2026_01_01_00_00_00.1/tls.crt");
+        assert_eq!(
+            place(&format!("/var/lib/kubelet/pods/{UID}/containers/app")),
+            Some(Place::Other)
+        );
+        assert_eq!(
+            place(&format!(
+                "/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~csi/v"
+            )),
+            Some(Place::Other)
+        );
+        let deep = format!(
+            "/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~secret/s/..2026_01_01_00_00_00.1/tls.crt"
+        );
         assert_eq!(place(&deep), Some(Place::Other));
     }
 
@@ -252,20 +310,38 @@ mod tests {
         let mut raw = b"/var/lib/kubelet/pods/".to_vec();
         raw.extend_from_slice(b"\xff\xfe/volumes");
         let path = PathBuf::from(OsString::from_vec(raw));
-        assert!(matches!(roots().classify(&path), Some(Err(PathError::NotUtf8(_)))));
+        assert!(matches!(
+            roots().classify(&path),
+            Some(Err(PathError::NotUtf8(_)))
+        ));
         let climbed = normalize(Path::new("/var/lib/kubelet/pods/../../etc"));
         assert_eq!(climbed, PathBuf::from("/var/lib/etc"));
         assert!(roots().classify(&climbed).is_none());
-        assert_eq!(normalize(Path::new("/a//b/./c/../d")), PathBuf::from("/a/b/d"));
+        assert_eq!(
+            normalize(Path::new("/a//b/./c/../d")),
+            PathBuf::from("/a/b/d")
+        );
         assert_eq!(normalize(Path::new("/../..")), PathBuf::from("/"));
     }
 
     #[test]
     fn timestamped_dir_names() {
-        for yes in ["..2026_11_25_14_10_06.2914482033", "..2022_09_22_15_29_04.1", "..9"] {
+        for yes in [
+            "..2026_11_25_14_10_06.2914482033",
+            "..2022_09_22_15_29_04.1",
+            "..9",
+        ] {
             assert!(is_timestamped_dir(OsStr::new(yes)), "{yes}");
         }
-        for no in ["..data", "..data_tmp", "..", ".", "2026_11_25", "..x2026", "tls.crt"] {
+        for no in [
+            "..data",
+            "..data_tmp",
+            "..",
+            ".",
+            "2026_11_25",
+            "..x2026",
+            "tls.crt",
+        ] {
             assert!(!is_timestamped_dir(OsStr::new(no)), "{no}");
         }
     }
@@ -273,7 +349,10 @@ mod tests {
     #[test]
     fn volume_type_round_trips() {
         for t in VolumeType::ALL {
-            assert_eq!(VolumeType::from_plugin_dir(OsStr::new(t.plugin_dir())), Some(t));
+            assert_eq!(
+                VolumeType::from_plugin_dir(OsStr::new(t.plugin_dir())),
+                Some(t)
+            );
         }
         assert_eq!(VolumeType::DownwardApi.label(), "downward_api");
         assert!(VolumeType::Secret.is_tmpfs() && !VolumeType::ConfigMap.is_tmpfs());

@@ -17,7 +17,14 @@ fn c(p: &Path) -> CString {
 fn renameat2(from: &Path, to: &Path, flags: u32) -> i64 {
     // SAFETY: valid C strings.
     unsafe {
-        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, c(from).as_ptr(), libc::AT_FDCWD, c(to).as_ptr(), flags)
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            c(from).as_ptr(),
+            libc::AT_FDCWD,
+            c(to).as_ptr(),
+            flags,
+        )
     }
 }
 
@@ -54,7 +61,11 @@ fn unrelated_renames_and_symlinks_send_nothing_to_user_space() {
             fs::remove_file(&link).unwrap();
         }
     });
-    assert_eq!(d, ProbeStats::default(), "unrelated calls reached the probe's filter");
+    assert_eq!(
+        d,
+        ProbeStats::default(),
+        "unrelated calls reached the probe's filter"
+    );
     // The same probe does see a swap: the counters above were live.
     let data_tmp = dir.path().join("..data_tmp");
     let d = delta(&probe, || {

@@ -33,7 +33,9 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("loading the eBPF object: {0} (needs CAP_BPF and CAP_PERFMON, or root, on kernels >= 5.8)")]
+    #[error(
+        "loading the eBPF object: {0} (needs CAP_BPF and CAP_PERFMON, or root, on kernels >= 5.8)"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("attaching {what}: {source} (is tracefs mounted at /sys/kernel/tracing?)")]
     Attach {
@@ -81,17 +83,27 @@ impl Probe {
             let name = format!("sys_enter_{}", sc.name());
             attach(&mut ebpf, &name, &[&name])?;
         }
-        let exits: Vec<String> = Syscall::ALL.iter().map(|s| format!("sys_exit_{}", s.name())).collect();
+        let exits: Vec<String> = Syscall::ALL
+            .iter()
+            .map(|s| format!("sys_exit_{}", s.name()))
+            .collect();
         let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
         attach(&mut ebpf, "sys_exit_swap", &exits)?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
-        let stats = PerCpuArray::try_from(ebpf.take_map("STATS").ok_or(ProbeError::Missing("STATS"))?)?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(ProbeError::Missing("EVENTS"))?,
+        )?;
+        let stats =
+            PerCpuArray::try_from(ebpf.take_map("STATS").ok_or(ProbeError::Missing("STATS"))?)?;
         Ok((Probe { _ebpf: ebpf, stats }, ring))
     }
 
     pub fn stats(&self) -> ProbeStats {
         let get = |i: u32| -> u64 {
-            self.stats.get(&i, 0).map(|v| v.iter().copied().sum()).unwrap_or(0)
+            self.stats
+                .get(&i, 0)
+                .map(|v| v.iter().copied().sum())
+                .unwrap_or(0)
         };
         ProbeStats {
             matched: get(stats::MATCHED),
@@ -104,7 +116,10 @@ impl Probe {
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, tracepoints: &[&str]) -> Result<(), ProbeError> {
-    let attach_err = |what: &str, source| ProbeError::Attach { what: what.to_owned(), source };
+    let attach_err = |what: &str, source| ProbeError::Attach {
+        what: what.to_owned(),
+        source,
+    };
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(ProbeError::Missing("a program"))?

@@ -43,7 +43,12 @@ pub enum Skip {
 
 impl Resolver {
     pub fn new(roots: Roots, proc_root: PathBuf) -> Self {
-        Resolver { roots, proc_root, data_tmp_target: HashMap::new(), order: Default::default() }
+        Resolver {
+            roots,
+            proc_root,
+            data_tmp_target: HashMap::new(),
+            order: Default::default(),
+        }
     }
 
     fn absolute(&self, tgid: u32, dfd: i32, path: &OsStr) -> Option<PathBuf> {
@@ -52,12 +57,18 @@ impl Resolver {
             return Some(p.to_owned());
         }
         let pid = self.proc_root.join(tgid.to_string());
-        let base = if dfd == AT_FDCWD { pid.join("cwd") } else { pid.join("fd").join(dfd.to_string()) };
+        let base = if dfd == AT_FDCWD {
+            pid.join("cwd")
+        } else {
+            pid.join("fd").join(dfd.to_string())
+        };
         std::fs::read_link(base).ok().map(|b| b.join(p))
     }
 
     pub fn resolve(&mut self, ev: &DecodedSwap) -> Result<Detection, Skip> {
-        let new = self.absolute(ev.tgid, ev.new_dfd, &ev.new_path).ok_or(Skip::Unresolvable)?;
+        let new = self
+            .absolute(ev.tgid, ev.new_dfd, &ev.new_path)
+            .ok_or(Skip::Unresolvable)?;
         let new = volumes::normalize(&new);
         let key = match self.roots.classify(&new) {
             Some(Ok(Place::Volume { key, rest: Some(_) })) => key,
@@ -80,14 +91,23 @@ impl Resolver {
             // The symlink was made before the probe started, or by a call it does not see.
             None => read_target(&dir.join(DATA)).ok_or(Skip::Unresolvable)?,
         };
-        Ok(Detection { source: Source::Ebpf, key, ts_dir, at: clock::boot_to_wall(ev.ts_boot_ns) })
+        Ok(Detection {
+            source: Source::Ebpf,
+            key,
+            ts_dir,
+            at: clock::boot_to_wall(ev.ts_boot_ns),
+        })
     }
 
     fn stage(&mut self, dir: PathBuf, target: &OsStr) {
         // The kubelet's target is a bare `..<timestamp>` name; keep its last component.
         let t = Path::new(target).file_name().unwrap_or(target);
         let Some(t) = t.to_str() else { return };
-        if self.data_tmp_target.insert(dir.clone(), t.to_owned()).is_none() {
+        if self
+            .data_tmp_target
+            .insert(dir.clone(), t.to_owned())
+            .is_none()
+        {
             self.order.push_back(dir);
             if self.order.len() > PENDING_MAX
                 && let Some(old) = self.order.pop_front()
@@ -139,9 +159,19 @@ mod tests {
     #[test]
     fn symlink_then_rename_gives_the_staged_target() {
         let mut r = resolver();
-        let s = ev(Syscall::Symlinkat, "..2026_11_25_14_10_06.1", &format!("{VOL}/..data_tmp"));
+        let s = ev(
+            Syscall::Symlinkat,
+            "..2026_11_25_14_10_06.1",
+            &format!("{VOL}/..data_tmp"),
+        );
         assert_eq!(r.resolve(&s), Err(Skip::Staged));
-        let d = r.resolve(&ev(Syscall::Renameat, &format!("{VOL}/..data_tmp"), &format!("{VOL}/..data"))).unwrap();
+        let d = r
+            .resolve(&ev(
+                Syscall::Renameat,
+                &format!("{VOL}/..data_tmp"),
+                &format!("{VOL}/..data"),
+            ))
+            .unwrap();
         assert_eq!(d.ts_dir, "..2026_11_25_14_10_06.1");
         assert_eq!(d.key.volume_type, VolumeType::ConfigMap);
         assert_eq!((d.key.pod_uid.as_str(), d.key.name.as_str()), ("u1", "cfg"));
@@ -151,12 +181,24 @@ mod tests {
     #[test]
     fn paths_outside_roots_or_not_volumes_are_skipped() {
         let mut r = resolver();
-        assert_eq!(r.resolve(&ev(Syscall::Rename, "/tmp/..data_tmp", "/tmp/..data")), Err(Skip::NotAVolume));
-        assert_eq!(r.resolve(&ev(Syscall::Rename, "a", "/kl/pods/u1/..data")), Err(Skip::NotAVolume));
+        assert_eq!(
+            r.resolve(&ev(Syscall::Rename, "/tmp/..data_tmp", "/tmp/..data")),
+            Err(Skip::NotAVolume)
+        );
+        assert_eq!(
+            r.resolve(&ev(Syscall::Rename, "a", "/kl/pods/u1/..data")),
+            Err(Skip::NotAVolume)
+        );
         // A symlink named ..data is not a swap.
-        assert_eq!(r.resolve(&ev(Syscall::Symlink, "..1", &format!("{VOL}/..data"))), Err(Skip::NotAVolume));
+        assert_eq!(
+            r.resolve(&ev(Syscall::Symlink, "..1", &format!("{VOL}/..data"))),
+            Err(Skip::NotAVolume)
+        );
         // `..` cannot lead out of a root and back into a volume's name.
-        assert_eq!(r.resolve(&ev(Syscall::Rename, "x", "/kl/pods/../etc/..data")), Err(Skip::NotAVolume));
+        assert_eq!(
+            r.resolve(&ev(Syscall::Rename, "x", "/kl/pods/../etc/..data")),
+            Err(Skip::NotAVolume)
+        );
         let mut raw = b"/kl/pods/u1/volumes/kubernetes.io~secret/".to_vec();
         raw.extend_from_slice(b"\xff/..data");
         let mut bad = ev(Syscall::Rename, "x", "");
@@ -173,7 +215,9 @@ mod tests {
         let mut r = Resolver::new(Roots::new([dir.path().to_owned()]), PathBuf::from("/proc"));
         let cwd = std::env::current_dir().unwrap();
         let rel = pathdiff(&vol.join("..data"), &cwd);
-        let d = r.resolve(&ev(Syscall::Rename, "x", rel.to_str().unwrap())).unwrap();
+        let d = r
+            .resolve(&ev(Syscall::Rename, "x", rel.to_str().unwrap()))
+            .unwrap();
         // No staged symlink: the target is read from ..data itself.
         assert_eq!(d.ts_dir, "..2026_01_01_00_00_00.7");
         // A process that does not exist cannot resolve its relative paths.

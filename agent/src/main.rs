@@ -1,0 +1,128 @@
+//! The `reloadscope` command.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use reloadscope::agent::{self, Config};
+use tracing::{error, info};
+
+/// Sees every ConfigMap, Secret, projected and downwardAPI volume update on a
+/// Kubernetes node, at the moment of the kubelet's `..data` swap, and exports it as
+/// Prometheus metrics.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level, or a tracing filter such as `info,reloadscope::watch=debug`.
+    #[arg(long, global = true, default_value = "info", env = "RELOADSCOPE_LOG")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent (the DaemonSet's main job).
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Kubelet root directory; repeat for nodes with several (k3s, MicroK8s, k0s use
+    /// other paths). Must be mounted at the same path the kubelet uses.
+    #[arg(
+        long = "kubelet-root",
+        value_name = "DIR",
+        default_value = "/var/lib/kubelet"
+    )]
+    kubelet_roots: Vec<PathBuf>,
+    /// Pod log directory, `<namespace>_<pod>_<uid>/` entries: gives pod names.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pod_logs_dir: PathBuf,
+    /// Container log directory, `<pod>_<namespace>_<container>-<id>.log` entries: gives
+    /// container names.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/containers")]
+    container_logs_dir: PathBuf,
+    /// Where the host's /proc is mounted (the node's, not the container's).
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    proc_root: PathBuf,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9741")]
+    listen: SocketAddr,
+    /// Do not load the eBPF probe; detect updates with inotify alone.
+    #[arg(long)]
+    no_ebpf: bool,
+    /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
+    #[arg(long, value_name = "BYTES", default_value_t = reloadscope::probe::DEFAULT_RING_BYTES, hide = true)]
+    ring_bytes: u32,
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let cfg = Config {
+        kubelet_roots: args.kubelet_roots,
+        pod_logs_dir: args.pod_logs_dir,
+        container_logs_dir: args.container_logs_dir,
+        proc_root: args.proc_root,
+        listen: args.listen,
+        ebpf: !args.no_ebpf,
+        ring_bytes: args.ring_bytes,
+    };
+    let running = agent::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+    }
+    running.stop().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
+        eprintln!("reloadscope: {e:#}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Agent(args) => rt.block_on(run_agent(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The Prometheus view of the agent's state. It only reads: every scrape renders the
+//! tracker's current volumes, so a pod's series vanish with it and a pod name learnt
+//! late names all its series at once.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+};
+
+use prometheus::{
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
+
+use crate::{
+    clock,
+    probe::{Probe, ReaderStats},
+    updates::{Source, Tracker},
+    volumes::VolumeType,
+};
+
+/// State shared by the agent's tasks and read by scrapes.
+pub struct Shared {
+    pub tracker: Mutex<Tracker>,
+    pub probe: Mutex<Option<Probe>>,
+    pub reader: Arc<ReaderStats>,
+    pub overflows: AtomicU64,
+    pub watches: Arc<AtomicUsize>,
+    pub ready: AtomicBool,
+    /// Milliseconds on the monotonic clock of the state loop's last turn (liveness).
+    pub heartbeat_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(tracker: Tracker) -> Self {
+        Shared {
+            tracker: Mutex::new(tracker),
+            probe: Mutex::new(None),
+            reader: Arc::default(),
+            overflows: AtomicU64::new(0),
+            watches: Arc::default(),
+            ready: AtomicBool::new(false),
+            heartbeat_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn ebpf_loaded(&self) -> bool {
+        self.probe.lock().expect("probe lock").is_some()
+    }
+}
+
+const VOLUME_LABELS: [&str; 4] = ["namespace", "pod", "volume", "volume_type"];
+
+struct Families {
+    updates: IntCounterVec,
+    last_update: prometheus::GaugeVec,
+    detections: IntCounterVec,
+    gaps: IntCounterVec,
+    lost: IntCounterVec,
+    overflows: IntCounterVec,
+    ebpf_loaded: IntGauge,
+    watched: IntGaugeVec,
+    watches: IntGauge,
+}
+
+/// Renders [`Shared`] at each scrape.
+pub struct StateCollector {
+    shared: Arc<Shared>,
+    f: Mutex<Families>,
+    descs: Vec<Desc>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+impl StateCollector {
+    pub fn new(shared: Arc<Shared>) -> prometheus::Result<Self> {
+        let f = Families {
+            updates: IntCounterVec::new(
+                opts(
+                    "reloadscope_volume_updates_total",
+                    "Atomic updates (..data swaps) of the volume, initial population excluded.",
+                ),
+                &VOLUME_LABELS,
+            )?,
+            last_update: prometheus::GaugeVec::new(
+                opts(
+                    "reloadscope_volume_last_update_timestamp_seconds",
+                    "Time of the volume's last ..data swap (the probe's clock when it saw it), seconds since the epoch.",
+                ),
+                &VOLUME_LABELS,
+            )?,
+            detections: IntCounterVec::new(
+                opts(
+                    "reloadscope_update_detections_total",
+                    "Volume updates reported, by the source that reported them.",
+                ),
+                &["source"],
+            )?,
+            gaps: IntCounterVec::new(
+                opts(
+                    "reloadscope_update_detection_gaps_total",
+                    "Updates one source reported and the other did not within the pairing window, by the source that missed them.",
+                ),
+                &["missed_by"],
+            )?,
+            lost: IntCounterVec::new(
+                opts(
+                    "reloadscope_ebpf_events_lost_total",
+                    "Swap events the probe could not write to its full ring buffer.",
+                ),
+                &[],
+            )?,
+            overflows: IntCounterVec::new(
+                opts(
+                    "reloadscope_inotify_queue_overflows_total",
+                    "inotify queue overflows; each is followed by a full rescan.",
+                ),
+                &[],
+            )?,
+            ebpf_loaded: IntGauge::new(
+                "reloadscope_ebpf_loaded",
+                "1 when the eBPF swap probe is loaded and attached, 0 when the agent runs on inotify alone.",
+            )?,
+            watched: IntGaugeVec::new(
+                opts(
+                    "reloadscope_watched_volumes",
+                    "Volumes the agent follows, by type.",
+                ),
+                &["volume_type"],
+            )?,
+            watches: IntGauge::new(
+                "reloadscope_inotify_watches",
+                "inotify watches the agent holds.",
+            )?,
+        };
+        let descs = [
+            f.updates.desc(),
+            f.last_update.desc(),
+            f.detections.desc(),
+            f.gaps.desc(),
+            f.lost.desc(),
+            f.overflows.desc(),
+            f.ebpf_loaded.desc(),
+            f.watched.desc(),
+            f.watches.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        Ok(StateCollector {
+            shared,
+            f: Mutex::new(f),
+            descs,
+        })
+    }
+
+    fn fill(&self, f: &Families) {
+        let s = &self.shared;
+        let probe_lost = s
+            .probe
+            .lock()
+            .expect("probe lock")
+            .as_ref()
+            .map(|p| p.stats().lost);
+        f.ebpf_loaded.set(i64::from(probe_lost.is_some()));
+        f.lost
+            .with_label_values(&[] as &[&str])
+            .inc_by(probe_lost.unwrap_or(0));
+        f.overflows
+            .with_label_values(&[] as &[&str])
+            .inc_by(s.overflows.load(Relaxed));
+        f.watches.set(s.watches.load(Relaxed) as i64);
+        let t = s.tracker.lock().expect("tracker lock");
+        for src in Source::ALL {
+            let i = src as usize;
+            f.detections
+                .with_label_values(&[src.label()])
+                .inc_by(t.detections[i]);
+            f.gaps.with_label_values(&[src.label()]).inc_by(t.gaps[i]);
+        }
+        for ty in VolumeType::ALL {
+            f.watched
+                .with_label_values(&[ty.label()])
+                .set(t.watched(ty) as i64);
+        }
+        for (key, v) in t.volumes() {
+            let (ns, pod) = match t.pod_name(&key.pod_uid) {
+                Some(n) => (n.namespace.as_str(), n.name.as_str()),
+                None => ("", key.pod_uid.as_str()),
+            };
+            let labels = [ns, pod, key.name.as_str(), key.volume_type.label()];
+            f.updates.with_label_values(&labels).inc_by(v.updates);
+            if let Some(at) = v.last_update {
+                f.last_update
+                    .with_label_values(&labels)
+                    .set(clock::unix_seconds(at));
+            }
+        }
+    }
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = self.f.lock().expect("families lock");
+        f.updates.reset();
+        f.last_update.reset();
+        f.detections.reset();
+        f.gaps.reset();
+        f.lost.reset();
+        f.overflows.reset();
+        f.watched.reset();
+        self.fill(&f);
+        [
+            f.updates.collect(),
+            f.last_update.collect(),
+            f.detections.collect(),
+            f.gaps.collect(),
+            f.lost.collect(),
+            f.overflows.collect(),
+            f.ebpf_loaded.collect(),
+            f.watched.collect(),
+            f.watches.collect(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// The registry served at /metrics: state, build info and the process metrics.
+pub fn registry(shared: Arc<Shared>) -> prometheus::Result<Registry> {
+    let r = Registry::new();
+    r.register(Box::new(StateCollector::new(shared)?))?;
+    let build = IntGaugeVec::new(
+        opts(
+            "reloadscope_build_info",
+            "Always 1; the agent's version in a label.",
+        ),
+        &["version"],
+    )?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    r.register(Box::new(build))?;
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(r)
+}

@@ -1,0 +1,83 @@
+//! HTTP: /metrics (Prometheus text format), /healthz (the state loop turns), /readyz
+//! (the first walk of every root is done).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use axum::{
+    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::{agent::monotonic_ms, metrics::Shared};
+
+/// The state loop ticks every 250 ms; silent this long means it is stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct App {
+    registry: Registry,
+    shared: Arc<Shared>,
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let families = tokio::task::spawn_blocking(move || app.registry.gather())
+        .await
+        .unwrap_or_default();
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&families, &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz(State(app): State<App>) -> (StatusCode, &'static str) {
+    let age = monotonic_ms().saturating_sub(app.shared.heartbeat_ms.load(Relaxed));
+    if age <= STUCK_AFTER.as_millis() as u64 {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "state loop stuck\n")
+    }
+}
+
+async fn readyz(State(app): State<App>) -> (StatusCode, &'static str) {
+    if app.shared.ready.load(Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "initial scan in progress\n",
+        )
+    }
+}
+
+/// Binds `addr` (port 0 picks one). The returned address is the bound one.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = App { registry, shared };
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,436 @@
+//! The inotify source: follows pods and volumes appearing and disappearing under every
+//! kubelet root, and each volume's `..data` swap, without polling.
+//!
+//! Watches, all `IN_ONLYDIR | IN_DONT_FOLLOW` (a symlink planted in the tree is never
+//! followed out of it): the root until `pods` exists, `pods`, each pod dir until its
+//! `volumes` dir exists, `volumes`, each plugin dir, and each volume dir (`IN_MOVED_TO`
+//! only). Every dir is listed right after its watch is added, so nothing created in
+//! between is missed; what is found twice is harmless downstream.
+//! The pod-logs dir is watched too, for pod names.
+
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures_util::StreamExt;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use tracing::{debug, info, warn};
+
+use crate::{
+    events::{Event, Sender},
+    probe::read_target,
+    updates::{Detection, PodName, Source},
+    volumes::{DATA, Place, Roots, VolumeKey},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    /// A kubelet root whose `pods` dir does not exist yet.
+    Root,
+    PodsDir,
+    /// A pod dir whose `volumes` dir does not exist yet.
+    Pod,
+    VolumesDir,
+    PluginDir,
+    Volume(VolumeKey),
+    PodLogs,
+}
+
+const TREE: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::DONT_FOLLOW);
+const VOLUME: WatchMask = WatchMask::MOVED_TO
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::DONT_FOLLOW);
+
+/// How long a secret or projected volume dir is re-checked for its tmpfs mount: the
+/// kubelet creates the dir, then mounts over it; a watch taken before the mount sees
+/// the covered dir, never the swaps.
+const MOUNT_GRACE: Duration = Duration::from_secs(120);
+
+pub struct Walker {
+    roots: Roots,
+    pod_logs: PathBuf,
+    watches: Watches,
+    nodes: HashMap<WatchDescriptor, (Node, PathBuf)>,
+    by_path: HashMap<PathBuf, WatchDescriptor>,
+    /// Volumes found by the walk in progress, if one is.
+    found: Option<Vec<VolumeKey>>,
+    /// tmpfs volumes found before their mount: (key, dir, device of the parent, deadline).
+    unmounted: Vec<(VolumeKey, PathBuf, u64, Instant)>,
+    tx: Sender,
+}
+
+fn dev(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).ok().map(|m| m.dev())
+}
+
+fn children(dir: &Path) -> Vec<std::ffi::OsString> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+        Err(e) => {
+            debug!(dir = %dir.display(), error = %e, "cannot list (gone meanwhile?)");
+            Vec::new()
+        }
+    }
+}
+
+impl Walker {
+    /// Walks every root and the pod-logs dir, sends what it finds, then `ScanDone`.
+    /// Returns the walker and the stream of its inotify events.
+    pub async fn start(
+        roots: Roots,
+        pod_logs: PathBuf,
+        tx: Sender,
+    ) -> io::Result<(Walker, inotify::EventStream<Vec<u8>>)> {
+        let stream = Inotify::init()?.into_event_stream(vec![0u8; 64 * 1024])?;
+        let mut w = Walker {
+            roots,
+            pod_logs,
+            watches: stream.watches(),
+            nodes: HashMap::new(),
+            by_path: HashMap::new(),
+            found: None,
+            unmounted: Vec::new(),
+            tx,
+        };
+        w.scan().await;
+        w.send(Event::ScanDone).await;
+        Ok((w, stream))
+    }
+
+    pub fn watch_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    async fn send(&self, ev: Event) {
+        // Closed only at shutdown.
+        let _ = self.tx.send(ev).await;
+    }
+
+    /// (Re)walks everything; idempotent.
+    async fn scan(&mut self) {
+        let roots: Vec<PathBuf> = self.roots.iter().map(Path::to_owned).collect();
+        for root in roots {
+            let pods = root.join("pods");
+            if pods.is_dir() {
+                self.add_pods_dir(&pods).await;
+            } else {
+                info!(root = %root.display(), "kubelet root has no pods dir yet; waiting for it");
+                self.add(&root, Node::Root, TREE);
+            }
+        }
+        let logs = self.pod_logs.clone();
+        if self.add(&logs, Node::PodLogs, TREE).is_some() {
+            for name in children(&logs) {
+                self.pod_log_dir(&name).await;
+            }
+        }
+    }
+
+    fn add(&mut self, path: &Path, node: Node, mask: WatchMask) -> Option<WatchDescriptor> {
+        match self.watches.add(path, mask) {
+            Ok(wd) => {
+                // A dir mounted over since its first watch: the old watch is on the covered inode.
+                if let Some(old) = self.by_path.insert(path.to_owned(), wd.clone())
+                    && old != wd
+                {
+                    let _ = self.watches.remove(old.clone());
+                    self.nodes.remove(&old);
+                }
+                self.nodes.insert(wd.clone(), (node, path.to_owned()));
+                Some(wd)
+            }
+            Err(e) => {
+                match e.raw_os_error() {
+                    Some(libc::ENOENT) => {
+                        debug!(path = %path.display(), "gone before it could be watched")
+                    }
+                    Some(libc::ENOTDIR) => {
+                        warn!(path = %path.display(), "expected a directory, found something else; not followed")
+                    }
+                    _ => warn!(path = %path.display(), error = %e, "cannot watch"),
+                }
+                None
+            }
+        }
+    }
+
+    async fn add_pods_dir(&mut self, pods: &Path) {
+        if self.add(pods, Node::PodsDir, TREE).is_none() {
+            return;
+        }
+        let outer = self.found.replace(Vec::new());
+        for uid in children(pods) {
+            self.add_pod(&pods.join(&uid)).await;
+        }
+        let volumes = std::mem::replace(&mut self.found, outer).unwrap_or_default();
+        self.send(Event::RescanDone {
+            pods_dir: pods.to_owned(),
+            volumes,
+        })
+        .await;
+    }
+
+    async fn add_pod(&mut self, pod: &Path) {
+        let volumes = pod.join("volumes");
+        if volumes.is_dir() {
+            self.add_volumes_dir(&volumes).await;
+        } else {
+            self.add(pod, Node::Pod, TREE);
+            // Created between the check and the watch?
+            if volumes.is_dir() {
+                self.add_volumes_dir(&volumes).await;
+            }
+        }
+    }
+
+    async fn add_volumes_dir(&mut self, volumes: &Path) {
+        if self.add(volumes, Node::VolumesDir, TREE).is_none() {
+            return;
+        }
+        for plugin in children(volumes) {
+            self.add_plugin_dir(&volumes.join(plugin)).await;
+        }
+    }
+
+    async fn add_plugin_dir(&mut self, dir: &Path) {
+        if !matches!(self.roots.classify(dir), Some(Ok(Place::PluginDir { .. }))) {
+            return;
+        }
+        if self.add(dir, Node::PluginDir, TREE).is_none() {
+            return;
+        }
+        for vol in children(dir) {
+            self.add_volume(&dir.join(vol)).await;
+        }
+    }
+
+    async fn add_volume(&mut self, dir: &Path) {
+        let key = match self.roots.classify(dir) {
+            Some(Ok(Place::Volume { key, rest: None })) => key,
+            Some(Err(e)) => {
+                warn!(error = %e, "volume not followed");
+                return;
+            }
+            _ => return,
+        };
+        if key.volume_type.is_tmpfs() {
+            let parent = dir.parent().and_then(dev);
+            if parent.is_some() && parent == dev(dir) {
+                // Not mounted yet: check again on each tick.
+                self.unmounted.push((
+                    key.clone(),
+                    dir.to_owned(),
+                    parent.unwrap_or(0),
+                    Instant::now() + MOUNT_GRACE,
+                ));
+            }
+        }
+        if self.add(dir, Node::Volume(key.clone()), VOLUME).is_none() {
+            return;
+        }
+        if let Some(found) = &mut self.found {
+            found.push(key.clone());
+        }
+        let current = read_target(&dir.join(DATA));
+        self.send(Event::VolumeFound {
+            key,
+            dir: dir.to_owned(),
+            current,
+        })
+        .await;
+    }
+
+    async fn pod_log_dir(&mut self, name: &OsStr) {
+        if let Some((uid, name)) = name.to_str().and_then(parse_pod_log_dir) {
+            self.send(Event::PodNamed { uid, name }).await;
+        }
+    }
+
+    /// Re-watches tmpfs volumes whose mount appeared since they were found.
+    pub async fn tick(&mut self) {
+        let now = Instant::now();
+        let mut mounted = Vec::new();
+        self.unmounted.retain(|(key, dir, parent_dev, deadline)| {
+            if dev(dir).is_some_and(|d| d != *parent_dev) {
+                mounted.push(dir.clone());
+                return false;
+            }
+            if now >= *deadline {
+                debug!(volume = %key, "no tmpfs mount appeared; watching the dir as it is");
+                return false;
+            }
+            true
+        });
+        for dir in mounted {
+            self.add_volume(&dir).await;
+        }
+    }
+
+    /// Handles one inotify event.
+    pub async fn handle(&mut self, ev: inotify::Event<std::ffi::OsString>) {
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            warn!("inotify queue overflowed; rescanning every root");
+            self.send(Event::InotifyOverflow).await;
+            self.scan().await;
+            return;
+        }
+        if ev.mask.contains(EventMask::IGNORED) {
+            if let Some((_, path)) = self.nodes.remove(&ev.wd)
+                && self.by_path.get(&path) == Some(&ev.wd)
+            {
+                self.by_path.remove(&path);
+            }
+            return;
+        }
+        let Some((node, path)) = self.nodes.get(&ev.wd).cloned() else {
+            return;
+        };
+        let Some(name) = ev.name.as_deref() else {
+            if ev.mask.contains(EventMask::DELETE_SELF) && node == Node::PodsDir {
+                self.scan().await;
+            }
+            return;
+        };
+        let child = path.join(name);
+        let appeared = ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
+        let vanished = ev
+            .mask
+            .intersects(EventMask::DELETE | EventMask::MOVED_FROM);
+        match node {
+            Node::Root if appeared && name == "pods" => {
+                self.unwatch(&ev.wd);
+                self.add_pods_dir(&child).await;
+            }
+            Node::PodsDir if appeared => self.add_pod(&child).await,
+            Node::PodsDir if vanished => {
+                self.forget_under(&child);
+                if let Some(uid) = name.to_str() {
+                    self.send(Event::PodGone {
+                        uid: uid.to_owned(),
+                    })
+                    .await;
+                }
+            }
+            Node::Pod if appeared && name == "volumes" => {
+                // The pod dir's watch was only waiting for this.
+                self.unwatch(&ev.wd);
+                self.add_volumes_dir(&child).await;
+            }
+            Node::VolumesDir if appeared => self.add_plugin_dir(&child).await,
+            Node::PluginDir if appeared => self.add_volume(&child).await,
+            Node::PluginDir if vanished => {
+                self.forget_under(&child);
+                if let Some(Ok(Place::Volume { key, rest: None })) = self.roots.classify(&child) {
+                    self.send(Event::VolumeGone(key)).await;
+                }
+            }
+            Node::Volume(key) if ev.mask.contains(EventMask::MOVED_TO) && name == DATA => {
+                let at = SystemTime::now();
+                match read_target(&child) {
+                    Some(ts_dir) => {
+                        let det = Detection {
+                            source: Source::Inotify,
+                            key,
+                            ts_dir,
+                            at,
+                        };
+                        self.send(Event::Detected(det)).await;
+                    }
+                    None => debug!(volume = %key, "..data gone before it could be read"),
+                }
+            }
+            Node::PodLogs if appeared => self.pod_log_dir(name).await,
+            _ => {}
+        }
+    }
+
+    fn unwatch(&mut self, wd: &WatchDescriptor) {
+        let _ = self.watches.remove(wd.clone());
+        if let Some((_, path)) = self.nodes.remove(wd) {
+            self.by_path.remove(&path);
+        }
+    }
+
+    /// Drops the watches at and below `dir` (a moved-away dir keeps its watches).
+    fn forget_under(&mut self, dir: &Path) {
+        let gone: Vec<WatchDescriptor> = self
+            .nodes
+            .iter()
+            .filter(|(_, (_, p))| p.starts_with(dir))
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in gone {
+            self.unwatch(&wd);
+        }
+        self.unmounted.retain(|(_, d, _, _)| !d.starts_with(dir));
+    }
+}
+
+/// `<namespace>_<pod>_<uid>` (DOMAIN.md 2): namespace and pod names never hold `_`.
+pub fn parse_pod_log_dir(name: &str) -> Option<(String, PodName)> {
+    let mut it = name.split('_');
+    let (ns, pod, uid) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || ns.is_empty() || pod.is_empty() || uid.is_empty() {
+        return None;
+    }
+    Some((
+        uid.to_owned(),
+        PodName {
+            namespace: ns.to_owned(),
+            name: pod.to_owned(),
+        },
+    ))
+}
+
+/// Runs the walker until `tx` closes.
+pub async fn run(
+    mut walker: Walker,
+    mut stream: inotify::EventStream<Vec<u8>>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            ev = stream.next() => match ev {
+                Some(Ok(ev)) => walker.handle(ev).await,
+                Some(Err(e)) => {
+                    warn!(error = %e, "reading inotify events failed");
+                    return;
+                }
+                None => return,
+            },
+            _ = tick.tick() => walker.tick().await,
+            _ = walker.tx.closed() => return,
+        }
+        count.store(walker.watch_count(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_log_dir_names() {
+        let (uid, n) =
+            parse_pod_log_dir("kube-system_coredns-5d78c9869d-abcde_0b5c7f2e-1a2b").unwrap();
+        assert_eq!(
+            (uid.as_str(), n.namespace.as_str(), n.name.as_str()),
+            ("0b5c7f2e-1a2b", "kube-system", "coredns-5d78c9869d-abcde")
+        );
+        for bad in ["a_b", "a_b_c_d", "_b_c", "a__c", "a_b_", "plain"] {
+            assert!(parse_pod_log_dir(bad).is_none(), "{bad}");
+        }
+    }
+}

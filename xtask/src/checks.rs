@@ -1,0 +1,132 @@
+//! `cargo xtask test`: the named checks CI runs, in order, stopping at the first
+//! failure. A new check is one more entry in [`STEPS`].
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+/// One named check: a command line run from the workspace root.
+pub struct Step {
+    pub name: &'static str,
+    /// Program and arguments split on whitespace (no quoting). The program is
+    /// `cargo`, a program on PATH, or a script path relative to the workspace root.
+    pub command: &'static str,
+    /// Why the step needs root, if it does; without root it fails with this reason.
+    pub needs_root: Option<&'static str>,
+}
+
+impl Step {
+    const fn new(name: &'static str, command: &'static str) -> Self {
+        Self {
+            name,
+            command,
+            needs_root: None,
+        }
+    }
+
+    const fn root(self, reason: &'static str) -> Self {
+        Self {
+            needs_root: Some(reason),
+            ..self
+        }
+    }
+
+    fn command(&self) -> Command {
+        let root = cmd::workspace_root();
+        let mut words = self.command.split_whitespace();
+        let program = words.next().unwrap_or_default();
+        // A path (`.ci/check-x`) is resolved against the root, not xtask's cwd.
+        let mut command = if program.contains('/') {
+            Command::new(root.join(program))
+        } else {
+            Command::new(program)
+        };
+        command.args(words).current_dir(root);
+        command
+    }
+}
+
+// Root tests are `#[ignore]`d for plain `cargo test`; each loads its own copy of
+// the node-wide eBPF probe, so they run one at a time.
+#[rustfmt::skip]
+pub const STEPS: &[Step] = &[
+    Step::new("fmt", "cargo fmt --all --check"),
+    Step::new("clippy", "cargo clippy --workspace --exclude agent-ebpf --all-targets -- -D warnings"),
+    Step::new("test", "cargo test --workspace --exclude agent-ebpf -- --include-ignored --test-threads=1")
+        .root("the integration tests load eBPF programs"),
+];
+
+/// Runs every step in order and stops at the first failure.
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    for step in STEPS {
+        run_step(step)?;
+    }
+    println!(
+        "all {} checks passed ({:.1} s)",
+        STEPS.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_step(step: &Step) -> Result<()> {
+    println!("==> {}", step.name);
+    if let Some(reason) = step.needs_root
+        && !cmd::is_root()
+    {
+        bail!(
+            "check `{}` needs root ({reason}); rerun `cargo xtask test` as root",
+            step.name
+        );
+    }
+    let start = Instant::now();
+    let result = cmd::run(&mut step.command());
+    let elapsed = start.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => {
+            println!("    {} ok ({elapsed:.1} s)", step.name);
+            Ok(())
+        }
+        Err(err) => {
+            println!("    {} FAILED ({elapsed:.1} s)", step.name);
+            Err(err).with_context(|| format!("check `{}` failed", step.name))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_named_uniquely_and_not_empty() {
+        for (i, step) in STEPS.iter().enumerate() {
+            assert!(
+                !step.command.trim().is_empty(),
+                "check {} has no command",
+                step.name
+            );
+            assert!(
+                STEPS[..i].iter().all(|other| other.name != step.name),
+                "duplicate check name {}",
+                step.name
+            );
+        }
+    }
+
+    #[test]
+    fn script_paths_resolve_against_the_workspace_root() {
+        let step = Step::new("script", ".ci/check-example --strict");
+        let command = step.command();
+        assert_eq!(
+            command.get_program(),
+            cmd::workspace_root().join(".ci/check-example")
+        );
+        assert_eq!(command.get_args().collect::<Vec<_>>(), ["--strict"]);
+        assert_eq!(command.get_current_dir(), Some(cmd::workspace_root()));
+    }
+}

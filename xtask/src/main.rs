@@ -1,0 +1,179 @@
+//! reloadscope's developer commands, run as `cargo xtask <command>` from anywhere
+//! in the workspace. Every command runs its children from the workspace root.
+
+mod checks;
+mod cmd;
+mod prereqs;
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// reloadscope's developer commands: prerequisites, checks, lab, benchmarks and builds.
+///
+/// Run from anywhere in the workspace; child commands run from the workspace root
+/// and a failing child's exit code is passed on.
+#[derive(Parser)]
+#[command(bin_name = "cargo xtask", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need, if anything is missing
+    ///
+    /// Checks, and installs only when missing: the Debian packages (LLVM 22,
+    /// bpftool, prometheus, strace, inotify-tools, python3-pip), the pinned
+    /// nightly-2026-07-01 with rust-src, rustfmt and clippy, bpf-linker 0.13.0
+    /// built against LLVM 22, and tracefs mounted at /sys/kernel/tracing.
+    /// Installing packages and mounting tracefs need root. `test`, `lab`,
+    /// `bench` and `build` run this first.
+    #[command(verbatim_doc_comment)]
+    Prereqs,
+
+    /// Run the checks CI runs: rustfmt, clippy, then all tests (needs root)
+    ///
+    /// In order, stopping at the first failure: `cargo fmt --all --check`,
+    /// clippy on every target with warnings denied, and `cargo test` including
+    /// the `#[ignore]`d root integration tests, one test at a time (each loads
+    /// the eBPF probe). The tests need root. `.ci/run` runs exactly this.
+    #[command(verbatim_doc_comment)]
+    Test,
+
+    /// Build the agent and run its lab: `reloadscope lab [ARGS]...`
+    ///
+    /// Builds the debug agent, then replaces this process with
+    /// `target/debug/reloadscope lab [ARGS]...`; its exit code is the
+    /// command's. Put `--` before ARGS to pass options such as `--help` to the
+    /// lab itself: `cargo xtask lab -- --help`.
+    #[command(verbatim_doc_comment)]
+    Lab {
+        /// Arguments for `reloadscope lab`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+
+    /// Run one benchmark: `cargo bench -p reloadscope --bench NAME -- [ARGS]...`
+    ///
+    /// Benchmarks live in agent/benches/ (for example detect, reload, scale,
+    /// overhead). Put `--` before ARGS to pass options such as `--help` to the
+    /// benchmark itself: `cargo xtask bench detect -- --help`.
+    #[command(verbatim_doc_comment)]
+    Bench {
+        /// Benchmark target in agent/benches/, e.g. detect, reload, scale, overhead
+        name: String,
+        /// Arguments for the benchmark binary
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+
+    /// Build the release agent: `cargo build -p reloadscope --release`
+    Build,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let code = err
+                .downcast_ref::<cmd::ChildFailed>()
+                .map_or(1, |failed| failed.code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Prereqs => prereqs::ensure(),
+        Task::Test => {
+            prereqs::ensure()?;
+            checks::run()
+        }
+        Task::Lab { args } => {
+            prereqs::ensure()?;
+            lab(args)
+        }
+        Task::Bench { name, args } => {
+            prereqs::ensure()?;
+            cmd::run(cmd::cargo(["bench", "-p", "reloadscope", "--bench", &name, "--"]).args(args))
+        }
+        Task::Build => {
+            prereqs::ensure()?;
+            cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope", "--release"]))
+        }
+    }
+}
+
+fn lab(args: Vec<OsString>) -> Result<()> {
+    cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope"]))?;
+    let binary = cmd::target_dir().join("debug").join("reloadscope");
+    if !binary.is_file() {
+        bail!(
+            "`cargo build -p reloadscope` did not produce {}",
+            binary.display()
+        );
+    }
+    let mut lab = Command::new(&binary);
+    lab.arg("lab").args(args).current_dir(cmd::workspace_root());
+    // `exec` only returns on failure; on success the lab's exit code is ours.
+    let err = lab.exec();
+    Err(err).with_context(|| format!("could not start `{}`", cmd::display(&lab)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Task, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    fn strings(args: &[OsString]) -> Vec<&str> {
+        args.iter().map(|arg| arg.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn lab_forwards_every_argument() {
+        let Ok(Task::Lab { args }) = parse(&["lab", "scenario", "--pods", "3", "-v"]) else {
+            panic!("lab did not parse");
+        };
+        assert_eq!(strings(&args), ["scenario", "--pods", "3", "-v"]);
+
+        let Ok(Task::Lab { args }) = parse(&["lab", "--", "--help"]) else {
+            panic!("lab -- --help did not parse");
+        };
+        assert_eq!(strings(&args), ["--help"]);
+    }
+
+    #[test]
+    fn help_before_the_arguments_is_xtasks_own() {
+        let err = parse(&["lab", "--help"])
+            .err()
+            .expect("help is an early exit");
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+    }
+
+    #[test]
+    fn bench_takes_a_name_then_forwards_the_rest() {
+        let Ok(Task::Bench { name, args }) = parse(&["bench", "detect", "--events", "1000"]) else {
+            panic!("bench did not parse");
+        };
+        assert_eq!(name, "detect");
+        assert_eq!(strings(&args), ["--events", "1000"]);
+        assert!(parse(&["bench"]).is_err(), "the bench name is required");
+    }
+}

@@ -1,0 +1,303 @@
+//! Machine prerequisites for building the eBPF programs and running the root
+//! tests: Debian packages, the pinned nightly with rust-src, bpf-linker and a
+//! mounted tracefs. Everything is checked cheaply first; only what is missing is
+//! installed, so a second run does nothing.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+/// Debian packages: LLVM 22 for bpf-linker, bpftool, and the tools the tests use
+/// (prometheus provides the server and promtool).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "prometheus",
+    "strace",
+    "inotify-tools",
+    "python3-pip",
+];
+
+/// Must match `rust-toolchain.toml`; its LLVM major version matches bpf-linker's.
+const TOOLCHAIN: &str = "nightly-2026-07-01";
+/// rust-src for `-Z build-std=core` on the bpf target; rustfmt and clippy for `test`.
+const COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// What the checks found missing.
+struct Missing {
+    packages: Vec<&'static str>,
+    /// `None`: the toolchain itself is not installed.
+    components: Option<Vec<&'static str>>,
+    bpf_linker: bool,
+    tracefs: bool,
+}
+
+impl Missing {
+    fn check() -> Result<Self> {
+        Ok(Self {
+            packages: missing_packages()?,
+            components: missing_components()?,
+            bpf_linker: !bpf_linker_present(),
+            tracefs: !tracefs_mounted(),
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.packages.is_empty()
+            && self.components.as_ref().is_some_and(Vec::is_empty)
+            && !self.bpf_linker
+            && !self.tracefs
+    }
+
+    /// Installing packages and mounting tracefs need root; the rest installs
+    /// into the user's rustup and cargo homes.
+    fn needs_root(&self) -> bool {
+        !self.packages.is_empty() || self.tracefs
+    }
+
+    /// Everything missing, for the error message.
+    fn describe(&self) -> String {
+        let mut items = Vec::new();
+        if !self.packages.is_empty() {
+            items.push(format!("apt packages {}", self.packages.join(", ")));
+        }
+        match &self.components {
+            None => items.push(format!("toolchain {TOOLCHAIN}")),
+            Some(components) if !components.is_empty() => {
+                items.push(format!("{} for {TOOLCHAIN}", components.join(", ")));
+            }
+            Some(_) => {}
+        }
+        if self.bpf_linker {
+            items.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
+        }
+        if self.tracefs {
+            items.push(format!("tracefs (not mounted at {TRACEFS})"));
+        }
+        items.join("; ")
+    }
+}
+
+/// Checks every prerequisite and installs what is missing.
+pub fn ensure() -> Result<()> {
+    let start = Instant::now();
+    let missing = Missing::check()?;
+    if missing.is_empty() {
+        println!("prerequisites present ({} ms)", start.elapsed().as_millis());
+        return Ok(());
+    }
+
+    if missing.needs_root() && !cmd::is_root() {
+        bail!(
+            "missing prerequisites: {}. Installing apt packages and mounting tracefs \
+             need root: rerun `cargo xtask prereqs` as root",
+            missing.describe()
+        );
+    }
+
+    // Order matters: bpf-linker builds against the apt LLVM, with the pinned nightly.
+    if !missing.packages.is_empty() {
+        step(
+            &format!("installed apt packages {}", missing.packages.join(", ")),
+            || install_packages(&missing.packages),
+        )?;
+    }
+    match &missing.components {
+        None => step(
+            &format!("installed toolchain {TOOLCHAIN}"),
+            install_toolchain,
+        )?,
+        Some(components) if !components.is_empty() => step(
+            &format!("added {} to {TOOLCHAIN}", components.join(", ")),
+            || add_components(components),
+        )?,
+        Some(_) => {}
+    }
+    if missing.bpf_linker {
+        step(
+            &format!("installed bpf-linker {BPF_LINKER_VERSION}"),
+            install_bpf_linker,
+        )?;
+    }
+    if missing.tracefs {
+        step(&format!("mounted tracefs at {TRACEFS}"), mount_tracefs)?;
+    }
+
+    println!(
+        "prerequisites ready ({:.1} s)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs one install step and prints one line once it is done.
+fn step(done: &str, action: impl FnOnce() -> Result<()>) -> Result<()> {
+    let start = Instant::now();
+    action()?;
+    println!("prereqs: {done} ({:.1} s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn missing_packages() -> Result<Vec<&'static str>> {
+    // dpkg-query exits 1 when a package is unknown to dpkg; the output still
+    // lists the others, so the exit status is not used.
+    let output = Command::new("dpkg-query")
+        .arg("-W")
+        .arg("-f=${Package}\t${Status}\n")
+        .args(APT_PACKAGES)
+        .output()
+        .context("could not run dpkg-query (xtask expects a Debian machine)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let installed: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(_, status)| *status == "install ok installed")
+        .map(|(package, _)| package)
+        .collect();
+    Ok(APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !installed.contains(package))
+        .collect())
+}
+
+fn install_packages(packages: &[&str]) -> Result<()> {
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages),
+    )
+}
+
+/// The components missing from the pinned toolchain, or `None` when the
+/// toolchain is not installed at all.
+fn missing_components() -> Result<Option<Vec<&'static str>>> {
+    let output = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", TOOLCHAIN])
+        .output()
+        .context("could not run rustup (is it installed and on PATH?)")?;
+    if !output.status.success() {
+        return Ok(None);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Lines are `rust-src` or `clippy-x86_64-unknown-linux-gnu`.
+    let installed = |component: &str| {
+        stdout.lines().any(|line| {
+            line.strip_prefix(component)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+        })
+    };
+    Ok(Some(
+        COMPONENTS
+            .iter()
+            .copied()
+            .filter(|component| !installed(component))
+            .collect(),
+    ))
+}
+
+// Both use the default RUSTUP_HOME, whose settings keep rustup from replacing itself.
+fn install_toolchain() -> Result<()> {
+    let mut rustup = Command::new("rustup");
+    rustup.args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal"]);
+    for component in COMPONENTS {
+        rustup.args(["-c", component]);
+    }
+    cmd::run(&mut rustup)
+}
+
+fn add_components(components: &[&str]) -> Result<()> {
+    cmd::run(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", TOOLCHAIN])
+            .args(components),
+    )
+}
+
+fn bpf_linker_present() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .any(|word| word == BPF_LINKER_VERSION)
+        })
+}
+
+/// Builds bpf-linker against the apt LLVM 22. Tries the pinned nightly first and
+/// the stable toolchain only if that fails, each with `--locked` and then without.
+fn install_bpf_linker() -> Result<()> {
+    let path = match std::env::var_os("PATH") {
+        Some(path) => {
+            let mut dirs = vec![Path::new(LLVM_PREFIX).join("bin")];
+            dirs.extend(std::env::split_paths(&path));
+            std::env::join_paths(dirs).context("PATH holds an entry with ':'")?
+        }
+        None => Path::new(LLVM_PREFIX).join("bin").into_os_string(),
+    };
+    let mut failures = Vec::new();
+    // Named explicitly: cargo warns when rust-toolchain.toml silently picks the
+    // toolchain for `cargo install`.
+    for toolchain in [TOOLCHAIN, "stable"] {
+        for locked in [true, false] {
+            let mut cargo = cmd::cargo([format!("+{toolchain}")]);
+            cargo
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .args(locked.then_some("--locked"))
+                .env("PATH", &path)
+                .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+            match cmd::run(&mut cargo) {
+                Ok(()) if bpf_linker_present() => return Ok(()),
+                Ok(()) => bail!(
+                    "`{}` succeeded but `bpf-linker --version` does not report {BPF_LINKER_VERSION}; \
+                     is cargo's bin directory (~/.cargo/bin) on PATH?",
+                    cmd::display(&cargo)
+                ),
+                Err(err) => {
+                    eprintln!("prereqs: {err}");
+                    failures.push(err.to_string());
+                }
+            }
+        }
+    }
+    bail!(
+        "could not install bpf-linker {BPF_LINKER_VERSION}:\n  {}",
+        failures.join("\n  ")
+    )
+}
+
+fn tracefs_mounted() -> bool {
+    // A mounted tracefs is mode 0700, so without root `events` looks absent;
+    // the mount table still shows it.
+    Path::new(TRACEFS).join("events").exists()
+        || std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+            mounts.lines().any(|line| {
+                let mut fields = line.split_whitespace().skip(1);
+                fields.next() == Some(TRACEFS) && fields.next() == Some("tracefs")
+            })
+        })
+}
+
+fn mount_tracefs() -> Result<()> {
+    cmd::run(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
+    if !tracefs_mounted() {
+        bail!("mounted tracefs at {TRACEFS} but {TRACEFS}/events is still missing");
+    }
+    Ok(())
+}
