@@ -4,5 +4,5 @@
 //! so the byte layout and its parsing cannot drift apart.
 #![no_std]
 
-pub mod swap;
 pub mod stats;
+pub mod swap;

@@ -51,7 +51,10 @@ impl Syscall {
     }
 
     pub fn is_rename(self) -> bool {
-        matches!(self, Syscall::Rename | Syscall::Renameat | Syscall::Renameat2)
+        matches!(
+            self,
+            Syscall::Rename | Syscall::Renameat | Syscall::Renameat2
+        )
     }
 }
 

@@ -11,7 +11,9 @@
 mod probe {
     use agent_common::{
         stats,
-        swap::{AT_FDCWD, COMM_LEN, DATA_NAME, DATA_TMP_NAME, SwapEvent, Syscall, last_component_is},
+        swap::{
+            AT_FDCWD, COMM_LEN, DATA_NAME, DATA_TMP_NAME, SwapEvent, Syscall, last_component_is,
+        },
     };
     use aya_ebpf::{
         helpers::{
@@ -84,7 +86,9 @@ mod probe {
         let Ok(new_ptr) = (unsafe { ctx.read_at::<u64>(l.new) }) else {
             return 0;
         };
-        let new_len = match unsafe { bpf_probe_read_user_str_bytes(new_ptr as *const u8, &mut ev.new_path) } {
+        let new_len = match unsafe {
+            bpf_probe_read_user_str_bytes(new_ptr as *const u8, &mut ev.new_path)
+        } {
             Ok(s) => s.len(),
             Err(_) => return 0,
         };
@@ -96,7 +100,8 @@ mod probe {
         count(stats::MATCHED);
         ev.old_path[0] = 0;
         if let Ok(old_ptr) = unsafe { ctx.read_at::<u64>(l.old) } {
-            let _ = unsafe { bpf_probe_read_user_str_bytes(old_ptr as *const u8, &mut ev.old_path) };
+            let _ =
+                unsafe { bpf_probe_read_user_str_bytes(old_ptr as *const u8, &mut ev.old_path) };
         }
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.tgid = (pid_tgid >> 32) as u32;
@@ -140,31 +145,66 @@ mod probe {
 
     #[tracepoint]
     pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-        let l = Layout { syscall: Syscall::Rename, old: arg(0), old_dfd: None, new: arg(1), new_dfd: None, flags: None };
+        let l = Layout {
+            syscall: Syscall::Rename,
+            old: arg(0),
+            old_dfd: None,
+            new: arg(1),
+            new_dfd: None,
+            flags: None,
+        };
         enter(&ctx, l)
     }
 
     #[tracepoint]
     pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-        let l = Layout { syscall: Syscall::Renameat, old: arg(1), old_dfd: Some(arg(0)), new: arg(3), new_dfd: Some(arg(2)), flags: None };
+        let l = Layout {
+            syscall: Syscall::Renameat,
+            old: arg(1),
+            old_dfd: Some(arg(0)),
+            new: arg(3),
+            new_dfd: Some(arg(2)),
+            flags: None,
+        };
         enter(&ctx, l)
     }
 
     #[tracepoint]
     pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-        let l = Layout { syscall: Syscall::Renameat2, old: arg(1), old_dfd: Some(arg(0)), new: arg(3), new_dfd: Some(arg(2)), flags: Some(arg(4)) };
+        let l = Layout {
+            syscall: Syscall::Renameat2,
+            old: arg(1),
+            old_dfd: Some(arg(0)),
+            new: arg(3),
+            new_dfd: Some(arg(2)),
+            flags: Some(arg(4)),
+        };
         enter(&ctx, l)
     }
 
     #[tracepoint]
     pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
-        let l = Layout { syscall: Syscall::Symlink, old: arg(0), old_dfd: None, new: arg(1), new_dfd: None, flags: None };
+        let l = Layout {
+            syscall: Syscall::Symlink,
+            old: arg(0),
+            old_dfd: None,
+            new: arg(1),
+            new_dfd: None,
+            flags: None,
+        };
         enter(&ctx, l)
     }
 
     #[tracepoint]
     pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
-        let l = Layout { syscall: Syscall::Symlinkat, old: arg(0), old_dfd: None, new: arg(2), new_dfd: Some(arg(1)), flags: None };
+        let l = Layout {
+            syscall: Syscall::Symlinkat,
+            old: arg(0),
+            old_dfd: None,
+            new: arg(2),
+            new_dfd: Some(arg(1)),
+            flags: None,
+        };
         enter(&ctx, l)
     }
 

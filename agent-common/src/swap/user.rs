@@ -57,7 +57,10 @@ impl DecodedSwap {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let want = core::mem::size_of::<SwapEvent>();
         if bytes.len() != want {
-            return Err(DecodeError::Size { got: bytes.len(), want });
+            return Err(DecodeError::Size {
+                got: bytes.len(),
+                want,
+            });
         }
         // SAFETY: length checked; SwapEvent is Pod, read unaligned.
         let ev: SwapEvent = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
@@ -127,7 +130,10 @@ mod tests {
         assert_eq!(d.comm, "kubelet");
         assert_eq!(d.old_path, "/k/..data_tmp");
         assert_eq!(d.new_path, "/k/..data");
-        assert_eq!((d.tgid, d.pid, d.cgroup_id, d.ts_boot_ns), (100, 101, 7, 42));
+        assert_eq!(
+            (d.tgid, d.pid, d.cgroup_id, d.ts_boot_ns),
+            (100, 101, 7, 42)
+        );
         assert_eq!((d.old_dfd, d.new_dfd, d.flags), (AT_FDCWD, 3, 1));
     }
 
@@ -141,7 +147,10 @@ mod tests {
     #[test]
     fn rejects_wrong_size_and_unknown_syscall() {
         let ev = raw(9, b"a", b"..data");
-        assert_eq!(DecodedSwap::decode(bytes(&ev)), Err(DecodeError::Syscall(9)));
+        assert_eq!(
+            DecodedSwap::decode(bytes(&ev)),
+            Err(DecodeError::Syscall(9))
+        );
         let short = &bytes(&ev)[..10];
         assert!(matches!(
             DecodedSwap::decode(short),
