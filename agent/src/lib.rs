@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod clock;
 pub mod events;
+pub mod lab;
 pub mod metrics;
 pub mod probe;
 pub mod server;

@@ -88,8 +88,9 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         ebpf: !args.no_ebpf,
         ring_bytes: args.ring_bytes,
     };
-    let running = agent::start(cfg).await?;
+    // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let running = agent::start(cfg).await?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),

@@ -393,6 +393,34 @@ pub fn parse_pod_log_dir(name: &str) -> Option<(String, PodName)> {
     ))
 }
 
+/// `/proc/self/mountinfo` signals every mount and unmount in the agent's mount
+/// namespace as a priority event (proc(5)); with HostToContainer propagation the
+/// kubelet's tmpfs mounts reach it. Lets a volume be re-watched the moment its tmpfs
+/// is mounted instead of at the next tick.
+struct Mounts(tokio::io::unix::AsyncFd<std::fs::File>);
+
+impl Mounts {
+    fn open() -> io::Result<Mounts> {
+        let f = std::fs::File::open("/proc/self/mountinfo")?;
+        // SAFETY: the File owns its fd for the AsyncFd's whole life.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(f, tokio::io::Interest::PRIORITY)
+        }
+        .map_err(io::Error::from)?;
+        Ok(Mounts(fd))
+    }
+
+    async fn changed(this: &mut Option<Mounts>) {
+        match this {
+            Some(m) => match m.0.ready(tokio::io::Interest::PRIORITY).await {
+                Ok(mut g) => g.clear_ready(),
+                Err(_) => *this = None,
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Runs the walker until `tx` closes.
 pub async fn run(
     mut walker: Walker,
@@ -400,8 +428,12 @@ pub async fn run(
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut mounts = Mounts::open()
+        .inspect_err(|e| warn!(error = %e, "cannot poll /proc/self/mountinfo; tmpfs mounts are noticed on the next tick"))
+        .ok();
     loop {
         tokio::select! {
+            _ = Mounts::changed(&mut mounts) => walker.tick().await,
             ev = stream.next() => match ev {
                 Some(Ok(ev)) => walker.handle(ev).await,
                 Some(Err(e)) => {

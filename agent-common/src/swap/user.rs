@@ -186,7 +186,13 @@ mod tests {
         ];
         for (p, name, want) in cases {
             let got = last_component_is(&path(p), p.len(), name);
-            assert_eq!(got, *want, "{:?} vs {:?}", std::string::String::from_utf8_lossy(p), name);
+            assert_eq!(
+                got,
+                *want,
+                "{:?} vs {:?}",
+                std::string::String::from_utf8_lossy(p),
+                name
+            );
         }
         // A length at or past the buffer means the kernel read was truncated.
         assert!(!last_component_is(&[b'a'; PATH_LEN], PATH_LEN, DATA_NAME));

@@ -1,0 +1,46 @@
+//! The lab node: a kubelet-style directory tree made of real kernel parts (disk
+//! directories, tmpfs mounts) and a writer that performs the kubelet AtomicWriter's
+//! steps with the same system calls (DOMAIN.md 1 and 2).
+//!
+//! Tests and benchmarks drive the agent with it: whatever the agent sees here, it sees
+//! the same way on a node.
+//!
+//! - [`LabNode`] makes `<base>/kubelet/pods/<uid>/volumes/kubernetes.io~<plugin>/<volume>`,
+//!   `<base>/log/pods/<namespace>_<name>_<uid>/` and `<base>/log/containers/`; secret
+//!   and projected volumes are tmpfs mounts of their own, as on a node.
+//! - [`AtomicWriter`] is the kubelet's update of one volume, step by step, in Go's
+//!   syscall flavour ([`CallStyle::GoAt`]) or the legacy one ([`CallStyle::Legacy`]).
+
+mod node;
+pub mod scrape;
+mod sys;
+mod writer;
+
+pub use node::{LabNode, LabPod};
+pub use writer::{AtomicWriter, CallStyle, KeyError, Payload, WriteOutcome, payload};
+
+/// Fills `buf` from the kernel's random pool (getrandom(2)).
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the pointer and length describe the writable slice `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// A random `u32`, the suffix Go's `os.MkdirTemp` appends.
+fn random_u32() -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    fill_random(&mut b)?;
+    Ok(u32::from_ne_bytes(b))
+}

@@ -1,0 +1,146 @@
+//! Shared by the integration tests: a lab node with the real agent attached.
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use reloadscope::{
+    agent::{self, Config, Running},
+    lab::{
+        LabNode,
+        scrape::{self, Samples},
+    },
+};
+
+/// Generous: under load these machines have 2 cores.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub fn config(node: &LabNode, ebpf: bool) -> Config {
+    Config {
+        kubelet_roots: vec![node.kubelet_root()],
+        pod_logs_dir: node.pod_logs_dir(),
+        container_logs_dir: node.container_logs_dir(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ebpf,
+        ..Config::node_defaults()
+    }
+}
+
+/// Starts the agent on `node` and waits for /readyz.
+pub async fn start(node: &LabNode, ebpf: bool) -> Running {
+    let running = agent::start(config(node, ebpf))
+        .await
+        .expect("agent starts");
+    let addr = running.addr;
+    wait_for("/readyz", || async move {
+        let (code, _) = blocking(move || scrape::get(addr, "/readyz")).await.ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
+    if ebpf {
+        assert!(running.shared.ebpf_loaded(), "the probe must load as root");
+    }
+    running
+}
+
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+pub async fn metrics(addr: SocketAddr) -> Samples {
+    blocking(move || scrape::scrape(addr))
+        .await
+        .expect("scrape")
+}
+
+/// Polls `probe` until it answers, or panics naming `what` after [`DEADLINE`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the scraped metrics satisfy `cond`, and returns them.
+/// On timeout the last scrape is printed, so the failure says what the agent saw.
+pub async fn wait_metrics(
+    addr: SocketAddr,
+    what: &str,
+    cond: impl Fn(&Samples) -> bool,
+) -> Samples {
+    let start = Instant::now();
+    loop {
+        let m = metrics(addr).await;
+        if cond(&m) {
+            return m;
+        }
+        if start.elapsed() >= DEADLINE {
+            let (_, body) = blocking(move || scrape::get(addr, "/metrics"))
+                .await
+                .unwrap_or_default();
+            let ours: Vec<&str> = body
+                .lines()
+                .filter(|l| l.starts_with("reloadscope_"))
+                .collect();
+            panic!(
+                "timed out waiting for {what}; last scrape:\n{}",
+                ours.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn detections(m: &Samples, source: &str) -> f64 {
+    m.sum("reloadscope_update_detections_total", &[("source", source)])
+}
+
+/// The `inotify wd:` lines of every inotify fd of this process, as the kernel lists
+/// them in fdinfo.
+fn kernel_watch_lines() -> Vec<String> {
+    let mut lines = Vec::new();
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_inotify = std::fs::read_link(fd.path())
+            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify");
+        if is_inotify {
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            lines.extend(
+                info.lines()
+                    .filter(|l| l.starts_with("inotify wd:"))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    lines
+}
+
+pub fn kernel_inotify_watches() -> usize {
+    kernel_watch_lines().len()
+}
+
+/// Whether this process holds an inotify watch on the inode `path` names now (for a
+/// mount point: the mounted root, not the dir it covers).
+pub fn kernel_watches(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return false;
+    };
+    // fdinfo prints the kernel's dev_t: major << 20 | minor.
+    let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
+    let want = format!("ino:{:x} sdev:{:x} ", m.ino(), major << 20 | minor);
+    kernel_watch_lines().iter().any(|l| l.contains(&want))
+}
