@@ -32,6 +32,10 @@ enum LogFormat {
 enum Command {
     /// Run the node agent (the DaemonSet's main job).
     Agent(AgentArgs),
+    /// Run the agent against a lab node: a kubelet-style tree on tmpfs and disk, with a
+    /// writer making the kubelet's atomic updates on a schedule, and a live table of
+    /// what the agent reports. Needs root.
+    Lab(reloadscope::lab::LabArgs),
 }
 
 #[derive(clap::Args)]
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Agent(args) => rt.block_on(run_agent(args)),
+        Command::Lab(args) => rt.block_on(reloadscope::lab::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,6 +65,8 @@ pub struct VolumeState {
     pub current: Option<String>,
     pub updates: u64,
     pub last_update: Option<SystemTime>,
+    /// Which sources saw the newest update, indexed like [`Source`].
+    pub last_seen_by: [bool; 2],
     open: Vec<Open>,
     /// Recently closed updates, so late sightings are not taken for new ones.
     closed: VecDeque<String>,
@@ -157,6 +159,7 @@ impl Tracker {
                     current,
                     updates: 0,
                     last_update: None,
+                    last_seen_by: [false; 2],
                     open: Vec::new(),
                     closed: VecDeque::new(),
                 };
@@ -212,6 +215,9 @@ impl Tracker {
             if !open.seen[s] {
                 open.seen[s] = true;
                 self.detections[s] += 1;
+                if v.current.as_deref() == Some(&det.ts_dir) {
+                    v.last_seen_by[s] = true;
+                }
                 // The probe's clock is the swap itself: prefer it for the newest update.
                 if det.source == Source::Ebpf && v.current.as_deref() == Some(&det.ts_dir) {
                     v.last_update = Some(det.at);
@@ -236,6 +242,7 @@ impl Tracker {
         v.current = Some(det.ts_dir.clone());
         let mut seen = [false; 2];
         seen[s] = true;
+        v.last_seen_by = seen;
         if !self.ebpf {
             seen[Source::Ebpf.index()] = true;
         }
@@ -329,6 +336,7 @@ mod tests {
         t.detect(det(Source::Ebpf, "a", "..2", 10), t0);
         let v = t.volume(&key("a")).unwrap();
         assert_eq!(v.updates, 1);
+        assert_eq!(v.last_seen_by, [true, true]);
         assert_eq!(v.current.as_deref(), Some("..2"));
         assert_eq!(
             v.last_update,

@@ -12,11 +12,13 @@
 //!   syscall flavour ([`CallStyle::GoAt`]) or the legacy one ([`CallStyle::Legacy`]).
 
 mod node;
+mod run;
 pub mod scrape;
 mod sys;
 mod writer;
 
 pub use node::{LabNode, LabPod};
+pub use run::{LabArgs, run};
 pub use writer::{AtomicWriter, CallStyle, KeyError, Payload, WriteOutcome, payload};
 
 /// Fills `buf` from the kernel's random pool (getrandom(2)).

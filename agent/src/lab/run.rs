@@ -1,0 +1,213 @@
+//! `reloadscope lab`: the real agent on a lab node, with a kubelet-like writer updating
+//! volumes on a schedule and a live table of what the agent reports.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+
+use super::{AtomicWriter, CallStyle, LabNode, LabPod, payload};
+use crate::{
+    agent::{self, Config},
+    updates::Source,
+    volumes::{VolumeKey, VolumeType},
+};
+
+/// Options of `reloadscope lab`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LabArgs {
+    /// Pods on the lab node, each with one volume of every type.
+    #[arg(long, default_value_t = 3)]
+    pub pods: usize,
+    /// Seconds between two volume updates (round robin over the volumes).
+    #[arg(long, default_value_t = 2.0)]
+    pub interval: f64,
+    /// Seconds between the kubelet-style no-op re-reads of every volume.
+    #[arg(long, default_value_t = 5.0)]
+    pub resync: f64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Where the agent serves /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9741")]
+    pub listen: SocketAddr,
+    /// Run the agent without its eBPF probe (inotify alone).
+    #[arg(long)]
+    pub no_ebpf: bool,
+    /// Lab node directory (default: a new temporary one, removed on exit).
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
+    /// Print the table as plain lines instead of redrawing the screen.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+struct Vol {
+    pod: LabPod,
+    key: VolumeKey,
+    writer: AtomicWriter,
+    written: u64,
+}
+
+const VOLUMES: [(VolumeType, &str); 4] = [
+    (VolumeType::ConfigMap, "app-config"),
+    (VolumeType::Secret, "tls"),
+    (VolumeType::Projected, "kube-api-access"),
+    (VolumeType::DownwardApi, "podinfo"),
+];
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| anyhow::anyhow!("--{what} {s}: not a duration in seconds"))
+}
+
+/// Runs the lab until Ctrl-C, SIGTERM or `--duration`. The node is unmounted and
+/// removed on the way out, also on errors.
+pub async fn run(args: LabArgs) -> anyhow::Result<()> {
+    let interval = secs(args.interval, "interval")?;
+    let resync = secs(args.resync, "resync")?;
+    let duration = args.duration.map(|d| secs(d, "duration")).transpose()?;
+    let mut node = match &args.base {
+        Some(b) => LabNode::create(b),
+        None => LabNode::temp(),
+    }
+    .context("creating the lab node (needs root for its tmpfs mounts)")?;
+    let mut vols = Vec::new();
+    for i in 0..args.pods {
+        let pod = node.add_pod("lab", &format!("app-{i}"))?;
+        for (ty, name) in VOLUMES {
+            let writer = node.add_volume(&pod, ty, name)?;
+            writer.write(&payload(&[("config.yaml", "revision: 0")]), CallStyle::GoAt)?;
+            let key = VolumeKey {
+                pod_uid: pod.uid.clone(),
+                volume_type: ty,
+                name: name.to_owned(),
+            };
+            vols.push(Vol {
+                pod: pod.clone(),
+                key,
+                writer,
+                written: 0,
+            });
+        }
+    }
+    let cfg = Config {
+        kubelet_roots: vec![node.kubelet_root()],
+        pod_logs_dir: node.pod_logs_dir(),
+        container_logs_dir: node.container_logs_dir(),
+        listen: args.listen,
+        ebpf: !args.no_ebpf,
+        ..Config::node_defaults()
+    };
+    let running = agent::start(cfg).await?;
+    eprintln!(
+        "lab node at {}; agent on http://{}/metrics; {} volumes; Ctrl-C to stop",
+        node.base().display(),
+        running.addr,
+        vols.len()
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let started = Instant::now();
+    let mut update = tokio::time::interval(interval);
+    let mut reread = tokio::time::interval(resync);
+    let mut draw = tokio::time::interval(Duration::from_secs(1));
+    let mut next = 0usize;
+    let result = loop {
+        if duration.is_some_and(|d| started.elapsed() >= d) {
+            break Ok(());
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = term.recv() => break Ok(()),
+            _ = update.tick(), if !vols.is_empty() => {
+                let n = vols.len();
+                let v = &mut vols[next % n];
+                next += 1;
+                let body = format!("revision: {}", v.written + 1);
+                match v.writer.write(&payload(&[("config.yaml", &body)]), CallStyle::GoAt) {
+                    Ok(_) => v.written += 1,
+                    Err(e) => break Err(e.context("lab writer")),
+                }
+            }
+            _ = reread.tick() => {
+                for v in &vols {
+                    if let Err(e) = v.writer.reread() {
+                        eprintln!("re-read of {}: {e:#}", v.key);
+                    }
+                }
+            }
+            _ = draw.tick() => {
+                let table = render(&running, &vols);
+                if args.plain {
+                    print!("{table}");
+                } else {
+                    print!("\x1b[2J\x1b[H{table}");
+                }
+                let _ = std::io::stdout().flush();
+            }
+        }
+    };
+    running.stop().await;
+    for v in &vols {
+        node.remove_pod(&v.pod).ok();
+    }
+    drop(node);
+    result
+}
+
+fn age(t: Option<SystemTime>) -> String {
+    match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(d) => format!("{:.1}s ago", d.as_secs_f64()),
+        None => "-".into(),
+    }
+}
+
+/// The live table: one row a volume, as the agent's state (what /metrics renders) has it.
+fn render(running: &agent::Running, vols: &[Vol]) -> String {
+    let t = running.shared.tracker.lock().expect("tracker lock");
+    let mut out = String::new();
+    let ebpf = if running.shared.ebpf_loaded() {
+        "loaded"
+    } else {
+        "off"
+    };
+    let _ = writeln!(
+        out,
+        "ebpf {ebpf}  detections ebpf={} inotify={}  gaps missed_by ebpf={} inotify={}",
+        t.detections[Source::Ebpf as usize],
+        t.detections[Source::Inotify as usize],
+        t.gaps[Source::Ebpf as usize],
+        t.gaps[Source::Inotify as usize],
+    );
+    let _ = writeln!(
+        out,
+        "{:<36} {:<13} {:>7} {:>7}  {:<12} SOURCE",
+        "VOLUME", "TYPE", "WRITTEN", "UPDATES", "LAST UPDATE"
+    );
+    for v in vols {
+        let (updates, last, by) = match t.volume(&v.key) {
+            Some(s) => (s.updates.to_string(), age(s.last_update), s.last_seen_by),
+            None => ("-".into(), "-".into(), [false; 2]),
+        };
+        let source: Vec<&str> = Source::ALL
+            .iter()
+            .filter(|s| by[**s as usize])
+            .map(|s| s.label())
+            .collect();
+        let name = format!("{}/{}/{}", v.pod.namespace, v.pod.name, v.key.name);
+        let _ = writeln!(
+            out,
+            "{name:<36} {:<13} {:>7} {updates:>7}  {last:<12} {}",
+            v.key.volume_type.label(),
+            v.written,
+            source.join("+")
+        );
+    }
+    out
+}
