@@ -52,7 +52,7 @@ struct AgentArgs {
     #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
     pod_logs_dir: PathBuf,
     /// Container log directory, `<pod>_<namespace>_<container>-<id>.log` entries: gives
-    /// container names.
+    /// container names (for consumer tracking; swap detection does not read it).
     #[arg(long, value_name = "DIR", default_value = "/var/log/containers")]
     container_logs_dir: PathBuf,
     /// Where the host's /proc is mounted (the node's, not the container's).

@@ -39,7 +39,9 @@ impl Step {
         let mut words = self.command.split_whitespace();
         let program = words.next().unwrap_or_default();
         // A path (`.ci/check-x`) is resolved against the root, not xtask's cwd.
-        let mut command = if program.contains('/') {
+        let mut command = if program == "cargo" {
+            cmd::cargo(std::iter::empty::<&str>())
+        } else if program.contains('/') {
             Command::new(root.join(program))
         } else {
             Command::new(program)

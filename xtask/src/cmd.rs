@@ -33,15 +33,27 @@ fn resolve_target_dir(root: &Path, from_env: Option<OsString>) -> PathBuf {
     }
 }
 
-/// `cargo` through the rustup proxy, so the workspace's pinned toolchain applies
-/// and `+toolchain` overrides work.
+/// The toolchain everything but xtask itself builds with: aya 0.16 needs rust 1.98,
+/// and the eBPF crate needs `-Z build-std=core`, so rust-src. Its LLVM (22) is
+/// bpf-linker's. `agent/build.rs` names the same one for the eBPF build (a test
+/// checks they agree).
+///
+/// There is deliberately no `rust-toolchain.toml`: rustup would have to install the
+/// toolchain before xtask could run, and machines with `RUSTUP_AUTO_INSTALL=0` refuse.
+/// xtask builds with the default toolchain, installs this one, then uses it.
+pub const TOOLCHAIN: &str = "nightly-2026-07-01";
+
+/// `cargo` through the rustup proxy, on the pinned [`TOOLCHAIN`] (the proxy gave
+/// xtask itself `RUSTUP_TOOLCHAIN` of the default toolchain: it is replaced).
 pub fn cargo<I, S>(args: I) -> Command
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
     let mut cmd = Command::new("cargo");
-    cmd.args(args).current_dir(workspace_root());
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .env("RUSTUP_TOOLCHAIN", TOOLCHAIN);
     cmd
 }
 
@@ -123,6 +135,17 @@ fn effective_uid(proc_status: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_ebpf_build_uses_the_pinned_toolchain() {
+        let build_rs =
+            std::fs::read_to_string(super::workspace_root().join("agent/build.rs")).unwrap();
+        assert!(
+            build_rs.contains(&format!("Toolchain::Custom(\"{}\")", super::TOOLCHAIN)),
+            "agent/build.rs must build the eBPF crate with {}",
+            super::TOOLCHAIN
+        );
+    }
+
     use super::*;
 
     #[test]

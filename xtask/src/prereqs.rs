@@ -5,6 +5,8 @@
 
 use std::path::Path;
 use std::process::Command;
+
+use crate::cmd::TOOLCHAIN;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -26,7 +28,6 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// Must match `rust-toolchain.toml`; its LLVM major version matches bpf-linker's.
-const TOOLCHAIN: &str = "nightly-2026-07-01";
 /// rust-src for `-Z build-std=core` on the bpf target; rustfmt and clippy for `test`.
 const COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 
@@ -251,8 +252,7 @@ fn install_bpf_linker() -> Result<()> {
         None => Path::new(LLVM_PREFIX).join("bin").into_os_string(),
     };
     let mut failures = Vec::new();
-    // Named explicitly: cargo warns when rust-toolchain.toml silently picks the
-    // toolchain for `cargo install`.
+    // The pinned toolchain first (its LLVM is bpf-linker's), stable as a fallback.
     for toolchain in [TOOLCHAIN, "stable"] {
         for locked in [true, false] {
             let mut cargo = cmd::cargo([format!("+{toolchain}")]);
