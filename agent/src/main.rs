@@ -70,7 +70,14 @@ struct AgentArgs {
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // aya warns about each kernel feature probe it cannot run; without CAP_BPF that is
+    // a line per probe before ours, which says the same once, with the remedy.
+    let level = if level.contains("aya") {
+        level.to_owned()
+    } else {
+        format!("{level},aya::kernel_features=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -419,3 +419,69 @@ fn sigterm_stops_the_agent_within_a_second() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn without_cap_bpf_the_agent_says_so_once_and_counts_with_inotify() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("ns", "p").unwrap();
+    let vols = volumes(&mut node, &pod);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Root without the capabilities eBPF needs (CAP_SYS_ADMIN would stand in for them).
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
+        .arg(env!("CARGO_BIN_EXE_reloadscope"))
+        .arg("agent")
+        .arg("--kubelet-root")
+        .arg(node.kubelet_root())
+        .arg("--pod-logs-dir")
+        .arg(node.pod_logs_dir())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for("/readyz", || async move {
+        let (code, _) = blocking(move || reloadscope::lab::scrape::get(addr, "/readyz"))
+            .await
+            .ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
+    for (_, _, w) in &vols {
+        swapped_at(w.write(&payload(&[("k", "v1")]), CallStyle::GoAt).unwrap());
+    }
+    let m = wait_metrics(addr, "inotify to report", |m| {
+        detections(m, "inotify") >= vols.len() as f64
+    })
+    .await;
+    assert_eq!(m.get("reloadscope_ebpf_loaded", &[]), Some(0.0));
+    assert_eq!(
+        m.sum("reloadscope_volume_updates_total", &[]),
+        vols.len() as f64
+    );
+    // SAFETY: our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = blocking(move || child.wait_with_output().unwrap()).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\""))
+        .collect();
+    assert_eq!(said.len(), 1, "one warning, about the probe, got:\n{log}");
+    assert!(said[0].contains("probe unavailable"), "{}", said[0]);
+    assert!(
+        said[0].contains("CAP_BPF"),
+        "the line names what is missing: {}",
+        said[0]
+    );
+}
