@@ -380,16 +380,7 @@ async fn exported_metrics_pass_promtool() {
 #[ignore = "needs root: run cargo xtask test"]
 fn sigterm_stops_the_agent_within_a_second() {
     let node = LabNode::temp().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reloadscope"))
-        .arg("agent")
-        .arg("--kubelet-root")
-        .arg(node.kubelet_root())
-        .arg("--pod-logs-dir")
-        .arg(node.pod_logs_dir())
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = agent_command(&node, "127.0.0.1:0", &[]).spawn().unwrap();
     // The agent logs "initial scan done" once ready.
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
@@ -432,21 +423,14 @@ async fn without_cap_bpf_the_agent_says_so_once_and_counts_with_inotify() {
         .unwrap()
         .port();
     // Root without the capabilities eBPF needs (CAP_SYS_ADMIN would stand in for them).
-    let mut child = std::process::Command::new("setpriv")
-        .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
-        .arg(env!("CARGO_BIN_EXE_reloadscope"))
-        .arg("agent")
-        .arg("--kubelet-root")
-        .arg(node.kubelet_root())
-        .arg("--pod-logs-dir")
-        .arg(node.pod_logs_dir())
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
-        .stderr(std::process::Stdio::piped())
+    let listen = format!("127.0.0.1:{port}");
+    let drop_caps = [
+        "setpriv",
+        "--bounding-set",
+        "-bpf,-perfmon,-sys_admin",
+        "--",
+    ];
+    let child = agent_command(&node, &listen, &drop_caps)
         .spawn()
         .expect("setpriv (util-linux)");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -96,7 +96,7 @@ pub fn ensure() -> Result<()> {
     let start = Instant::now();
     let missing = Missing::check()?;
     if missing.is_empty() {
-        println!("prerequisites present ({} ms)", start.elapsed().as_millis());
+        eprintln!("prerequisites present ({} ms)", start.elapsed().as_millis());
         return Ok(());
     }
 
@@ -136,7 +136,7 @@ pub fn ensure() -> Result<()> {
         step(&format!("mounted tracefs at {TRACEFS}"), mount_tracefs)?;
     }
 
-    println!(
+    eprintln!(
         "prerequisites ready ({:.1} s)",
         start.elapsed().as_secs_f64()
     );
@@ -147,7 +147,7 @@ pub fn ensure() -> Result<()> {
 fn step(done: &str, action: impl FnOnce() -> Result<()>) -> Result<()> {
     let start = Instant::now();
     action()?;
-    println!("prereqs: {done} ({:.1} s)", start.elapsed().as_secs_f64());
+    eprintln!("prereqs: {done} ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(())
 }
 

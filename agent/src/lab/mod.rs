@@ -21,6 +21,22 @@ pub use node::{LabNode, LabPod};
 pub use run::{LabArgs, run};
 pub use writer::{AtomicWriter, CallStyle, KeyError, Payload, WriteOutcome, payload};
 
+/// The agent's configuration for `node`: its roots and log dirs, the probe on or off.
+pub fn agent_config(
+    node: &LabNode,
+    ebpf: bool,
+    listen: std::net::SocketAddr,
+) -> crate::agent::Config {
+    crate::agent::Config {
+        kubelet_roots: vec![node.kubelet_root()],
+        pod_logs_dir: node.pod_logs_dir(),
+        container_logs_dir: node.container_logs_dir(),
+        listen,
+        ebpf,
+        ..crate::agent::Config::node_defaults()
+    }
+}
+
 /// Fills `buf` from the kernel's random pool (getrandom(2)).
 fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use super::{AtomicWriter, CallStyle, LabNode, LabPod, payload};
 use crate::{
-    agent::{self, Config},
+    agent,
     updates::Source,
     volumes::{VolumeKey, VolumeType},
 };
@@ -96,14 +96,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             });
         }
     }
-    let cfg = Config {
-        kubelet_roots: vec![node.kubelet_root()],
-        pod_logs_dir: node.pod_logs_dir(),
-        container_logs_dir: node.container_logs_dir(),
-        listen: args.listen,
-        ebpf: !args.no_ebpf,
-        ..Config::node_defaults()
-    };
+    let cfg = super::agent_config(&node, !args.no_ebpf, args.listen);
     let running = agent::start(cfg).await?;
     eprintln!(
         "lab node at {}; agent on http://{}/metrics; {} volumes; Ctrl-C to stop",

@@ -7,9 +7,9 @@ use std::{
 };
 
 use reloadscope::{
-    agent::{self, Config, Running},
+    agent::{self, Running},
     lab::{
-        LabNode,
+        self, LabNode,
         scrape::{self, Samples},
     },
 };
@@ -17,22 +17,15 @@ use reloadscope::{
 /// Generous: under load these machines have 2 cores.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
-pub fn config(node: &LabNode, ebpf: bool) -> Config {
-    Config {
-        kubelet_roots: vec![node.kubelet_root()],
-        pod_logs_dir: node.pod_logs_dir(),
-        container_logs_dir: node.container_logs_dir(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ebpf,
-        ..Config::node_defaults()
-    }
-}
-
 /// Starts the agent on `node` and waits for /readyz.
 pub async fn start(node: &LabNode, ebpf: bool) -> Running {
-    let running = agent::start(config(node, ebpf))
-        .await
-        .expect("agent starts");
+    let running = agent::start(lab::agent_config(
+        node,
+        ebpf,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    ))
+    .await
+    .expect("agent starts");
     let addr = running.addr;
     wait_for("/readyz", || async move {
         let (code, _) = blocking(move || scrape::get(addr, "/readyz")).await.ok()?;
@@ -43,6 +36,28 @@ pub async fn start(node: &LabNode, ebpf: bool) -> Running {
         assert!(running.shared.ebpf_loaded(), "the probe must load as root");
     }
     running
+}
+
+/// `reloadscope agent` on `node`, listening on `listen`, JSON logs on a piped stderr;
+/// behind `wrapper` (such as `setpriv ... --`) when one is given.
+pub fn agent_command(node: &LabNode, listen: &str, wrapper: &[&str]) -> std::process::Command {
+    let bin = env!("CARGO_BIN_EXE_reloadscope");
+    let mut cmd = match wrapper {
+        [] => std::process::Command::new(bin),
+        [program, args @ ..] => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+    };
+    cmd.arg("agent")
+        .arg("--kubelet-root")
+        .arg(node.kubelet_root())
+        .arg("--pod-logs-dir")
+        .arg(node.pod_logs_dir())
+        .args(["--listen", listen, "--log-format", "json"])
+        .stderr(std::process::Stdio::piped());
+    cmd
 }
 
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -1,0 +1,215 @@
+//! Benchmark `detect`: how fast and how completely the agent sees the kubelet's
+//! `..data` swaps, and what its probe costs everything else on the node.
+//!
+//! 1. Detection latency, swap syscall to metric updated, agent in-process: with the
+//!    eBPF probe, and with inotify alone as the baseline.
+//! 2. A burst of 1,000 updates/s across hundreds of volumes, agent as its own process:
+//!    updates counted and lost, gaps, ring buffer losses, agent CPU and memory.
+//! 3. Cost added to unrelated syscalls (`renameat`, `getppid`) by the attached probe.
+//!
+//! Run as root: `cargo xtask bench detect [--quick] [--only latency|burst|overhead]`.
+//! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
+
+#[path = "detect/burst.rs"]
+mod burst;
+#[path = "detect/disk.rs"]
+mod disk;
+#[path = "detect/latency.rs"]
+mod latency;
+#[path = "detect/overhead.rs"]
+mod overhead;
+#[path = "detect/util.rs"]
+mod util;
+
+use std::{fmt::Write as _, process::ExitCode, time::Instant};
+
+const USAGE: &str = "\
+usage: cargo xtask bench detect [--quick] [--only latency|burst|overhead]...
+
+  --quick   smaller counts, for a smoke run
+  --only M  run measure M only (repeatable)
+
+Needs root (eBPF probe, tmpfs mounts).";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    Latency,
+    Burst,
+    Overhead,
+}
+
+struct Args {
+    quick: bool,
+    only: Vec<Measure>,
+    /// As given, for the report's first line.
+    given: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        quick: false,
+        only: Vec::new(),
+        given: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            // cargo bench adds it to every benchmark binary's arguments.
+            "--bench" => continue,
+            "--quick" => args.quick = true,
+            "--only" => {
+                let m = it.next().ok_or("--only needs a measure")?;
+                args.only.push(match m.as_str() {
+                    "latency" => Measure::Latency,
+                    "burst" => Measure::Burst,
+                    "overhead" => Measure::Overhead,
+                    other => return Err(format!("unknown measure {other:?}")),
+                });
+                args.given.push(a);
+                args.given.push(m);
+                continue;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+        args.given.push(a);
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("detect: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("detect: needs root (eBPF probe, tmpfs mounts)\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    let wants = |m| args.only.is_empty() || args.only.contains(&m);
+    let started = Instant::now();
+    let loadavg = util::loadavg();
+    let binary = burst::agent_binary();
+
+    let mut out = String::new();
+    let mut cmd = "cargo xtask bench detect".to_owned();
+    for a in &args.given {
+        cmd.push(' ');
+        cmd.push_str(a);
+    }
+    let _ = writeln!(out, "## `{cmd}`\n");
+    let _ = writeln!(out, "- kernel (`uname -r`): {}", util::kernel_release());
+    let _ = writeln!(out, "- nproc: {}", util::nproc());
+    if let Some(model) = util::cpu_model() {
+        let _ = writeln!(out, "- CPU: {model}");
+    }
+    let _ = writeln!(out, "- load average at start: {loadavg}");
+    let _ = writeln!(
+        out,
+        "- sizes: {}",
+        if args.quick {
+            "--quick (smoke run)"
+        } else {
+            "full"
+        }
+    );
+    let holders = util::tracepoint_prog_holders();
+    let _ = writeln!(
+        out,
+        "- other processes holding tracepoint BPF programs at start: {}",
+        if holders.is_empty() {
+            "none".to_owned()
+        } else {
+            holders.join(", ")
+        }
+    );
+
+    let mut failed = false;
+    let mut section = |name: &str, r: anyhow::Result<String>| match r {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("[detect] {name} failed: {e:#}");
+            failed = true;
+            format!("### {name}\n\nFAILED: {e:#}\n")
+        }
+    };
+    let mut latency_out = None;
+    if wants(Measure::Latency) {
+        let p = if args.quick {
+            latency::Params {
+                updates: 100,
+                rounds: 2,
+                pods: 1,
+                warmup: 5,
+            }
+        } else {
+            latency::Params {
+                updates: 1000,
+                rounds: 2,
+                pods: 3,
+                warmup: 20,
+            }
+        };
+        latency_out = Some(section("Detection latency", latency::run(&p)));
+    }
+    let mut burst_out = None;
+    if wants(Measure::Burst) {
+        let p = if args.quick {
+            burst::Params {
+                volumes: 100,
+                seconds: 2,
+                rate: 1000,
+            }
+        } else {
+            burst::Params {
+                volumes: 500,
+                seconds: 10,
+                rate: 1000,
+            }
+        };
+        let r = match &binary {
+            Ok(bin) => burst::run(&p, bin),
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        };
+        burst_out = Some(section("Burst", r));
+    }
+    let mut overhead_out = None;
+    if wants(Measure::Overhead) {
+        let p = if args.quick {
+            overhead::Params {
+                rounds: 5,
+                renames: 20_000,
+                getppids: 200_000,
+            }
+        } else {
+            overhead::Params {
+                rounds: 10,
+                renames: 200_000,
+                getppids: 2_000_000,
+            }
+        };
+        overhead_out = Some(section("Probe overhead", overhead::run(&p)));
+    }
+    for s in [latency_out, burst_out, overhead_out].into_iter().flatten() {
+        out.push('\n');
+        out.push_str(&s);
+    }
+    let _ = writeln!(
+        out,
+        "\n_Run took {:.0} s._",
+        started.elapsed().as_secs_f64()
+    );
+    print!("{out}");
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
