@@ -29,7 +29,7 @@ use crate::{
 pub const PAIR_WINDOW: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(250);
 /// Upper bound on shutdown: in-flight scrapes get this long to finish.
-const DRAIN: Duration = Duration::from_millis(500);
+const DRAIN: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct Config {
