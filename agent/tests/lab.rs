@@ -1,7 +1,10 @@
 //! `reloadscope lab` as a user runs it: it must show updates seen by both sources and
 //! leave no mount and no directory behind. Needs root.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
@@ -60,6 +63,58 @@ fn lab_reports_updates_from_both_sources_and_cleans_up() {
     );
     assert!(
         !std::path::Path::new(base).exists(),
+        "lab dir {base} left behind"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn ctrl_c_stops_the_lab_and_removes_its_node() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reloadscope"))
+        .args(["lab", "--plain", "--pods", "1", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    // The agent's own log lines come first.
+    let base = loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "lab exited before naming its node"
+        );
+        if let Some(rest) = line.strip_prefix("lab node at ") {
+            break rest.split(';').next().unwrap().to_owned();
+        }
+    };
+    // The first table is drawn once the agent runs.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut row = String::new();
+    while !row.starts_with("VOLUME") {
+        row.clear();
+        assert!(
+            out.read_line(&mut row).unwrap() > 0,
+            "lab exited before drawing its table"
+        );
+    }
+    assert!(
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&base),
+        "tmpfs volumes mounted"
+    );
+    // SAFETY: our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&base),
+        "mounts left behind"
+    );
+    assert!(
+        !std::path::Path::new(&base).exists(),
         "lab dir {base} left behind"
     );
 }

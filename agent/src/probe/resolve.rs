@@ -226,6 +226,30 @@ mod tests {
         assert_eq!(r.resolve(&gone), Err(Skip::Unresolvable));
     }
 
+    #[test]
+    fn relative_paths_resolve_through_the_callers_dir_fd() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("pods/u1/volumes/kubernetes.io~projected");
+        std::fs::create_dir_all(plugin.join("p")).unwrap();
+        let fd = std::fs::File::open(&plugin).unwrap();
+        let mut r = Resolver::new(Roots::new([dir.path().to_owned()]), PathBuf::from("/proc"));
+        let mut s = ev(
+            Syscall::Symlinkat,
+            "..2026_01_01_00_00_00.9",
+            "p/..data_tmp",
+        );
+        s.new_dfd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        assert_eq!(r.resolve(&s), Err(Skip::Staged));
+        let mut e = ev(Syscall::Renameat, "p/..data_tmp", "p/..data");
+        e.new_dfd = s.new_dfd;
+        let d = r.resolve(&e).unwrap();
+        assert_eq!(
+            (d.key.volume_type, d.key.name.as_str()),
+            (VolumeType::Projected, "p")
+        );
+        assert_eq!(d.ts_dir, "..2026_01_01_00_00_00.9");
+    }
+
     /// `target` relative to `base` by climbing to the root (both absolute).
     fn pathdiff(target: &Path, base: &Path) -> PathBuf {
         let mut p = PathBuf::new();
