@@ -100,11 +100,15 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         ring_bytes: args.ring_bytes,
     };
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let running = agent::start(cfg).await?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+        _ = int.recv() => info!("interrupted: shutting down"),
     }
     running.stop().await;
     Ok(())

@@ -106,7 +106,19 @@ fn ctrl_c_stops_the_lab_and_removes_its_node() {
     );
     // SAFETY: our child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    assert!(child.wait().unwrap().success());
+    // Its stdout is no longer read: a lab that ignored the signal would block on it.
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("lab still running 10 s after SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
     assert!(
         !std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()

@@ -105,7 +105,12 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         vols.len()
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Created once: a listener made anew each turn would miss a signal arriving between turns.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let started = Instant::now();
     let mut update = tokio::time::interval(interval);
     let mut reread = tokio::time::interval(resync);
@@ -116,7 +121,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             break Ok(());
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = int.recv() => break Ok(()),
             _ = term.recv() => break Ok(()),
             _ = update.tick(), if !vols.is_empty() => {
                 let n = vols.len();
