@@ -7,6 +7,7 @@ pub mod events;
 pub mod lab;
 pub mod metrics;
 pub mod probe;
+pub mod reloads;
 pub mod server;
 pub mod updates;
 pub mod volumes;

@@ -1,0 +1,371 @@
+//! Reloads: for every volume update, which consuming containers opened the new data and
+//! how long after the swap (README, "Definitions").
+//!
+//! - Swap time: the update's `..data` rename (the probe's clock when it saw it).
+//! - A container's reload: the first open, by any process of that container, of a file
+//!   in the new timestamped dir, at or after the swap. Latency = reload - swap.
+//! - Opens by the kubelet, by host processes or by other pods are never reloads.
+//! - A container is stale for a volume while it has not reloaded the newest update.
+//! - A container whose processes started after the swap reloaded at its start.
+//! - subPath consumers never get an update: they are reported as such, never as stale.
+//!
+//! Pure state; time comes in as arguments.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, SystemTime},
+};
+
+use crate::volumes::VolumeKey;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MountKind {
+    /// The volume dir bound whole: sees updates through `..data`.
+    Volume,
+    /// One file bound through `volume-subpaths`: pinned to the data of its start.
+    SubPath,
+}
+
+impl MountKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            MountKind::Volume => "volume",
+            MountKind::SubPath => "subpath",
+        }
+    }
+}
+
+/// Who opened a file of a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opener {
+    /// A process of this container (by container id).
+    Container { pod_uid: String, id: String },
+    Kubelet,
+    /// Any other process outside pods.
+    Host,
+}
+
+/// Foreign opens, by opener kind: `kubelet`, `host`, `other_pod`.
+pub const FOREIGN: [&str; 3] = ["kubelet", "host", "other_pod"];
+
+/// A container found consuming a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub id: String,
+    pub name: String,
+    pub mount: MountKind,
+    /// Start of its oldest process.
+    pub started: SystemTime,
+}
+
+/// Latency histogram buckets (seconds): 5 ms to 1 h.
+pub const BUCKETS: [f64; 18] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    pub counts: [u64; BUCKETS.len() + 1],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, v: f64) {
+        let i = BUCKETS.iter().position(|&b| v <= b).unwrap_or(BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Consumer {
+    pub name: String,
+    pub mount: MountKind,
+    pub started: SystemTime,
+    /// The newest update not reloaded yet: (timestamped dir, swap time).
+    pub pending: Option<(String, SystemTime)>,
+    pub last_reload: Option<SystemTime>,
+    pub latency: Histogram,
+}
+
+impl Consumer {
+    /// 0 when the container has the newest update.
+    pub fn stale_seconds(&self, now: SystemTime) -> f64 {
+        match (&self.pending, self.mount) {
+            (Some((_, swap)), MountKind::Volume) => now.duration_since(*swap).map_or(0.0, |d| d.as_secs_f64()),
+            _ => 0.0,
+        }
+    }
+}
+
+/// An open seen before the update it belongs to (the open and the swap come from
+/// different sources and may be read out of order).
+#[derive(Clone, Debug)]
+struct EarlyOpen {
+    volume: VolumeKey,
+    container: String,
+    ts_dir: String,
+    at: SystemTime,
+}
+
+/// How long an open may wait for its update.
+const EARLY_KEPT: Duration = Duration::from_secs(10);
+const EARLY_MAX: usize = 4096;
+
+#[derive(Debug, Default)]
+pub struct Reloads {
+    consumers: HashMap<VolumeKey, HashMap<String, Consumer>>,
+    /// The newest update of each volume: (timestamped dir, swap time).
+    newest: HashMap<VolumeKey, (String, SystemTime)>,
+    early: VecDeque<EarlyOpen>,
+    pub foreign: [u64; 3],
+}
+
+impl Reloads {
+    pub fn consumers(&self) -> impl Iterator<Item = (&VolumeKey, &String, &Consumer)> {
+        self.consumers.iter().flat_map(|(v, cs)| cs.iter().map(move |(id, c)| (v, id, c)))
+    }
+
+    pub fn consumer(&self, volume: &VolumeKey, id: &str) -> Option<&Consumer> {
+        self.consumers.get(volume)?.get(id)
+    }
+
+    /// The consumers of `volume` as a scan found them: new ones are added (a container
+    /// that started after the newest swap has it already), gone ones dropped.
+    pub fn set_consumers(&mut self, volume: &VolumeKey, found: Vec<Found>) {
+        let newest = self.newest.get(volume).cloned();
+        let cs = self.consumers.entry(volume.clone()).or_default();
+        cs.retain(|id, _| found.iter().any(|f| &f.id == id));
+        for f in found {
+            let c = cs.entry(f.id).or_insert_with(|| Consumer {
+                name: f.name.clone(),
+                mount: f.mount,
+                started: f.started,
+                // Found after an update it predates: stale until it opens the new data.
+                pending: newest.clone().filter(|(_, swap)| f.mount == MountKind::Volume && f.started < *swap),
+                last_reload: None,
+                latency: Histogram::default(),
+            });
+            if f.started > c.started {
+                // Restarted: its processes read the volume afresh.
+                c.started = f.started;
+                if let Some((_, swap)) = c.pending.take() {
+                    record(c, swap, f.started);
+                }
+            }
+            c.name = f.name;
+            c.mount = f.mount;
+        }
+        if cs.is_empty() {
+            self.consumers.remove(volume);
+        }
+    }
+
+    pub fn volume_gone(&mut self, volume: &VolumeKey) {
+        self.consumers.remove(volume);
+        self.newest.remove(volume);
+        self.early.retain(|e| &e.volume != volume);
+    }
+
+    pub fn pod_gone(&mut self, uid: &str) {
+        self.consumers.retain(|v, _| v.pod_uid != uid);
+        self.newest.retain(|v, _| v.pod_uid != uid);
+        self.early.retain(|e| e.volume.pod_uid != uid);
+    }
+
+    /// `volume` was swapped to `ts_dir` at `swap`: every whole-volume consumer is stale
+    /// until it opens the new data, unless it started after the swap.
+    pub fn update(&mut self, volume: &VolumeKey, ts_dir: &str, swap: SystemTime) {
+        self.newest.insert(volume.clone(), (ts_dir.to_owned(), swap));
+        let Some(cs) = self.consumers.get_mut(volume) else { return };
+        for c in cs.values_mut() {
+            if c.mount != MountKind::Volume {
+                continue;
+            }
+            if c.started >= swap {
+                record(c, swap, c.started);
+            } else {
+                c.pending = Some((ts_dir.to_owned(), swap));
+            }
+        }
+        let early: Vec<EarlyOpen> = self
+            .early
+            .iter()
+            .filter(|e| &e.volume == volume && e.ts_dir == ts_dir)
+            .cloned()
+            .collect();
+        self.early.retain(|e| !(&e.volume == volume && e.ts_dir == ts_dir));
+        for e in early {
+            self.credit(volume, &e.container, ts_dir, e.at);
+        }
+    }
+
+    /// A file of `volume`'s `ts_dir` was opened at `at`.
+    pub fn open(&mut self, opener: Opener, volume: &VolumeKey, ts_dir: &str, at: SystemTime) {
+        let (pod_uid, id) = match opener {
+            Opener::Kubelet => return self.foreign[0] += 1,
+            Opener::Host => return self.foreign[1] += 1,
+            Opener::Container { pod_uid, id } => (pod_uid, id),
+        };
+        let consumes = self.consumers.get(volume).is_some_and(|cs| cs.contains_key(&id));
+        if pod_uid != volume.pod_uid || !consumes {
+            self.foreign[2] += 1;
+            return;
+        }
+        let known = self.newest.get(volume).is_some_and(|(ts, _)| ts == ts_dir);
+        if known {
+            self.credit(volume, &id, ts_dir, at);
+        } else {
+            // Possibly the new data of an update not reported yet.
+            if self.early.len() == EARLY_MAX {
+                self.early.pop_front();
+            }
+            self.early.push_back(EarlyOpen { volume: volume.clone(), container: id, ts_dir: ts_dir.to_owned(), at });
+        }
+    }
+
+    fn credit(&mut self, volume: &VolumeKey, id: &str, ts_dir: &str, at: SystemTime) {
+        let Some(c) = self.consumers.get_mut(volume).and_then(|cs| cs.get_mut(id)) else { return };
+        if let Some((pending_ts, swap)) = c.pending.clone()
+            && pending_ts == ts_dir
+            && at >= swap
+        {
+            c.pending = None;
+            record(c, swap, at);
+        }
+    }
+
+    /// Drops early opens no update claimed.
+    pub fn tick(&mut self, now: SystemTime) {
+        while let Some(e) = self.early.front() {
+            if now.duration_since(e.at).is_ok_and(|d| d < EARLY_KEPT) {
+                break;
+            }
+            self.early.pop_front();
+        }
+    }
+}
+
+fn record(c: &mut Consumer, swap: SystemTime, at: SystemTime) {
+    let latency = at.duration_since(swap).unwrap_or_default();
+    c.latency.observe(latency.as_secs_f64());
+    c.last_reload = Some(at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volumes::VolumeType;
+
+    fn t(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
+    }
+
+    fn vol() -> VolumeKey {
+        VolumeKey { pod_uid: "pod".into(), volume_type: VolumeType::Secret, name: "tls".into() }
+    }
+
+    fn found(id: &str, mount: MountKind, started: u64) -> Found {
+        Found { id: id.into(), name: format!("c-{id}"), mount, started: t(started) }
+    }
+
+    fn me(id: &str) -> Opener {
+        Opener::Container { pod_uid: "pod".into(), id: id.into() }
+    }
+
+    fn reloads() -> Reloads {
+        let mut r = Reloads::default();
+        r.set_consumers(&vol(), vec![found("a", MountKind::Volume, 0), found("s", MountKind::SubPath, 0)]);
+        r
+    }
+
+    #[test]
+    fn reload_after_the_swap_ends_staleness_with_its_latency() {
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(100));
+        let a = r.consumer(&vol(), "a").unwrap();
+        assert_eq!(a.stale_seconds(t(1100)), 1.0);
+        r.open(me("a"), &vol(), "..1", t(150)); // old data: still stale
+        r.open(me("a"), &vol(), "..2", t(142));
+        let a = r.consumer(&vol(), "a").unwrap();
+        assert_eq!(a.stale_seconds(t(5000)), 0.0);
+        assert_eq!(a.last_reload, Some(t(142)));
+        assert_eq!(a.latency.count, 1);
+        assert!((a.latency.sum - 0.042).abs() < 1e-9);
+        assert_eq!(a.latency.counts[BUCKETS.iter().position(|&b| b == 0.05).unwrap()], 1);
+        // Further opens of the same data are not further reloads.
+        r.open(me("a"), &vol(), "..2", t(900));
+        assert_eq!(r.consumer(&vol(), "a").unwrap().latency.count, 1);
+    }
+
+    #[test]
+    fn subpath_consumers_are_never_stale_and_never_reload() {
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(100));
+        r.open(me("s"), &vol(), "..2", t(200));
+        let s = r.consumer(&vol(), "s").unwrap();
+        assert_eq!((s.stale_seconds(t(9999)), s.latency.count, s.pending.is_none()), (0.0, 0, true));
+    }
+
+    #[test]
+    fn foreign_opens_are_counted_never_credited() {
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(100));
+        r.open(Opener::Kubelet, &vol(), "..2", t(110));
+        r.open(Opener::Host, &vol(), "..2", t(110));
+        r.open(Opener::Container { pod_uid: "other".into(), id: "x".into() }, &vol(), "..2", t(110));
+        r.open(me("not-a-consumer"), &vol(), "..2", t(110));
+        assert_eq!(r.foreign, [1, 1, 2]);
+        assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
+    }
+
+    #[test]
+    fn an_open_read_before_its_update_is_credited_when_the_update_arrives() {
+        let mut r = reloads();
+        r.open(me("a"), &vol(), "..2", t(130));
+        r.update(&vol(), "..2", t(100));
+        let a = r.consumer(&vol(), "a").unwrap();
+        assert_eq!((a.pending.is_none(), a.last_reload), (true, Some(t(130))));
+        // An open from before the swap is no reload.
+        r.open(me("a"), &vol(), "..3", t(140));
+        r.update(&vol(), "..3", t(200));
+        assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
+        // Unclaimed early opens expire.
+        r.open(me("a"), &vol(), "..9", t(300));
+        r.tick(t(300) + EARLY_KEPT);
+        assert!(r.early.is_empty());
+    }
+
+    #[test]
+    fn a_container_started_after_the_swap_has_reloaded_at_its_start() {
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(100));
+        r.set_consumers(&vol(), vec![found("a", MountKind::Volume, 400), found("s", MountKind::SubPath, 0)]);
+        let a = r.consumer(&vol(), "a").unwrap();
+        assert_eq!((a.pending.is_none(), a.last_reload), (true, Some(t(400))));
+        // Found late, older than the newest swap: stale until it opens the new data.
+        r.set_consumers(&vol(), vec![found("b", MountKind::Volume, 50)]);
+        assert!(r.consumer(&vol(), "a").is_none());
+        assert_eq!(r.consumer(&vol(), "b").unwrap().pending, Some(("..2".into(), t(100))));
+        // Found late but younger than the swap: nothing pending at the next update either.
+        r.set_consumers(&vol(), vec![found("c", MountKind::Volume, 500)]);
+        assert!(r.consumer(&vol(), "c").unwrap().pending.is_none());
+        r.update(&vol(), "..3", t(450));
+        assert!(r.consumer(&vol(), "c").unwrap().pending.is_none());
+    }
+
+    #[test]
+    fn pods_and_volumes_going_away_take_their_consumers() {
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(100));
+        r.pod_gone("pod");
+        assert_eq!(r.consumers().count(), 0);
+        let mut r = reloads();
+        r.volume_gone(&vol());
+        assert_eq!(r.consumers().count(), 0);
+    }
+}
