@@ -1,8 +1,10 @@
 //! `reloadscope agent`: wires the sources to the state and the state to HTTP.
 //!
 //! probe reader ─┐
-//!               ├─ events ─▶ state loop (Tracker) ◀─ scrapes (metrics)
-//! inotify walk ─┘
+//! inotify walk ─┼─ events ─▶ state loop (Tracker, Reloads) ◀─ scrapes (metrics)
+//! fanotify ─────┘                │ marks to place      ▲
+//!      ▲─────────────────────────┘                     │ consumers
+//!                                     /proc scan ──────┘ (after updates, every 10 s)
 
 use std::{
     collections::HashSet,
@@ -12,12 +14,18 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
 use crate::{
+    consumers,
     events::{self, Event},
+    fanotify::Fanotify,
     metrics::{self, Shared},
+    opens::{self, Opens},
     probe::{self, Probe},
     server,
     updates::Tracker,
@@ -125,12 +133,34 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         info!("eBPF disabled by --no-ebpf; running on inotify alone");
     }
 
-    // The state loop runs before the walk starts, so the walk can never fill the queue.
-    tasks.push(tokio::spawn(state_loop(
+    let marks = match Fanotify::new() {
+        Ok(fan) => {
+            shared.fanotify.store(true, Relaxed);
+            let (cmds, cmd_rx) = mpsc::unbounded_channel();
+            let source = Opens::new(fan, cfg.proc_root.clone(), shared.clone());
+            tasks.push(tokio::spawn(source.run(cmd_rx, tx.clone())));
+            Some(cmds)
+        }
+        Err(e) => {
+            warn!("fanotify unavailable, reloads are not measured: {e}");
+            None
+        }
+    };
+    let rescan = Arc::new(Notify::new());
+    tasks.push(tokio::spawn(consumer_loop(
         shared.clone(),
-        rx,
+        cfg.clone(),
+        rescan.clone(),
         stop_rx.clone(),
     )));
+
+    // The state loop runs before the walk starts, so the walk can never fill the queue.
+    let state = StateLoop {
+        shared: shared.clone(),
+        marks,
+        rescan,
+    };
+    tasks.push(tokio::spawn(state.run(rx, stop_rx.clone())));
     let (walker, stream) = Walker::start(roots, cfg.pod_logs_dir.clone(), tx).await?;
     tasks.push(tokio::spawn(walk::run(
         walker,
@@ -156,46 +186,156 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     })
 }
 
-async fn state_loop(shared: Arc<Shared>, mut rx: events::Receiver, stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(TICK);
+/// Looks for the consumers of every volume: after updates (at most once a second)
+/// and every [`consumers::RESCAN`]. The /proc walk runs off the async workers.
+async fn consumer_loop(
+    shared: Arc<Shared>,
+    cfg: Config,
+    rescan: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(consumers::RESCAN);
     let stopped = stopped(stop);
     tokio::pin!(stopped);
     loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => apply(&shared, ev),
-                None => return,
-            },
-            _ = tick.tick() => {
-                shared.tracker.lock().expect("tracker lock").tick(Instant::now());
-                shared.heartbeat_ms.store(monotonic_ms(), Relaxed);
+            _ = rescan.notified() => {}
+            _ = every.tick() => {}
+            _ = &mut stopped => return,
+        }
+        let volumes: Vec<_> = {
+            let t = shared.tracker.lock().expect("tracker lock");
+            t.volumes()
+                .map(|(k, v)| (k.clone(), v.dir.clone()))
+                .collect()
+        };
+        let (proc_root, logs) = (cfg.proc_root.clone(), cfg.container_logs_dir.clone());
+        let keys: Vec<_> = volumes.iter().map(|(k, _)| k.clone()).collect();
+        let scan =
+            tokio::task::spawn_blocking(move || consumers::scan(&proc_root, &logs, &volumes));
+        let Ok(mut scan) = scan.await else { return };
+        {
+            let mut r = shared.reloads.lock().expect("reloads lock");
+            for key in keys {
+                r.set_consumers(&key, scan.consumers.remove(&key).unwrap_or_default());
             }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = &mut stopped => return,
         }
     }
 }
 
-fn apply(shared: &Shared, ev: Event) {
-    let now = Instant::now();
-    let mut t = shared.tracker.lock().expect("tracker lock");
-    match ev {
-        Event::Detected(d) => t.detect(d, now),
-        Event::VolumeFound { key, dir, current } => {
-            t.volume_found(key, dir, current, now, SystemTime::now())
+struct StateLoop {
+    shared: Arc<Shared>,
+    /// Commands for the fanotify source, when it runs.
+    marks: Option<mpsc::UnboundedSender<opens::Command>>,
+    rescan: Arc<Notify>,
+}
+
+impl StateLoop {
+    async fn run(self, mut rx: events::Receiver, stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        let stopped = stopped(stop);
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.apply(ev),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    self.shared.tracker.lock().expect("tracker lock").tick(Instant::now());
+                    self.shared.reloads.lock().expect("reloads lock").tick(SystemTime::now());
+                    self.shared.heartbeat_ms.store(monotonic_ms(), Relaxed);
+                }
+                _ = &mut stopped => return,
+            }
         }
-        Event::VolumeGone(key) => t.volume_gone(&key),
-        Event::PodGone { uid } => t.pod_gone(&uid),
-        Event::PodNamed { uid, name } => t.pod_named(uid, name),
-        Event::InotifyOverflow => {
-            shared.overflows.fetch_add(1, Relaxed);
+    }
+
+    fn mark(&self, cmd: opens::Command) {
+        if let Some(m) = &self.marks {
+            let _ = m.send(cmd);
         }
-        Event::RescanDone { pods_dir, volumes } => {
-            let found: HashSet<_> = volumes.into_iter().collect();
-            t.retain_found_under(&pods_dir, &found);
-        }
-        Event::ScanDone => {
-            shared.ready.store(true, Relaxed);
-            info!(volumes = t.volumes().count(), "initial scan done");
+    }
+
+    fn apply(&self, ev: Event) {
+        let shared = &self.shared;
+        let now = Instant::now();
+        let mut t = shared.tracker.lock().expect("tracker lock");
+        match ev {
+            Event::Detected(d) => {
+                let (key, ts) = (d.key.clone(), d.ts_dir.clone());
+                t.detect(d, now);
+                // The volume's newest update (new, or its swap time refined): consumers go stale.
+                if let Some(v) = t.volume(&key)
+                    && v.updates > 0
+                    && v.current.as_deref() == Some(ts.as_str())
+                    && let Some(at) = v.last_update
+                {
+                    shared
+                        .reloads
+                        .lock()
+                        .expect("reloads lock")
+                        .update(&key, &ts, at);
+                    self.rescan.notify_one();
+                }
+            }
+            Event::VolumeFound { key, dir, current } => {
+                let cmd = opens::Command::Volume {
+                    key: key.clone(),
+                    dir: dir.clone(),
+                    current: current.clone(),
+                };
+                self.mark(cmd);
+                t.volume_found(key, dir, current, now, SystemTime::now());
+            }
+            Event::VolumeGone(key) => {
+                t.volume_gone(&key);
+                shared
+                    .reloads
+                    .lock()
+                    .expect("reloads lock")
+                    .volume_gone(&key);
+                self.mark(opens::Command::Gone { key });
+            }
+            Event::PodGone { uid } => {
+                for key in t.volumes().map(|(k, _)| k).filter(|k| k.pod_uid == uid) {
+                    self.mark(opens::Command::Gone { key: key.clone() });
+                }
+                t.pod_gone(&uid);
+                shared.reloads.lock().expect("reloads lock").pod_gone(&uid);
+            }
+            Event::PodNamed { uid, name } => t.pod_named(uid, name),
+            Event::DataDirCreated { key, dir, ts_dir } => {
+                self.mark(opens::Command::DataDir { key, dir, ts_dir });
+            }
+            Event::Opened {
+                opener,
+                key,
+                ts_dir,
+                at,
+            } => {
+                shared
+                    .reloads
+                    .lock()
+                    .expect("reloads lock")
+                    .open(opener, &key, &ts_dir, at);
+            }
+            Event::InotifyOverflow => {
+                shared.overflows.fetch_add(1, Relaxed);
+            }
+            Event::RescanDone { pods_dir, volumes } => {
+                let found: HashSet<_> = volumes.into_iter().collect();
+                t.retain_found_under(&pods_dir, &found);
+            }
+            Event::ScanDone => {
+                shared.ready.store(true, Relaxed);
+                info!(volumes = t.volumes().count(), "initial scan done");
+                self.rescan.notify_one();
+            }
         }
     }
 }

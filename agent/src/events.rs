@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::{
+    reloads::Opener,
     updates::{Detection, PodName},
     volumes::VolumeKey,
 };
@@ -19,6 +20,19 @@ pub enum Event {
         current: Option<String>,
     },
     VolumeGone(VolumeKey),
+    /// A timestamped data dir was created in a volume: an update is under way.
+    DataDirCreated {
+        key: VolumeKey,
+        dir: PathBuf,
+        ts_dir: String,
+    },
+    /// A file of a volume's data dir `ts_dir` was opened by `opener` at `at`.
+    Opened {
+        opener: Opener,
+        key: VolumeKey,
+        ts_dir: String,
+        at: std::time::SystemTime,
+    },
     PodGone {
         uid: String,
     },

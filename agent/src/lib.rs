@@ -3,9 +3,12 @@
 
 pub mod agent;
 pub mod clock;
+pub mod consumers;
 pub mod events;
+pub mod fanotify;
 pub mod lab;
 pub mod metrics;
+pub mod opens;
 pub mod probe;
 pub mod reloads;
 pub mod server;

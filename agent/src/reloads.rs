@@ -39,7 +39,10 @@ impl MountKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Opener {
     /// A process of this container (by container id).
-    Container { pod_uid: String, id: String },
+    Container {
+        pod_uid: String,
+        id: String,
+    },
     Kubelet,
     /// Any other process outside pods.
     Host,
@@ -74,7 +77,10 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&mut self, v: f64) {
-        let i = BUCKETS.iter().position(|&b| v <= b).unwrap_or(BUCKETS.len());
+        let i = BUCKETS
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(BUCKETS.len());
         self.counts[i] += 1;
         self.sum += v;
         self.count += 1;
@@ -96,7 +102,9 @@ impl Consumer {
     /// 0 when the container has the newest update.
     pub fn stale_seconds(&self, now: SystemTime) -> f64 {
         match (&self.pending, self.mount) {
-            (Some((_, swap)), MountKind::Volume) => now.duration_since(*swap).map_or(0.0, |d| d.as_secs_f64()),
+            (Some((_, swap)), MountKind::Volume) => {
+                now.duration_since(*swap).map_or(0.0, |d| d.as_secs_f64())
+            }
             _ => 0.0,
         }
     }
@@ -127,7 +135,9 @@ pub struct Reloads {
 
 impl Reloads {
     pub fn consumers(&self) -> impl Iterator<Item = (&VolumeKey, &String, &Consumer)> {
-        self.consumers.iter().flat_map(|(v, cs)| cs.iter().map(move |(id, c)| (v, id, c)))
+        self.consumers
+            .iter()
+            .flat_map(|(v, cs)| cs.iter().map(move |(id, c)| (v, id, c)))
     }
 
     pub fn consumer(&self, volume: &VolumeKey, id: &str) -> Option<&Consumer> {
@@ -146,7 +156,9 @@ impl Reloads {
                 mount: f.mount,
                 started: f.started,
                 // Found after an update it predates: stale until it opens the new data.
-                pending: newest.clone().filter(|(_, swap)| f.mount == MountKind::Volume && f.started < *swap),
+                pending: newest
+                    .clone()
+                    .filter(|(_, swap)| f.mount == MountKind::Volume && f.started < *swap),
                 last_reload: None,
                 latency: Histogram::default(),
             });
@@ -179,9 +191,34 @@ impl Reloads {
 
     /// `volume` was swapped to `ts_dir` at `swap`: every whole-volume consumer is stale
     /// until it opens the new data, unless it started after the swap.
+    /// Reported again for the same `ts_dir` (the second source, or the probe's own
+    /// earlier clock), it only moves the swap time earlier.
     pub fn update(&mut self, volume: &VolumeKey, ts_dir: &str, swap: SystemTime) {
-        self.newest.insert(volume.clone(), (ts_dir.to_owned(), swap));
-        let Some(cs) = self.consumers.get_mut(volume) else { return };
+        if let Some((ts, known)) = self.newest.get_mut(volume)
+            && ts == ts_dir
+        {
+            if swap < *known {
+                *known = swap;
+                for c in self
+                    .consumers
+                    .get_mut(volume)
+                    .into_iter()
+                    .flat_map(|cs| cs.values_mut())
+                {
+                    if let Some((pts, pswap)) = &mut c.pending
+                        && pts == ts_dir
+                    {
+                        *pswap = swap;
+                    }
+                }
+            }
+            return;
+        }
+        self.newest
+            .insert(volume.clone(), (ts_dir.to_owned(), swap));
+        let Some(cs) = self.consumers.get_mut(volume) else {
+            return;
+        };
         for c in cs.values_mut() {
             if c.mount != MountKind::Volume {
                 continue;
@@ -198,7 +235,8 @@ impl Reloads {
             .filter(|e| &e.volume == volume && e.ts_dir == ts_dir)
             .cloned()
             .collect();
-        self.early.retain(|e| !(&e.volume == volume && e.ts_dir == ts_dir));
+        self.early
+            .retain(|e| !(&e.volume == volume && e.ts_dir == ts_dir));
         for e in early {
             self.credit(volume, &e.container, ts_dir, e.at);
         }
@@ -211,7 +249,10 @@ impl Reloads {
             Opener::Host => return self.foreign[1] += 1,
             Opener::Container { pod_uid, id } => (pod_uid, id),
         };
-        let consumes = self.consumers.get(volume).is_some_and(|cs| cs.contains_key(&id));
+        let consumes = self
+            .consumers
+            .get(volume)
+            .is_some_and(|cs| cs.contains_key(&id));
         if pod_uid != volume.pod_uid || !consumes {
             self.foreign[2] += 1;
             return;
@@ -224,12 +265,19 @@ impl Reloads {
             if self.early.len() == EARLY_MAX {
                 self.early.pop_front();
             }
-            self.early.push_back(EarlyOpen { volume: volume.clone(), container: id, ts_dir: ts_dir.to_owned(), at });
+            self.early.push_back(EarlyOpen {
+                volume: volume.clone(),
+                container: id,
+                ts_dir: ts_dir.to_owned(),
+                at,
+            });
         }
     }
 
     fn credit(&mut self, volume: &VolumeKey, id: &str, ts_dir: &str, at: SystemTime) {
-        let Some(c) = self.consumers.get_mut(volume).and_then(|cs| cs.get_mut(id)) else { return };
+        let Some(c) = self.consumers.get_mut(volume).and_then(|cs| cs.get_mut(id)) else {
+            return;
+        };
         if let Some((pending_ts, swap)) = c.pending.clone()
             && pending_ts == ts_dir
             && at >= swap
@@ -266,20 +314,38 @@ mod tests {
     }
 
     fn vol() -> VolumeKey {
-        VolumeKey { pod_uid: "pod".into(), volume_type: VolumeType::Secret, name: "tls".into() }
+        VolumeKey {
+            pod_uid: "pod".into(),
+            volume_type: VolumeType::Secret,
+            name: "tls".into(),
+        }
     }
 
     fn found(id: &str, mount: MountKind, started: u64) -> Found {
-        Found { id: id.into(), name: format!("c-{id}"), mount, started: t(started) }
+        Found {
+            id: id.into(),
+            name: format!("c-{id}"),
+            mount,
+            started: t(started),
+        }
     }
 
     fn me(id: &str) -> Opener {
-        Opener::Container { pod_uid: "pod".into(), id: id.into() }
+        Opener::Container {
+            pod_uid: "pod".into(),
+            id: id.into(),
+        }
     }
 
     fn reloads() -> Reloads {
         let mut r = Reloads::default();
-        r.set_consumers(&vol(), vec![found("a", MountKind::Volume, 0), found("s", MountKind::SubPath, 0)]);
+        r.set_consumers(
+            &vol(),
+            vec![
+                found("a", MountKind::Volume, 0),
+                found("s", MountKind::SubPath, 0),
+            ],
+        );
         r
     }
 
@@ -296,10 +362,29 @@ mod tests {
         assert_eq!(a.last_reload, Some(t(142)));
         assert_eq!(a.latency.count, 1);
         assert!((a.latency.sum - 0.042).abs() < 1e-9);
-        assert_eq!(a.latency.counts[BUCKETS.iter().position(|&b| b == 0.05).unwrap()], 1);
+        assert_eq!(
+            a.latency.counts[BUCKETS.iter().position(|&b| b == 0.05).unwrap()],
+            1
+        );
         // Further opens of the same data are not further reloads.
         r.open(me("a"), &vol(), "..2", t(900));
         assert_eq!(r.consumer(&vol(), "a").unwrap().latency.count, 1);
+    }
+
+    #[test]
+    fn a_second_report_of_the_same_update_refines_the_swap_time_only() {
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(120)); // inotify first
+        r.update(&vol(), "..2", t(100)); // then the probe's stamp
+        assert_eq!(
+            r.consumer(&vol(), "a").unwrap().pending,
+            Some(("..2".into(), t(100)))
+        );
+        r.open(me("a"), &vol(), "..2", t(130));
+        r.update(&vol(), "..2", t(90));
+        let a = r.consumer(&vol(), "a").unwrap();
+        assert!(a.pending.is_none(), "a reload is never undone");
+        assert!((a.latency.sum - 0.030).abs() < 1e-9);
     }
 
     #[test]
@@ -308,7 +393,14 @@ mod tests {
         r.update(&vol(), "..2", t(100));
         r.open(me("s"), &vol(), "..2", t(200));
         let s = r.consumer(&vol(), "s").unwrap();
-        assert_eq!((s.stale_seconds(t(9999)), s.latency.count, s.pending.is_none()), (0.0, 0, true));
+        assert_eq!(
+            (
+                s.stale_seconds(t(9999)),
+                s.latency.count,
+                s.pending.is_none()
+            ),
+            (0.0, 0, true)
+        );
     }
 
     #[test]
@@ -317,7 +409,15 @@ mod tests {
         r.update(&vol(), "..2", t(100));
         r.open(Opener::Kubelet, &vol(), "..2", t(110));
         r.open(Opener::Host, &vol(), "..2", t(110));
-        r.open(Opener::Container { pod_uid: "other".into(), id: "x".into() }, &vol(), "..2", t(110));
+        r.open(
+            Opener::Container {
+                pod_uid: "other".into(),
+                id: "x".into(),
+            },
+            &vol(),
+            "..2",
+            t(110),
+        );
         r.open(me("not-a-consumer"), &vol(), "..2", t(110));
         assert_eq!(r.foreign, [1, 1, 2]);
         assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
@@ -344,13 +444,22 @@ mod tests {
     fn a_container_started_after_the_swap_has_reloaded_at_its_start() {
         let mut r = reloads();
         r.update(&vol(), "..2", t(100));
-        r.set_consumers(&vol(), vec![found("a", MountKind::Volume, 400), found("s", MountKind::SubPath, 0)]);
+        r.set_consumers(
+            &vol(),
+            vec![
+                found("a", MountKind::Volume, 400),
+                found("s", MountKind::SubPath, 0),
+            ],
+        );
         let a = r.consumer(&vol(), "a").unwrap();
         assert_eq!((a.pending.is_none(), a.last_reload), (true, Some(t(400))));
         // Found late, older than the newest swap: stale until it opens the new data.
         r.set_consumers(&vol(), vec![found("b", MountKind::Volume, 50)]);
         assert!(r.consumer(&vol(), "a").is_none());
-        assert_eq!(r.consumer(&vol(), "b").unwrap().pending, Some(("..2".into(), t(100))));
+        assert_eq!(
+            r.consumer(&vol(), "b").unwrap().pending,
+            Some(("..2".into(), t(100)))
+        );
         // Found late but younger than the swap: nothing pending at the next update either.
         r.set_consumers(&vol(), vec![found("c", MountKind::Volume, 500)]);
         assert!(r.consumer(&vol(), "c").unwrap().pending.is_none());

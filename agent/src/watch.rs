@@ -24,7 +24,7 @@ use crate::{
     events::{Event, Sender},
     probe::read_target,
     updates::{Detection, PodName, Source},
-    volumes::{DATA, Place, Roots, VolumeKey},
+    volumes::{DATA, Place, Roots, VolumeKey, is_timestamped_dir},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +47,9 @@ const TREE: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE_SELF)
     .union(WatchMask::ONLYDIR)
     .union(WatchMask::DONT_FOLLOW);
+/// `IN_CREATE` too: a new timestamped dir is marked for opens before the swap.
 const VOLUME: WatchMask = WatchMask::MOVED_TO
+    .union(WatchMask::CREATE)
     .union(WatchMask::ONLYDIR)
     .union(WatchMask::DONT_FOLLOW);
 
@@ -348,6 +350,19 @@ impl Walker {
                         self.send(Event::Detected(det)).await;
                     }
                     None => debug!(volume = %key, "..data gone before it could be read"),
+                }
+            }
+            Node::Volume(key)
+                if ev.mask.contains(EventMask::CREATE | EventMask::ISDIR)
+                    && is_timestamped_dir(name) =>
+            {
+                if let Some(ts_dir) = name.to_str() {
+                    self.send(Event::DataDirCreated {
+                        key,
+                        dir: path.clone(),
+                        ts_dir: ts_dir.to_owned(),
+                    })
+                    .await;
                 }
             }
             Node::PodLogs if appeared => self.pod_log_dir(name).await,

@@ -2,6 +2,8 @@
 //! tracker's current volumes, so a pod's series vanish with it and a pod name learnt
 //! late names all its series at once.
 
+mod consumers;
+
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -23,6 +25,12 @@ use crate::{
 /// State shared by the agent's tasks and read by scrapes.
 pub struct Shared {
     pub tracker: Mutex<Tracker>,
+    pub reloads: Mutex<crate::reloads::Reloads>,
+    /// Updates whose new data dir was marked for open events only after the swap.
+    pub late_marks: AtomicU64,
+    pub fanotify_overflows: AtomicU64,
+    /// Whether opens are attributed with fanotify (CAP_SYS_ADMIN).
+    pub fanotify: AtomicBool,
     pub probe: Mutex<Option<Probe>>,
     pub reader: Arc<ReaderStats>,
     pub overflows: AtomicU64,
@@ -36,6 +44,10 @@ impl Shared {
     pub fn new(tracker: Tracker) -> Self {
         Shared {
             tracker: Mutex::new(tracker),
+            reloads: Mutex::default(),
+            late_marks: AtomicU64::new(0),
+            fanotify_overflows: AtomicU64::new(0),
+            fanotify: AtomicBool::new(false),
             probe: Mutex::new(None),
             reader: Arc::default(),
             overflows: AtomicU64::new(0),
@@ -238,7 +250,8 @@ impl Collector for StateCollector {
 /// The registry served at /metrics: state, build info and the process metrics.
 pub fn registry(shared: Arc<Shared>) -> prometheus::Result<Registry> {
     let r = Registry::new();
-    r.register(Box::new(StateCollector::new(shared)?))?;
+    r.register(Box::new(StateCollector::new(shared.clone())?))?;
+    r.register(Box::new(consumers::ConsumerCollector::new(shared)?))?;
     let build = IntGaugeVec::new(
         opts(
             "reloadscope_build_info",

@@ -1,0 +1,246 @@
+//! Consumers: which containers mount each volume, found from `/proc` alone.
+//!
+//! A process belongs to a pod's container by its cgroup (`/proc/<pid>/cgroup`); a
+//! container consumes a volume when one of its mounts (`/proc/<pid>/mountinfo`) binds
+//! the volume's directory (same device, same path inside that filesystem: the whole
+//! volume) or a file below it (a subPath mount, pinned to the data of its start).
+//! Container names come from the container-logs dir.
+
+pub mod cgroup;
+pub mod mountinfo;
+pub mod names;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+pub use cgroup::{ContainerRef, Qos, containerd_scope, parse_proc_cgroup, systemd_pod_path};
+pub use mountinfo::Mount;
+pub use names::{container_log_name, parse_container_log_name};
+use tracing::debug;
+
+use crate::{
+    clock,
+    reloads::{Found, MountKind},
+    volumes::VolumeKey,
+};
+
+/// Where a volume dir is stored, as other mount namespaces' mountinfo shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub major: u32,
+    pub minor: u32,
+    pub path_in_fs: PathBuf,
+}
+
+/// How `mount` relates to the volume stored at `id`.
+pub fn classify(mount: &Mount, id: &Identity) -> Option<MountKind> {
+    if (mount.major, mount.minor) != (id.major, id.minor) {
+        return None;
+    }
+    if mount.root == id.path_in_fs {
+        Some(MountKind::Volume)
+    } else if mount.root.starts_with(&id.path_in_fs) {
+        Some(MountKind::SubPath)
+    } else {
+        None
+    }
+}
+
+/// The result of one pass over `/proc`.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub consumers: HashMap<VolumeKey, Vec<Found>>,
+    pub containers: usize,
+    /// Processes that vanished or could not be read while scanned (never an error).
+    pub unreadable: usize,
+}
+
+fn read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+/// Start of a process from `/proc/<pid>/stat` (clock ticks since boot).
+fn started(stat: &str) -> Option<SystemTime> {
+    // The command name may hold spaces and parentheses: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(clock::boot_to_wall(
+        ticks.saturating_mul(1_000_000_000 / hz),
+    ))
+}
+
+/// Container ids to names, from `<pod>_<namespace>_<container>-<id>.log` entries.
+pub fn container_names(dir: &Path) -> HashMap<String, String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return HashMap::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| parse_container_log_name(e.file_name().to_str()?))
+        .map(|n| (n.container_id, n.container))
+        .collect()
+}
+
+/// Where each volume dir is stored, from the agent's own mount table.
+pub fn identities(volumes: &[(VolumeKey, PathBuf)]) -> HashMap<VolumeKey, Identity> {
+    // Bytes, not text: one non-UTF-8 mount point must not hide every other mount.
+    let (mounts, _) =
+        mountinfo::parse_bytes(&std::fs::read("/proc/self/mountinfo").unwrap_or_default());
+    volumes
+        .iter()
+        .filter_map(|(k, dir)| {
+            let (major, minor, path_in_fs) = mountinfo::locate(&mounts, dir)?;
+            Some((
+                k.clone(),
+                Identity {
+                    major,
+                    minor,
+                    path_in_fs,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// One pass over `<proc_root>`: every pod container's mounts, matched against the
+/// volumes of its own pod. Processes may vanish meanwhile: they are skipped.
+pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, PathBuf)]) -> Scan {
+    let ids = identities(volumes);
+    let names = container_names(container_logs);
+    let mut scan = Scan::default();
+    // Per container: its pod, one pid to read mounts from, its oldest process's start.
+    let mut containers: HashMap<String, (String, u32, SystemTime)> = HashMap::new();
+    let Ok(rd) = std::fs::read_dir(proc_root) else {
+        return scan;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let dir = e.path();
+        let Some(c) = read(&dir.join("cgroup"))
+            .as_deref()
+            .and_then(parse_proc_cgroup)
+        else {
+            continue;
+        };
+        let Some(start) = read(&dir.join("stat")).as_deref().and_then(started) else {
+            scan.unreadable += 1;
+            continue;
+        };
+        let entry = containers
+            .entry(c.container_id)
+            .or_insert((c.pod_uid, pid, start));
+        if start < entry.2 {
+            *entry = (entry.0.clone(), pid, start);
+        }
+    }
+    scan.containers = containers.len();
+    for (id, (pod_uid, pid, start)) in containers {
+        let Ok(text) = std::fs::read(proc_root.join(pid.to_string()).join("mountinfo")) else {
+            scan.unreadable += 1;
+            continue;
+        };
+        let (mounts, skipped) = mountinfo::parse_bytes(&text);
+        if skipped > 0 {
+            debug!(pid, skipped, "unparseable mountinfo lines");
+        }
+        for (key, ident) in ids.iter().filter(|(k, _)| k.pod_uid == pod_uid) {
+            // The strongest relation wins: a container may bind the volume and a subPath of it.
+            let kind = mounts
+                .iter()
+                .filter_map(|m| classify(m, ident))
+                .min_by_key(|k| *k != MountKind::Volume);
+            if let Some(mount) = kind {
+                let name = names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| id.chars().take(12).collect());
+                scan.consumers.entry(key.clone()).or_default().push(Found {
+                    id: id.clone(),
+                    name,
+                    mount,
+                    started: start,
+                });
+            }
+        }
+    }
+    scan
+}
+
+/// How often consumers are looked for again, besides after each update.
+pub const RESCAN: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(major: u32, root: &str) -> Mount {
+        Mount {
+            mount_id: 1,
+            parent_id: 0,
+            major,
+            minor: 0,
+            root: root.into(),
+            deleted: false,
+            mount_point: "/etc/config".into(),
+            fs_type: "ext4".into(),
+            source: "/dev/vda".into(),
+        }
+    }
+
+    #[test]
+    fn whole_volume_subpath_and_unrelated_mounts() {
+        let id = Identity {
+            major: 8,
+            minor: 0,
+            path_in_fs: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~configmap/c".into(),
+        };
+        assert_eq!(
+            classify(
+                &mount(
+                    8,
+                    "/var/lib/kubelet/pods/u/volumes/kubernetes.io~configmap/c"
+                ),
+                &id
+            ),
+            Some(MountKind::Volume)
+        );
+        let sub =
+            "/var/lib/kubelet/pods/u/volumes/kubernetes.io~configmap/c/..2026_01_01_00_00_00.1/k";
+        assert_eq!(classify(&mount(8, sub), &id), Some(MountKind::SubPath));
+        assert_eq!(classify(&mount(9, sub), &id), None, "another device");
+        assert_eq!(
+            classify(
+                &mount(
+                    8,
+                    "/var/lib/kubelet/pods/u/volumes/kubernetes.io~configmap/cc"
+                ),
+                &id
+            ),
+            None
+        );
+        let tmpfs = Identity {
+            major: 0,
+            minor: 0,
+            path_in_fs: "/".into(),
+        };
+        assert_eq!(classify(&mount(0, "/"), &tmpfs), Some(MountKind::Volume));
+        assert_eq!(
+            classify(&mount(0, "/..2026_01_01_00_00_00.1/tls.crt"), &tmpfs),
+            Some(MountKind::SubPath)
+        );
+    }
+
+    #[test]
+    fn process_start_from_stat_with_odd_names() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 12345 1000 10 18446744073709551615";
+        assert!(started(stat).is_some());
+        assert!(started("42 (x) S 1").is_none());
+        assert!(started("garbage").is_none());
+    }
+}
