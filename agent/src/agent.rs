@@ -27,6 +27,7 @@ use crate::{
     metrics::{self, Shared},
     opens::{self, Opens},
     probe::{self, Probe},
+    reloads::MountKind,
     server,
     updates::Tracker,
     volumes::Roots,
@@ -133,9 +134,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         info!("eBPF disabled by --no-ebpf; running on inotify alone");
     }
 
+    let mut marker = None;
     let marks = match Fanotify::new() {
         Ok(fan) => {
             shared.fanotify.store(true, Relaxed);
+            marker = Some(fan.marker());
             let (cmds, cmd_rx) = mpsc::unbounded_channel();
             let source = Opens::new(fan, cfg.proc_root.clone(), shared.clone());
             tasks.push(tokio::spawn(source.run(cmd_rx, tx.clone())));
@@ -147,12 +150,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
     };
     let rescan = Arc::new(Notify::new());
-    tasks.push(tokio::spawn(consumer_loop(
+    let consumers = consumer_loop(
         shared.clone(),
         cfg.clone(),
+        marks.clone(),
         rescan.clone(),
         stop_rx.clone(),
-    )));
+    );
+    tasks.push(tokio::spawn(consumers));
 
     // The state loop runs before the walk starts, so the walk can never fill the queue.
     let state = StateLoop {
@@ -161,7 +166,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         rescan,
     };
     tasks.push(tokio::spawn(state.run(rx, stop_rx.clone())));
-    let (walker, stream) = Walker::start(roots, cfg.pod_logs_dir.clone(), tx).await?;
+    let (walker, stream) = Walker::start(roots, cfg.pod_logs_dir.clone(), marker, tx).await?;
     tasks.push(tokio::spawn(walk::run(
         walker,
         stream,
@@ -191,10 +196,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 async fn consumer_loop(
     shared: Arc<Shared>,
     cfg: Config,
+    marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) {
     let mut every = tokio::time::interval(consumers::RESCAN);
+    let mut marked = HashSet::new();
     let stopped = stopped(stop);
     tokio::pin!(stopped);
     loop {
@@ -215,6 +222,17 @@ async fn consumer_loop(
             tokio::task::spawn_blocking(move || consumers::scan(&proc_root, &logs, &volumes));
         let Ok(mut scan) = scan.await else { return };
         {
+            // Each consumer's own mount is marked once, when first found.
+            for f in scan.consumers.values().flatten() {
+                if let (Some(m), Some(p)) = (&marks, &f.mount_path)
+                    && f.mount == MountKind::Volume
+                    && marked.insert(p.clone())
+                {
+                    let _ = m.send(opens::Command::Consumer {
+                        mount_path: p.clone(),
+                    });
+                }
+            }
             let mut r = shared.reloads.lock().expect("reloads lock");
             for key in keys {
                 r.set_consumers(&key, scan.consumers.remove(&key).unwrap_or_default());
@@ -309,8 +327,18 @@ impl StateLoop {
                 shared.reloads.lock().expect("reloads lock").pod_gone(&uid);
             }
             Event::PodNamed { uid, name } => t.pod_named(uid, name),
-            Event::DataDirCreated { key, dir, ts_dir } => {
-                self.mark(opens::Command::DataDir { key, dir, ts_dir });
+            Event::DataDirCreated {
+                key,
+                dir,
+                ts_dir,
+                late,
+            } => {
+                self.mark(opens::Command::DataDir {
+                    key,
+                    dir,
+                    ts_dir,
+                    late,
+                });
             }
             Event::Opened {
                 opener,

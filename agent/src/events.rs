@@ -21,10 +21,12 @@ pub enum Event {
     },
     VolumeGone(VolumeKey),
     /// A timestamped data dir was created in a volume: an update is under way.
+    /// `late`: its open-event mark went on after the swap.
     DataDirCreated {
         key: VolumeKey,
         dir: PathBuf,
         ts_dir: String,
+        late: bool,
     },
     /// A file of a volume's data dir `ts_dir` was opened by `opener` at `at`.
     Opened {

@@ -36,6 +36,9 @@ enum Command {
     /// writer making the kubelet's atomic updates on a schedule, and a live table of
     /// what the agent reports. Needs root.
     Lab(reloadscope::lab::LabArgs),
+    /// The process inside a lab container: started by the lab, not by hand.
+    #[command(hide = true)]
+    LabConsumer(reloadscope::lab::ConsumerArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,6 +123,20 @@ fn main() -> ExitCode {
         eprintln!("reloadscope: {e:#}");
         return ExitCode::from(2);
     }
+    // Before the runtime starts its threads: the consumer enters a mount namespace of
+    // its own, which must hold the whole (single-threaded) process.
+    let command = match cli.command {
+        Command::LabConsumer(args) => {
+            return match reloadscope::lab::consumer_main(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        other => other,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,9 +148,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Lab(args) => rt.block_on(reloadscope::lab::run(args)),
+        Command::LabConsumer(_) => unreachable!("handled before the runtime"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -59,6 +59,12 @@ pub struct Found {
     pub mount: MountKind,
     /// Start of its oldest process.
     pub started: SystemTime,
+    /// The same, exactly: clock ticks since boot. Wall times converted from it drift by
+    /// microseconds from one scan to the next; a restart is a change of this.
+    pub start_ticks: u64,
+    /// The container's bind mount of the volume, reachable from the agent (through
+    /// `/proc/<pid>/root`): where its opens are watched.
+    pub mount_path: Option<std::path::PathBuf>,
 }
 
 /// Latency histogram buckets (seconds): 5 ms to 1 h.
@@ -92,6 +98,7 @@ pub struct Consumer {
     pub name: String,
     pub mount: MountKind,
     pub started: SystemTime,
+    start_ticks: u64,
     /// The newest update not reloaded yet: (timestamped dir, swap time).
     pub pending: Option<(String, SystemTime)>,
     pub last_reload: Option<SystemTime>,
@@ -155,6 +162,7 @@ impl Reloads {
                 name: f.name.clone(),
                 mount: f.mount,
                 started: f.started,
+                start_ticks: f.start_ticks,
                 // Found after an update it predates: stale until it opens the new data.
                 pending: newest
                     .clone()
@@ -162,10 +170,11 @@ impl Reloads {
                 last_reload: None,
                 latency: Histogram::default(),
             });
-            if f.started > c.started {
+            if f.start_ticks != c.start_ticks {
                 // Restarted: its processes read the volume afresh.
                 c.started = f.started;
-                if let Some((_, swap)) = c.pending.take() {
+                c.start_ticks = f.start_ticks;
+                if let Some((_, swap)) = c.pending.take_if(|(_, swap)| f.started >= *swap) {
                     record(c, swap, f.started);
                 }
             }
@@ -216,17 +225,16 @@ impl Reloads {
         }
         self.newest
             .insert(volume.clone(), (ts_dir.to_owned(), swap));
-        let Some(cs) = self.consumers.get_mut(volume) else {
-            return;
-        };
-        for c in cs.values_mut() {
-            if c.mount != MountKind::Volume {
-                continue;
-            }
-            if c.started >= swap {
-                record(c, swap, c.started);
-            } else {
-                c.pending = Some((ts_dir.to_owned(), swap));
+        if let Some(cs) = self.consumers.get_mut(volume) {
+            for c in cs.values_mut() {
+                if c.mount != MountKind::Volume {
+                    continue;
+                }
+                if c.started >= swap {
+                    record(c, swap, c.started);
+                } else {
+                    c.pending = Some((ts_dir.to_owned(), swap));
+                }
             }
         }
         let early: Vec<EarlyOpen> = self
@@ -274,15 +282,14 @@ impl Reloads {
         }
     }
 
+    /// The new data dir is reachable only through `..data` once swapped: a consumer's
+    /// open of it is its reload, even when the swap's own report was read later (the
+    /// latency is then 0 until the probe's earlier stamp arrives).
     fn credit(&mut self, volume: &VolumeKey, id: &str, ts_dir: &str, at: SystemTime) {
         let Some(c) = self.consumers.get_mut(volume).and_then(|cs| cs.get_mut(id)) else {
             return;
         };
-        if let Some((pending_ts, swap)) = c.pending.clone()
-            && pending_ts == ts_dir
-            && at >= swap
-        {
-            c.pending = None;
+        if let Some((_, swap)) = c.pending.take_if(|(pending_ts, _)| pending_ts == ts_dir) {
             record(c, swap, at);
         }
     }
@@ -327,6 +334,8 @@ mod tests {
             name: format!("c-{id}"),
             mount,
             started: t(started),
+            start_ticks: started,
+            mount_path: None,
         }
     }
 
@@ -430,10 +439,15 @@ mod tests {
         r.update(&vol(), "..2", t(100));
         let a = r.consumer(&vol(), "a").unwrap();
         assert_eq!((a.pending.is_none(), a.last_reload), (true, Some(t(130))));
-        // An open from before the swap is no reload.
+        // Read before its update's report, with the report's (later) inotify time: the
+        // new data proves the reload; latency 0 until the probe's stamp.
         r.open(me("a"), &vol(), "..3", t(140));
         r.update(&vol(), "..3", t(200));
-        assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
+        let a = r.consumer(&vol(), "a").unwrap();
+        assert_eq!(
+            (a.pending.is_none(), a.latency.count, a.latency.counts[0]),
+            (true, 2, 1)
+        );
         // Unclaimed early opens expire.
         r.open(me("a"), &vol(), "..9", t(300));
         r.tick(t(300) + EARLY_KEPT);
@@ -465,6 +479,21 @@ mod tests {
         assert!(r.consumer(&vol(), "c").unwrap().pending.is_none());
         r.update(&vol(), "..3", t(450));
         assert!(r.consumer(&vol(), "c").unwrap().pending.is_none());
+    }
+
+    #[test]
+    fn the_same_container_scanned_again_is_not_a_restart() {
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(100));
+        // Its start converted again, a hair later: the same ticks, the same process.
+        r.set_consumers(
+            &vol(),
+            vec![Found {
+                started: t(1),
+                ..found("a", MountKind::Volume, 0)
+            }],
+        );
+        assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
     }
 
     #[test]

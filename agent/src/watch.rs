@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     events::{Event, Sender},
+    fanotify::Marker,
     probe::read_target,
     updates::{Detection, PodName, Source},
     volumes::{DATA, Place, Roots, VolumeKey, is_timestamped_dir},
@@ -68,6 +69,8 @@ pub struct Walker {
     found: Option<Vec<VolumeKey>>,
     /// tmpfs volumes found before their mount: (key, dir, device of the parent, deadline).
     unmounted: Vec<(VolumeKey, PathBuf, u64, Instant)>,
+    /// Places the open-event mark on a disk volume's new data dir (when fanotify runs).
+    marker: Option<Marker>,
     tx: Sender,
 }
 
@@ -92,6 +95,7 @@ impl Walker {
     pub async fn start(
         roots: Roots,
         pod_logs: PathBuf,
+        marker: Option<Marker>,
         tx: Sender,
     ) -> io::Result<(Walker, inotify::EventStream<Vec<u8>>)> {
         let stream = Inotify::init()?.into_event_stream(vec![0u8; 64 * 1024])?;
@@ -102,6 +106,7 @@ impl Walker {
             nodes: HashMap::new(),
             by_path: HashMap::new(),
             found: None,
+            marker,
             unmounted: Vec::new(),
             tx,
         };
@@ -356,14 +361,27 @@ impl Walker {
                 if ev.mask.contains(EventMask::CREATE | EventMask::ISDIR)
                     && is_timestamped_dir(name) =>
             {
-                if let Some(ts_dir) = name.to_str() {
-                    self.send(Event::DataDirCreated {
-                        key,
-                        dir: path.clone(),
-                        ts_dir: ts_dir.to_owned(),
-                    })
-                    .await;
+                let Some(ts_dir) = name.to_str() else { return };
+                // The kubelet swaps 0.1-0.5 ms after creating the dir (DOMAIN.md 7): the
+                // mark goes on here, before anything is queued. A tmpfs volume's
+                // filesystem mark covers it already.
+                let mut late = false;
+                if let Some(m) = &self.marker
+                    && !key.volume_type.is_tmpfs()
+                {
+                    if let Err(e) = m.mark_dir(&child) {
+                        debug!(volume = %key, error = %e, "cannot mark new data dir");
+                    }
+                    late = read_target(&path.join(DATA)).as_deref() == Some(ts_dir);
                 }
+                let ts_dir = ts_dir.to_owned();
+                self.send(Event::DataDirCreated {
+                    key,
+                    dir: path.clone(),
+                    ts_dir,
+                    late,
+                })
+                .await;
             }
             Node::PodLogs if appeared => self.pod_log_dir(name).await,
             _ => {}

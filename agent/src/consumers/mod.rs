@@ -62,15 +62,16 @@ fn read(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
 
-/// Start of a process from `/proc/<pid>/stat` (clock ticks since boot).
-fn started(stat: &str) -> Option<SystemTime> {
+/// Start of a process from `/proc/<pid>/stat`: clock ticks since boot, and as wall time.
+fn started(stat: &str) -> Option<(u64, SystemTime)> {
     // The command name may hold spaces and parentheses: count fields after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(clock::boot_to_wall(
-        ticks.saturating_mul(1_000_000_000 / hz),
+    Some((
+        ticks,
+        clock::boot_to_wall(ticks.saturating_mul(1_000_000_000 / hz)),
     ))
 }
 
@@ -113,7 +114,7 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
     let names = container_names(container_logs);
     let mut scan = Scan::default();
     // Per container: its pod, one pid to read mounts from, its oldest process's start.
-    let mut containers: HashMap<String, (String, u32, SystemTime)> = HashMap::new();
+    let mut containers: HashMap<String, (String, u32, (u64, SystemTime))> = HashMap::new();
     let Ok(rd) = std::fs::read_dir(proc_root) else {
         return scan;
     };
@@ -135,7 +136,7 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
         let entry = containers
             .entry(c.container_id)
             .or_insert((c.pod_uid, pid, start));
-        if start < entry.2 {
+        if start.0 < entry.2.0 {
             *entry = (entry.0.clone(), pid, start);
         }
     }
@@ -153,9 +154,11 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
             // The strongest relation wins: a container may bind the volume and a subPath of it.
             let kind = mounts
                 .iter()
-                .filter_map(|m| classify(m, ident))
-                .min_by_key(|k| *k != MountKind::Volume);
-            if let Some(mount) = kind {
+                .filter_map(|m| Some((classify(m, ident)?, m)))
+                .min_by_key(|(k, _)| *k != MountKind::Volume);
+            if let Some((mount, m)) = kind {
+                let inside = m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point);
+                let mount_path = Some(proc_root.join(pid.to_string()).join("root").join(inside));
                 let name = names
                     .get(&id)
                     .cloned()
@@ -164,7 +167,9 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
                     id: id.clone(),
                     name,
                     mount,
-                    started: start,
+                    started: start.1,
+                    start_ticks: start.0,
+                    mount_path,
                 });
             }
         }
@@ -239,7 +244,7 @@ mod tests {
     #[test]
     fn process_start_from_stat_with_odd_names() {
         let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 12345 1000 10 18446744073709551615";
-        assert!(started(stat).is_some());
+        assert_eq!(started(stat).map(|s| s.0), Some(12345));
         assert!(started("42 (x) S 1").is_none());
         assert!(started("garbage").is_none());
     }

@@ -30,6 +30,7 @@ use std::{
         unix::ffi::OsStrExt,
     },
     path::Path,
+    sync::Arc,
 };
 
 use tokio::io::{Interest, unix::AsyncFd};
@@ -129,8 +130,27 @@ const NEEDS_CAP: &str = "fanotify needs CAP_SYS_ADMIN in the initial user namesp
 
 /// A fanotify group that reports opens as [`FanEvent`]s. Dropping it removes its marks.
 pub struct Fanotify {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<Arc<OwnedFd>>,
     buf: Vec<u8>,
+}
+
+/// A handle that places directory marks in a [`Fanotify`] group from another task: the
+/// inotify walker marks a new timestamped dir the moment it sees it created, before the
+/// kubelet's swap, with no queue in between.
+#[derive(Clone)]
+pub struct Marker(Arc<OwnedFd>);
+
+impl Marker {
+    /// As [`Fanotify::mark_dir`].
+    pub fn mark_dir(&self, dir: &Path) -> io::Result<()> {
+        mark(
+            self.0.as_raw_fd(),
+            libc::FAN_MARK_ADD,
+            DIR_MASK,
+            dir,
+            "add dir",
+        )
+    }
 }
 
 impl Fanotify {
@@ -169,8 +189,9 @@ impl Fanotify {
         // SAFETY: `raw` is a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         probe_privilege(&fd)?;
-        // SAFETY: the OwnedFd is valid and stays open, the same fd, until the AsyncFd drops.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        // SAFETY: the OwnedFd is valid and stays open, the same fd, until the AsyncFd and
+        // every Marker drop (they share it).
+        let fd = unsafe { AsyncFd::register_with_interest(Arc::new(fd), Interest::READABLE) }
             .map_err(io::Error::from)?;
         Ok(Fanotify {
             fd,
@@ -207,35 +228,31 @@ impl Fanotify {
         self.mark(libc::FAN_MARK_ADD, DIR_MASK, dir, "add dir")
     }
 
+    /// Mount mark, `FAN_OPEN`: every open made through the mount holding `path`, for
+    /// instead a container's bind mount of a volume reached through `/proc/<pid>/root`.
+    /// It sees the container's opens in every data dir, old or new, with no mark to
+    /// place at each update.
+    pub fn mark_mount(&self, path: &Path) -> io::Result<()> {
+        self.mark(
+            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+            libc::FAN_OPEN,
+            path,
+            "add mount",
+        )
+    }
+
     /// Removes `mark_dir`'s mark. `NotFound` when the dir is gone or has no mark.
     pub fn unmark_dir(&self, dir: &Path) -> io::Result<()> {
         self.mark(libc::FAN_MARK_REMOVE, DIR_MASK, dir, "remove dir")
     }
 
     fn mark(&self, flags: libc::c_uint, mask: u64, path: &Path, what: &str) -> io::Result<()> {
-        let c = cpath(path)?;
-        // SAFETY: `c` is NUL-terminated; the group fd is ours.
-        let rc = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                flags | PATH_FLAGS,
-                mask,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            let op = format!("fanotify_mark ({what})");
-            if e.raw_os_error() == Some(libc::EPERM) {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{op} {}: {e}: {NEEDS_CAP}", path.display()),
-                ));
-            }
-            return Err(context(e, &op, path));
-        }
-        Ok(())
+        mark(self.fd.as_raw_fd(), flags, mask, path, what)
+    }
+
+    /// A handle for placing directory marks from another task.
+    pub fn marker(&self) -> Marker {
+        Marker(self.fd.get_ref().clone())
     }
 
     /// Waits until events are readable, then drains what is available (non-blocking
@@ -276,6 +293,31 @@ const DIR_MASK: u64 = libc::FAN_OPEN | libc::FAN_EVENT_ON_CHILD;
 /// Whether the group is privileged, as the kernel decided at `fanotify_init`: an
 /// unprivileged group gets `EPERM` for any filesystem mark, before the path is even
 /// looked at. Removing a mark the new group cannot have changes nothing either way.
+fn mark(
+    fd: libc::c_int,
+    flags: libc::c_uint,
+    mask: u64,
+    path: &Path,
+    what: &str,
+) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is NUL-terminated; the group fd is ours.
+    let rc =
+        unsafe { libc::fanotify_mark(fd, flags | PATH_FLAGS, mask, libc::AT_FDCWD, c.as_ptr()) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        let op = format!("fanotify_mark ({what})");
+        if e.raw_os_error() == Some(libc::EPERM) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{op} {}: {e}: {NEEDS_CAP}", path.display()),
+            ));
+        }
+        return Err(context(e, &op, path));
+    }
+    Ok(())
+}
+
 fn probe_privilege(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: static NUL-terminated path; the group fd is ours.
     let rc = unsafe {

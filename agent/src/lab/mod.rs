@@ -11,14 +11,20 @@
 //! - [`AtomicWriter`] is the kubelet's update of one volume, step by step, in Go's
 //!   syscall flavour ([`CallStyle::GoAt`]) or the legacy one ([`CallStyle::Legacy`]).
 
+mod consumer;
+mod container;
 mod node;
 mod run;
 pub mod scrape;
+mod strategy;
 mod sys;
 mod writer;
 
+pub use consumer::{ConsumerArgs, consumer_main};
+pub use container::{ContainerSpec, LabContainer, Open, cgroup2_mount};
 pub use node::{LabNode, LabPod};
 pub use run::{LabArgs, run};
+pub use strategy::Strategy;
 pub use writer::{AtomicWriter, CallStyle, KeyError, Payload, WriteOutcome, payload};
 
 /// The agent's configuration for `node`: its roots and log dirs, the probe on or off.

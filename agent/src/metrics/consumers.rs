@@ -56,7 +56,7 @@ const FOREIGN_OPENS: Family = Family {
 };
 const LATE_MARKS: Family = Family {
     name: "reloadscope_late_marks_total",
-    help: "Updates whose new data dir was marked for open events only after the swap; early reloads of those may be missed.",
+    help: "Updates whose new data dir (disk volumes) was marked for open events only after the swap: opens outside the consumers' own mounts right after the swap may be missed; consumers' reloads are seen through their mounts.",
     kind: MetricType::COUNTER,
     labels: &[],
 };

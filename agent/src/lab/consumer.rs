@@ -1,0 +1,312 @@
+//! The process inside a lab container: `reloadscope lab-consumer`, started by
+//! [`LabContainer::start`](super::LabContainer::start).
+//!
+//! It sets itself up the way a container runtime sets up a container (its cgroup, its
+//! own mount namespace, a bind mount of the volume at its mount path), then consumes
+//! the file with one [`Strategy`].
+//!
+//! Each open of the file appends one line to the open log:
+//!
+//! ```text
+//! open <unix nanos> <head>
+//! ```
+//!
+//! `<unix nanos>` is the wall-clock time taken right before open(2); `<head>` is the
+//! first [`HEAD_BYTES`] bytes read, in lower-case hex (`-` for an empty file), or
+//! `!<errno>` when the open or the read failed. Each line is one write(2) on an
+//! O_APPEND file, so a reader sees whole lines only (it skips an unfinished last one).
+//! After its watch is in place and its first open is logged it writes `ready\n` to its
+//! stdout.
+
+use std::{
+    fmt::Write as _,
+    fs::{self, File, OpenOptions},
+    io::{self, Read as _, Write as _},
+    os::fd::{AsRawFd, BorrowedFd},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use nix::{
+    errno::Errno,
+    mount::{MntFlags, MsFlags},
+    sched::CloneFlags,
+};
+
+use super::{Strategy, container::mountinfo};
+
+/// How much of the file each open logs.
+const HEAD_BYTES: usize = 32;
+
+/// Options of the hidden `reloadscope lab-consumer` command. Only
+/// [`LabContainer::start`](super::LabContainer::start) runs it.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConsumerArgs {
+    /// How the file is consumed.
+    #[arg(long, value_enum)]
+    pub strategy: Strategy,
+    /// cgroup v2 directory to move into first (`.../cri-containerd-<id>.scope`).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: PathBuf,
+    /// What to bind-mount: the volume dir, or with --sub-path the kubelet's subPath
+    /// bind (`<root>/pods/<uid>/volume-subpaths/<volume>/<container>/0`).
+    #[arg(long, value_name = "PATH")]
+    pub source: PathBuf,
+    /// The container's mount path: the volume is bound onto it (with --sub-path onto
+    /// `<mount dir>/<key>`), in the process's own mount namespace.
+    #[arg(long, value_name = "DIR")]
+    pub mount_dir: PathBuf,
+    /// The key (file name in the volume) it reads.
+    #[arg(long)]
+    pub key: String,
+    /// The volume is a subPath mount of the key's file.
+    #[arg(long)]
+    pub sub_path: bool,
+    /// Seconds between two reads (timer-poller).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub period: f64,
+    /// The open log (appended to).
+    #[arg(long, value_name = "FILE")]
+    pub log: PathBuf,
+    /// Detach every mount at or under DIR from the process's namespace once its own
+    /// mount is made (repeatable; the lab passes the kubelet root): a runtime's
+    /// container, in its own root, never sees the kubelet's volume and subPath mounts.
+    #[arg(long, value_name = "DIR")]
+    pub hide: Vec<PathBuf>,
+    /// Exit when stdin reaches end of file: the lab keeps its write end open, so the
+    /// process goes away with the lab even when the lab cannot kill it.
+    #[arg(long)]
+    pub exit_with_stdin: bool,
+}
+
+/// `reloadscope lab-consumer`: joins the cgroup, enters a mount namespace of its own,
+/// binds the volume at its mount path, then runs the strategy until killed. Returns
+/// only on a setup or I/O error (needs root: cgroup, unshare, mount).
+///
+/// Call it before the process starts any thread (before an async runtime): a mount
+/// namespace is per thread, and the whole process must be in the container's.
+pub fn consumer_main(args: ConsumerArgs) -> anyhow::Result<()> {
+    let threads = fs::read_dir("/proc/self/task")
+        .context("read /proc/self/task")?
+        .count();
+    if threads != 1 {
+        anyhow::bail!("lab-consumer must run single-threaded, not in {threads} threads");
+    }
+    let period = Duration::try_from_secs_f64(args.period)
+        .map_err(|_| anyhow::anyhow!("--period {}: not a duration in seconds", args.period))?;
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&args.log)
+        .with_context(|| format!("open log {:?}", args.log))?;
+
+    // 1. The cgroup, as the runtime places a container's first process.
+    let procs = args.cgroup.join("cgroup.procs");
+    fs::write(&procs, format!("{}\n", std::process::id()))
+        .with_context(|| format!("join cgroup: write {procs:?}"))?;
+
+    // 2. A mount namespace of its own, with nothing propagating in or out.
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("make / rprivate")?;
+
+    // 3. The volume mount, read-only as the kubelet asks for these volumes.
+    let file = args.mount_dir.join(&args.key);
+    let target = if args.sub_path {
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {parent:?}"))?;
+        }
+        File::create(&file).with_context(|| format!("create mount point {file:?}"))?;
+        file.clone()
+    } else {
+        args.mount_dir.clone()
+    };
+    bind_read_only(&args.source, &target)?;
+    for dir in &args.hide {
+        hide_mounts_under(dir, &target)?;
+    }
+
+    let mut c = Consumer {
+        file,
+        dir: args.mount_dir,
+        period,
+        log,
+        lifeline: args.exit_with_stdin,
+    };
+    match args.strategy.run(&mut c)? {}
+}
+
+fn bind_read_only(source: &Path, target: &Path) -> anyhow::Result<()> {
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind {source:?} on {target:?}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .with_context(|| format!("remount {target:?} read-only"))
+}
+
+/// Lazily detaches, in this mount namespace, every mount at or under `dir` but `keep`
+/// and what is under it; deepest first, a few rounds for stacked mounts.
+fn hide_mounts_under(dir: &Path, keep: &Path) -> anyhow::Result<()> {
+    for _ in 0..8 {
+        let mut points: Vec<PathBuf> = mountinfo(Path::new("/proc/self/mountinfo"))
+            .context("read /proc/self/mountinfo")?
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(dir) && !p.starts_with(keep))
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            match nix::mount::umount2(&p, MntFlags::MNT_DETACH) {
+                // Gone with a parent detached before it.
+                Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
+                Err(e) => return Err(e).with_context(|| format!("detach {p:?}")),
+            }
+        }
+    }
+    anyhow::bail!("mounts under {dir:?} keep coming back")
+}
+
+/// The consumer's side of a strategy: what it reads, and how it reports.
+pub(super) struct Consumer {
+    /// `<mount dir>/<key>`: for a whole-volume mount the user-visible symlink.
+    file: PathBuf,
+    /// The mount path.
+    dir: PathBuf,
+    period: Duration,
+    log: File,
+    /// Watch stdin for end of file.
+    lifeline: bool,
+}
+
+impl Consumer {
+    /// The file as the container sees it.
+    pub(super) fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The volume's mount path as the container sees it.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(super) fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Opens and reads the whole file, as an application reloading it does, and logs
+    /// the open (time taken right before open(2), then the first bytes or the errno).
+    pub(super) fn open(&mut self) -> anyhow::Result<()> {
+        let at = SystemTime::now();
+        let head = File::open(&self.file).and_then(|mut f| {
+            let mut content = Vec::new();
+            f.read_to_end(&mut content)?;
+            Ok(content)
+        });
+        let nanos = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mut line = format!("open {nanos} ");
+        match &head {
+            Ok(content) if content.is_empty() => line.push('-'),
+            Ok(content) => {
+                for b in &content[..content.len().min(HEAD_BYTES)] {
+                    let _ = write!(line, "{b:02x}");
+                }
+            }
+            Err(e) => {
+                eprintln!("open {:?}: {e}", self.file);
+                let _ = write!(line, "!{}", e.raw_os_error().unwrap_or(libc::EIO));
+            }
+        }
+        line.push('\n');
+        self.log
+            .write_all(line.as_bytes())
+            .context("write the open log")
+    }
+
+    /// Tells the lab the watch is in place and the first open is logged.
+    pub(super) fn ready(&mut self) -> anyhow::Result<()> {
+        let mut out = io::stdout().lock();
+        out.write_all(b"ready\n")
+            .and_then(|()| out.flush())
+            .context("report ready on stdout")
+    }
+
+    /// Blocks until `fd` is readable (returns true), `timeout` passes or a signal
+    /// interrupts (false). Exits the process when the lifeline (stdin) is closed.
+    pub(super) fn wait(
+        &mut self,
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<bool> {
+        let mut fds = Vec::with_capacity(2);
+        if let Some(fd) = fd {
+            fds.push(pollfd(fd.as_raw_fd()));
+        }
+        if self.lifeline {
+            fds.push(pollfd(libc::STDIN_FILENO));
+        }
+        let ms = match timeout {
+            // Rounded up: a timer that wakes early would spin until its time.
+            Some(t) => t
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(i32::MAX as u128)
+                .try_into()
+                .unwrap_or(i32::MAX),
+            None => -1,
+        };
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(e).context("poll");
+        }
+        if self.lifeline {
+            let life = fds.last().expect("lifeline pollfd");
+            if life.revents != 0 {
+                let mut buf = [0u8; 64];
+                // Unbuffered, past std's stdin buffer: anything written to stdin is
+                // ignored; end of file (or an error other than EINTR) ends the process.
+                // SAFETY: `buf` is writable for its length.
+                let n = unsafe { libc::read(life.fd, buf.as_mut_ptr().cast(), buf.len()) };
+                let interrupted =
+                    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+                if n == 0 || (n < 0 && !interrupted) {
+                    std::process::exit(0);
+                }
+            }
+        }
+        Ok(fd.is_some() && fds[0].revents != 0)
+    }
+}
+
+fn pollfd(fd: libc::c_int) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}

@@ -1,0 +1,248 @@
+//! Reload measurement end to end: the real agent (probe, inotify, fanotify, /proc
+//! scans) and lab containers with the strategies of DOMAIN.md 5, each logging when it
+//! opens the file. The agent's figures are checked against those logs. Needs root.
+
+mod support;
+
+use std::{
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use reloadscope::{
+    lab::{
+        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy,
+        WriteOutcome, payload,
+    },
+    volumes::VolumeType,
+};
+use support::*;
+
+const KEY: &str = "config.yaml";
+/// The subPath consumer binds another key: a subPath bind of `KEY` would pin the old
+/// file and keep a file re-watcher of `KEY` in the same pod from ever seeing
+/// IN_DELETE_SELF (see lab_containers.rs).
+const SUB_KEY: &str = "ca.crt";
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn container(
+    node: &LabNode,
+    pod: &LabPod,
+    w: &AtomicWriter,
+    name: &str,
+    strategy: Strategy,
+    sub_path: bool,
+) -> LabContainer {
+    let key = if sub_path { SUB_KEY } else { KEY };
+    let spec = ContainerSpec {
+        period: Duration::from_millis(300),
+        sub_path,
+        ..ContainerSpec::new(name, w.dir(), key, strategy)
+    };
+    LabContainer::start(
+        Path::new(env!("CARGO_BIN_EXE_reloadscope")),
+        node,
+        pod,
+        &spec,
+    )
+    .unwrap()
+}
+
+/// Reads every file of the volume from another host process, as the kubelet's sync does.
+fn host_reread(w: &AtomicWriter) {
+    let status = std::process::Command::new("cat")
+        .arg(w.dir().join(KEY))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node.add_volume(&pod, ty, "app-config").unwrap();
+    w.write(
+        &payload(&[(KEY, "revision: 0"), (SUB_KEY, "ca 0")]),
+        CallStyle::GoAt,
+    )
+    .unwrap();
+    let reloading = [
+        ("watcher", Strategy::DataDirWatcher),
+        ("rewatcher", Strategy::FileRewatcher),
+        ("poller", Strategy::TimerPoller),
+    ];
+    let never = [
+        ("naive", Strategy::NaiveModify),
+        ("nofollow", Strategy::DontFollow),
+        ("once", Strategy::ReadOnce),
+    ];
+    let mut ctrs = Vec::new();
+    for (name, s) in reloading.iter().chain(&never) {
+        ctrs.push(container(&node, &pod, &w, name, *s, false));
+    }
+    let sub = container(&node, &pod, &w, "subpath", Strategy::TimerPoller, true);
+    let agent = start(&node, true).await;
+
+    let info = wait_metrics(agent.addr, "every consumer", |m| {
+        m.matching("reloadscope_consumer_info", &[]).count() == 7
+    })
+    .await;
+    assert_eq!(
+        m_get(&info, "reloadscope_consumer_info", "subpath", "mount"),
+        Some("subpath".into())
+    );
+    for c in &ctrs {
+        assert_eq!(
+            m_get(&info, "reloadscope_consumer_info", &c.name, "mount"),
+            Some("volume".into()),
+            "{}",
+            c.name
+        );
+    }
+    assert_eq!(info.get("reloadscope_fanotify_loaded", &[]), Some(1.0));
+
+    let before: Vec<usize> = ctrs.iter().map(|c| c.opens().unwrap().len()).collect();
+    let swapped_at = match w
+        .write(
+            &payload(&[(KEY, "revision: 1"), (SUB_KEY, "ca 1")]),
+            CallStyle::GoAt,
+        )
+        .unwrap()
+    {
+        WriteOutcome::Written { swapped_at, .. } => swapped_at,
+        other => panic!("{other:?}"),
+    };
+    // The kubelet's re-reads of the new data are never anybody's reload.
+    host_reread(&w);
+
+    let m = wait_metrics(agent.addr, "the reloading consumers' reloads", |m| {
+        reloading.iter().all(|(n, _)| {
+            m.get(
+                "reloadscope_consumer_last_reload_timestamp_seconds",
+                &[("container", n)],
+            )
+            .is_some()
+        })
+    })
+    .await;
+    let swap = m
+        .get(
+            "reloadscope_volume_last_update_timestamp_seconds",
+            &[("volume", "app-config")],
+        )
+        .unwrap();
+    assert!(
+        (secs(swapped_at) - swap) < 0.005 && swap <= secs(swapped_at),
+        "swap stamped {swap}, writer saw it at {swapped_at:?}"
+    );
+    for (c, n0) in ctrs.iter().zip(&before) {
+        let labels = [("container", c.name.as_str())];
+        if reloading.iter().any(|(n, _)| *n == c.name) {
+            // The consumer's own record: its first open after the swap.
+            let opened = c.opens().unwrap()[*n0..]
+                .iter()
+                .copied()
+                .find(|t| secs(*t) >= swap)
+                .expect("consumer reopened");
+            let seen = m
+                .get(
+                    "reloadscope_consumer_last_reload_timestamp_seconds",
+                    &labels,
+                )
+                .unwrap();
+            assert!(
+                (seen - secs(opened)).abs() < 0.005,
+                "{}: agent saw the reload at {seen}, consumer opened at {}",
+                c.name,
+                secs(opened)
+            );
+            let latency = m
+                .get("reloadscope_reload_latency_seconds_sum", &labels)
+                .unwrap();
+            let own = secs(opened) - swap;
+            assert!(
+                (latency - own).abs() < 0.005,
+                "{}: latency {latency}, consumer's own {own}",
+                c.name
+            );
+            assert_eq!(
+                m.get("reloadscope_reload_latency_seconds_count", &labels),
+                Some(1.0)
+            );
+            assert_eq!(
+                m.get("reloadscope_consumer_stale_seconds", &labels),
+                Some(0.0)
+            );
+        } else {
+            assert_eq!(c.opens().unwrap().len(), *n0, "{} never reopens", c.name);
+            assert!(
+                m.get(
+                    "reloadscope_consumer_last_reload_timestamp_seconds",
+                    &labels
+                )
+                .is_none(),
+                "{}",
+                c.name
+            );
+            assert!(
+                m.get("reloadscope_consumer_stale_seconds", &labels)
+                    .unwrap()
+                    > 0.0,
+                "{} is stale",
+                c.name
+            );
+        }
+    }
+    // subPath: reported as such, never as stale, although it keeps reading (old data).
+    assert!(
+        m.get(
+            "reloadscope_consumer_stale_seconds",
+            &[("container", "subpath")]
+        )
+        .is_none()
+    );
+    assert!(
+        m.get(
+            "reloadscope_consumer_last_reload_timestamp_seconds",
+            &[("container", "subpath")]
+        )
+        .is_none()
+    );
+    assert!(m.sum("reloadscope_foreign_opens_total", &[("opener", "host")]) >= 1.0);
+
+    agent.stop().await;
+    sub.stop().unwrap();
+    for c in ctrs {
+        c.stop().unwrap();
+    }
+}
+
+/// The value of label `label` on the one sample of `name` with `container`.
+fn m_get(
+    m: &reloadscope::lab::scrape::Samples,
+    name: &str,
+    container: &str,
+    label: &str,
+) -> Option<String> {
+    let with = [("container", container)];
+    let mut it = m.matching(name, &with);
+    let s = it.next()?;
+    assert!(it.next().is_none(), "several {name} for {container}");
+    s.labels.get(label).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn configmap_reloads_match_the_consumers_logs() {
+    reload_latency_matches_the_consumers_own_logs(VolumeType::ConfigMap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn secret_reloads_match_the_consumers_logs() {
+    reload_latency_matches_the_consumers_own_logs(VolumeType::Secret).await;
+}
