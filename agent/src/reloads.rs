@@ -102,6 +102,8 @@ pub struct Consumer {
     /// The newest update not reloaded yet: (timestamped dir, swap time).
     pub pending: Option<(String, SystemTime)>,
     pub last_reload: Option<SystemTime>,
+    /// Latency of the last reload, seconds.
+    pub last_latency: Option<f64>,
     pub latency: Histogram,
 }
 
@@ -168,6 +170,7 @@ impl Reloads {
                     .clone()
                     .filter(|(_, swap)| f.mount == MountKind::Volume && f.started < *swap),
                 last_reload: None,
+                last_latency: None,
                 latency: Histogram::default(),
             });
             if f.start_ticks != c.start_ticks {
@@ -306,9 +309,10 @@ impl Reloads {
 }
 
 fn record(c: &mut Consumer, swap: SystemTime, at: SystemTime) {
-    let latency = at.duration_since(swap).unwrap_or_default();
-    c.latency.observe(latency.as_secs_f64());
+    let latency = at.duration_since(swap).unwrap_or_default().as_secs_f64();
+    c.latency.observe(latency);
     c.last_reload = Some(at);
+    c.last_latency = Some(latency);
 }
 
 #[cfg(test)]

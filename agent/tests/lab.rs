@@ -56,6 +56,30 @@ fn lab_reports_updates_from_both_sources_and_cleans_up() {
         );
     }
 
+    // Consumers: CONSUMER VOLUME STRATEGY MOUNT RELOADS LAST-LATENCY("0.3 ms"|"-") STALE
+    let last = |name: &str| -> Vec<&str> {
+        let line = stdout.lines().rev().find(|l| l.starts_with(name));
+        line.unwrap_or_else(|| panic!("no {name} row:\n{stdout}"))
+            .split_whitespace()
+            .collect()
+    };
+    let watcher = last("app-0/watcher");
+    assert!(
+        watcher[4].parse::<u64>().unwrap() >= 1,
+        "the ..data watcher reloaded: {watcher:?}"
+    );
+    let naive = last("app-0/naive");
+    assert_eq!(
+        naive[4], "0",
+        "the IN_MODIFY watcher never reloads: {naive:?}"
+    );
+    let pinned = last("app-0/pinned");
+    assert_eq!(
+        (pinned[3], pinned.last().copied()),
+        ("subpath", Some("never")),
+        "{pinned:?}"
+    );
+
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(base),

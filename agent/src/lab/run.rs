@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{AtomicWriter, CallStyle, LabNode, LabPod, payload};
+use super::{
+    AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, payload,
+};
 use crate::{
     agent,
     updates::Source,
@@ -45,6 +47,17 @@ pub struct LabArgs {
     /// Print the table as plain lines instead of redrawing the screen.
     #[arg(long)]
     pub plain: bool,
+    /// Run no consumer containers (volumes and updates only).
+    #[arg(long)]
+    pub no_containers: bool,
+}
+
+/// A lab container and the volume it consumes.
+struct Ctr {
+    pod: LabPod,
+    key: VolumeKey,
+    strategy: Strategy,
+    c: LabContainer,
 }
 
 struct Vol {
@@ -53,6 +66,14 @@ struct Vol {
     writer: AtomicWriter,
     written: u64,
 }
+
+/// The containers of each lab pod, on its ConfigMap volume: (name, strategy, subPath).
+const CONTAINERS: [(&str, Strategy, bool); 4] = [
+    ("watcher", Strategy::DataDirWatcher, false),
+    ("poller", Strategy::TimerPoller, false),
+    ("naive", Strategy::NaiveModify, false),
+    ("pinned", Strategy::TimerPoller, true),
+];
 
 const VOLUMES: [(VolumeType, &str); 4] = [
     (VolumeType::ConfigMap, "app-config"),
@@ -94,6 +115,28 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 writer,
                 written: 0,
             });
+        }
+    }
+    let mut ctrs = Vec::new();
+    if !args.no_containers {
+        let bin = std::env::current_exe().context("finding the reloadscope binary")?;
+        for v in vols
+            .iter()
+            .filter(|v| v.key.volume_type == VolumeType::ConfigMap)
+        {
+            for (name, strategy, sub_path) in CONTAINERS {
+                let spec = ContainerSpec {
+                    sub_path,
+                    ..ContainerSpec::new(name, v.writer.dir(), "config.yaml", strategy)
+                };
+                let c = LabContainer::start(&bin, &node, &v.pod, &spec)?;
+                ctrs.push(Ctr {
+                    pod: v.pod.clone(),
+                    key: v.key.clone(),
+                    strategy,
+                    c,
+                });
+            }
         }
     }
     let cfg = super::agent_config(&node, !args.no_ebpf, args.listen);
@@ -141,7 +184,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 }
             }
             _ = draw.tick() => {
-                let table = render(&running, &vols);
+                let mut table = render(&running, &vols);
+                table.push_str(&render_consumers(&running, &ctrs));
                 if args.plain {
                     print!("{table}");
                 } else {
@@ -152,6 +196,9 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         }
     };
     running.stop().await;
+    for c in ctrs {
+        c.c.stop().ok();
+    }
     for v in &vols {
         node.remove_pod(&v.pod).ok();
     }
@@ -205,6 +252,48 @@ fn render(running: &agent::Running, vols: &[Vol]) -> String {
             v.key.volume_type.label(),
             v.written,
             source.join("+")
+        );
+    }
+    out
+}
+
+/// The consumers table: per container, what the agent measured of its reloads.
+fn render_consumers(running: &agent::Running, ctrs: &[Ctr]) -> String {
+    if ctrs.is_empty() {
+        return String::new();
+    }
+    let r = running.shared.reloads.lock().expect("reloads lock");
+    let now = SystemTime::now();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:<12} {:<16} {:<8} {:>7} {:>12} {:>9}",
+        "CONSUMER", "VOLUME", "STRATEGY", "MOUNT", "RELOADS", "LAST LATENCY", "STALE"
+    );
+    for c in ctrs {
+        let name = format!("{}/{}", c.pod.name, c.c.name);
+        let row = match r.consumer(&c.key, &c.c.id) {
+            None => format!("{:<8} {:>7} {:>12} {:>9}", "-", "-", "-", "(not found yet)"),
+            Some(s) => {
+                let latency = s
+                    .last_latency
+                    .map_or("-".into(), |l| format!("{:.1} ms", l * 1e3));
+                let stale = match s.mount {
+                    crate::reloads::MountKind::SubPath => "never".to_owned(),
+                    _ => format!("{:.1}s", s.stale_seconds(now)),
+                };
+                format!(
+                    "{:<8} {:>7} {latency:>12} {stale:>9}",
+                    s.mount.label(),
+                    s.latency.count
+                )
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{name:<20} {:<12} {:<16} {row}",
+            c.key.name,
+            c.strategy.name()
         );
     }
     out
