@@ -49,6 +49,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub ebpf: bool,
     pub ring_bytes: u32,
+    /// Labels kept on the reload latency histogram (of namespace, pod, container, volume).
+    pub histogram_labels: Vec<String>,
 }
 
 impl Config {
@@ -62,6 +64,9 @@ impl Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9741)),
             ebpf: true,
             ring_bytes: probe::DEFAULT_RING_BYTES,
+            histogram_labels: ["namespace", "pod", "container", "volume"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -105,7 +110,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let listener = server::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(Tracker::new(PAIR_WINDOW, false)));
-    let registry = metrics::registry(shared.clone())?;
+    let keep = metrics::histogram_labels(&cfg.histogram_labels).map_err(anyhow::Error::msg)?;
+    let registry = metrics::registry(shared.clone(), keep)?;
     let (stop, stop_rx) = watch::channel(false);
     let (tx, rx) = events::channel();
     let mut tasks = Vec::new();

@@ -70,6 +70,15 @@ struct AgentArgs {
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
     #[arg(long, value_name = "BYTES", default_value_t = reloadscope::probe::DEFAULT_RING_BYTES, hide = true)]
     ring_bytes: u32,
+    /// Labels the reload latency histogram keeps, of namespace, pod, container, volume.
+    /// Fewer labels: fewer series (18 buckets each); consumers sharing the kept labels
+    /// share one histogram. E.g. `namespace,volume` for big clusters.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "namespace,pod,container,volume"
+    )]
+    histogram_labels: Vec<String>,
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
@@ -101,6 +110,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         listen: args.listen,
         ebpf: !args.no_ebpf,
         ring_bytes: args.ring_bytes,
+        histogram_labels: args.histogram_labels,
     };
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     use tokio::signal::unix::{SignalKind, signal};

@@ -82,6 +82,15 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Adds `other`'s observations to these.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     pub fn observe(&mut self, v: f64) {
         let i = BUCKETS
             .iter()

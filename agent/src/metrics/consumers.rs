@@ -86,22 +86,51 @@ const FAMILIES: [&Family; 8] = [
 pub struct ConsumerCollector {
     shared: Arc<Shared>,
     descs: Vec<Desc>,
+    /// Which of [`LABELS`] the latency histogram keeps (indexes, in order).
+    keep: Vec<usize>,
+}
+
+/// The latency histogram's label names for `--histogram-labels`: a subset of
+/// namespace, pod, container, volume. An unknown name is an error naming the choices.
+pub fn histogram_labels(names: &[String]) -> Result<Vec<usize>, String> {
+    names
+        .iter()
+        .map(|n| {
+            LABELS.iter().position(|l| l == n).ok_or_else(|| {
+                format!(
+                    "unknown histogram label {n:?}: choose from {}",
+                    LABELS.join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|mut v| {
+            v.sort_unstable();
+            v.dedup();
+            v
+        })
 }
 
 impl ConsumerCollector {
-    pub fn new(shared: Arc<Shared>) -> prometheus::Result<Self> {
+    /// `keep`: the latency histogram's labels, from [`histogram_labels`].
+    pub fn new(shared: Arc<Shared>, keep: Vec<usize>) -> prometheus::Result<Self> {
+        let kept: Vec<String> = keep.iter().map(|&i| LABELS[i].to_string()).collect();
         let descs = FAMILIES
             .iter()
             .map(|f| {
-                Desc::new(
-                    f.name.into(),
-                    f.help.into(),
-                    f.labels.iter().map(|l| l.to_string()).collect(),
-                    Default::default(),
-                )
+                let labels = if f.name == LATENCY.name {
+                    kept.clone()
+                } else {
+                    f.labels.iter().map(|l| l.to_string()).collect()
+                };
+                Desc::new(f.name.into(), f.help.into(), labels, Default::default())
             })
             .collect::<Result<_, _>>()?;
-        Ok(ConsumerCollector { shared, descs })
+        Ok(ConsumerCollector {
+            shared,
+            descs,
+            keep,
+        })
     }
 }
 
@@ -138,8 +167,8 @@ fn counter(labels: &[&str], values: &[&str], v: f64) -> Metric {
     m
 }
 
-fn histogram(values: &[&str], h: &crate::reloads::Histogram) -> Metric {
-    let mut m = metric(&LABELS, values);
+fn histogram(labels: &[&str], values: &[&str], h: &crate::reloads::Histogram) -> Metric {
+    let mut m = metric(labels, values);
     let mut out = Histogram::default();
     let mut cumulative = 0;
     out.set_bucket(
@@ -177,8 +206,10 @@ impl Collector for ConsumerCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let now = SystemTime::now();
-        let (mut latency, mut stale, mut last, mut info) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut stale, mut last, mut info) = (Vec::new(), Vec::new(), Vec::new());
+        // Consumers that share the kept labels share one histogram.
+        let mut latency: std::collections::BTreeMap<Vec<String>, crate::reloads::Histogram> =
+            Default::default();
         let foreign = {
             let tracker = self.shared.tracker.lock().expect("tracker lock");
             let r = self.shared.reloads.lock().expect("reloads lock");
@@ -194,7 +225,8 @@ impl Collector for ConsumerCollector {
                     1.0,
                 ));
                 if c.mount == MountKind::Volume {
-                    latency.push(histogram(&v, &c.latency));
+                    let kept = self.keep.iter().map(|&i| v[i].to_owned()).collect();
+                    latency.entry(kept).or_default().merge(&c.latency);
                     stale.push(gauge(&LABELS, &v, c.stale_seconds(now)));
                 }
                 if let Some(t) = c.last_reload {
@@ -212,6 +244,17 @@ impl Collector for ConsumerCollector {
         let late = self.shared.late_marks.load(Relaxed) as f64;
         let loaded = f64::from(u8::from(self.shared.fanotify.load(Relaxed)));
         let overflows = self.shared.fanotify_overflows.load(Relaxed) as f64;
+        let names: Vec<&str> = self.keep.iter().map(|&i| LABELS[i]).collect();
+        let latency = latency
+            .iter()
+            .map(|(values, h)| {
+                histogram(
+                    &names,
+                    &values.iter().map(String::as_str).collect::<Vec<_>>(),
+                    h,
+                )
+            })
+            .collect();
         vec![
             family(&LATENCY, latency),
             family(&STALE, stale),
@@ -222,5 +265,100 @@ impl Collector for ConsumerCollector {
             family(&FANOTIFY_LOADED, vec![gauge(&[], &[], loaded)]),
             family(&FANOTIFY_OVERFLOWS, vec![counter(&[], &[], overflows)]),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::{
+        reloads::{Found, Reloads},
+        updates::Tracker,
+        volumes::{VolumeKey, VolumeType},
+    };
+
+    fn shared_with_two_reloads() -> Arc<Shared> {
+        let shared = Arc::new(Shared::new(Tracker::new(Duration::from_secs(2), false)));
+        let vol = VolumeKey {
+            pod_uid: "u".into(),
+            volume_type: VolumeType::Secret,
+            name: "tls".into(),
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut r = Reloads::default();
+        let found = |id: &str| Found {
+            id: id.into(),
+            name: id.into(),
+            mount: MountKind::Volume,
+            started: t0,
+            start_ticks: 1,
+            mount_path: None,
+        };
+        r.set_consumers(&vol, vec![found("a"), found("b")]);
+        r.update(&vol, "..2", t0 + Duration::from_secs(1));
+        for (id, ms) in [("a", 20), ("b", 3000)] {
+            let opener = crate::reloads::Opener::Container {
+                pod_uid: "u".into(),
+                id: id.into(),
+            };
+            r.open(
+                opener,
+                &vol,
+                "..2",
+                t0 + Duration::from_secs(1) + Duration::from_millis(ms),
+            );
+        }
+        *shared.reloads.lock().unwrap() = r;
+        shared
+    }
+
+    fn latency_series(keep: &[&str]) -> Vec<Metric> {
+        let keep =
+            histogram_labels(&keep.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let c = ConsumerCollector::new(shared_with_two_reloads(), keep).unwrap();
+        let mf = c
+            .collect()
+            .into_iter()
+            .find(|f| f.name() == LATENCY.name)
+            .unwrap();
+        mf.get_metric().to_vec()
+    }
+
+    #[test]
+    fn fewer_histogram_labels_merge_consumers_into_one_series() {
+        let all = latency_series(&["namespace", "pod", "container", "volume"]);
+        assert_eq!(all.len(), 2);
+        let merged = latency_series(&["volume", "namespace"]);
+        assert_eq!(merged.len(), 1);
+        let m = &merged[0];
+        let names: Vec<&str> = m.get_label().iter().map(|l| l.name()).collect();
+        assert_eq!(
+            names,
+            ["namespace", "volume"],
+            "kept labels, in the contract's order"
+        );
+        let h = m.get_histogram();
+        assert_eq!(h.get_sample_count(), 2);
+        assert!((h.get_sample_sum() - 3.02).abs() < 1e-9);
+        // 20 ms is in the 25 ms bucket, 3 s in the 5 s one.
+        let at = |le: f64| {
+            h.get_bucket()
+                .iter()
+                .find(|b| b.upper_bound() == le)
+                .unwrap()
+                .cumulative_count()
+        };
+        assert_eq!((at(0.025), at(2.5), at(5.0)), (1, 1, 2));
+    }
+
+    #[test]
+    fn unknown_histogram_labels_are_refused_with_the_choices() {
+        let err = histogram_labels(&["pod".into(), "node".into()]).unwrap_err();
+        assert!(
+            err.contains("\"node\"") && err.contains("namespace, pod, container, volume"),
+            "{err}"
+        );
     }
 }

@@ -4,6 +4,8 @@
 
 mod consumers;
 
+pub use consumers::histogram_labels;
+
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -248,10 +250,14 @@ impl Collector for StateCollector {
 }
 
 /// The registry served at /metrics: state, build info and the process metrics.
-pub fn registry(shared: Arc<Shared>) -> prometheus::Result<Registry> {
+/// `histogram_labels`: indexes from [`histogram_labels`].
+pub fn registry(shared: Arc<Shared>, histogram_labels: Vec<usize>) -> prometheus::Result<Registry> {
     let r = Registry::new();
     r.register(Box::new(StateCollector::new(shared.clone())?))?;
-    r.register(Box::new(consumers::ConsumerCollector::new(shared)?))?;
+    r.register(Box::new(consumers::ConsumerCollector::new(
+        shared,
+        histogram_labels,
+    )?))?;
     let build = IntGaugeVec::new(
         opts(
             "reloadscope_build_info",
