@@ -23,15 +23,11 @@
 //! its own volume mount only, as on a node.
 
 use std::{
-    ffi::OsString,
     fs::{self, DirBuilder, File, OpenOptions},
     io::{self, Read as _},
     os::{
         fd::AsRawFd,
-        unix::{
-            ffi::OsStringExt,
-            fs::{DirBuilderExt, OpenOptionsExt},
-        },
+        unix::fs::{DirBuilderExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
@@ -45,6 +41,7 @@ use nix::{
 };
 
 use super::{LabNode, LabPod, Strategy};
+use crate::consumers::mountinfo::{self, Mount};
 
 /// How long [`LabContainer::start`] waits for the process to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -317,7 +314,14 @@ impl LabContainer {
             .into_iter()
             .rev()
             .find(|m| m.mount_point == *at)
-            .map(|m| m.root.to_string_lossy().into_owned()))
+            .map(|m| {
+                let root = m.root.to_string_lossy();
+                if m.deleted {
+                    format!("{root}//deleted")
+                } else {
+                    root.into_owned()
+                }
+            }))
     }
 
     /// Kills the process, waits for it, removes the cgroup dir, the subPath bind mount
@@ -455,7 +459,7 @@ fn container_id() -> io::Result<String> {
 pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
     let mounts =
         mountinfo(Path::new("/proc/self/mountinfo")).context("read /proc/self/mountinfo")?;
-    let mut v2 = mounts.iter().filter(|m| m.fstype == "cgroup2");
+    let mut v2 = mounts.iter().filter(|m| m.fs_type == "cgroup2");
     let first = v2.clone().next();
     v2.find(|m| m.root == Path::new("/"))
         .or(first)
@@ -653,61 +657,9 @@ fn unmount(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The fields of a mountinfo line the lab needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct MountLine {
-    /// Field 4: the mounted dir or file, as a path in its file system
-    /// (`...//deleted` when it was unlinked).
-    pub(super) root: PathBuf,
-    /// Field 5.
-    pub(super) mount_point: PathBuf,
-    /// After the ` - ` separator.
-    pub(super) fstype: String,
-}
-
-pub(super) fn mountinfo(path: &Path) -> io::Result<Vec<MountLine>> {
-    Ok(parse_mountinfo(&fs::read(path)?))
-}
-
-fn parse_mountinfo(info: &[u8]) -> Vec<MountLine> {
-    info.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-            // Optional fields sit between field 6 and the lone "-".
-            let sep = fields.iter().skip(6).position(|f| *f == b"-")? + 6;
-            let path = |f: &[u8]| PathBuf::from(OsString::from_vec(unescape_octal(f)));
-            Some(MountLine {
-                root: path(fields.get(3)?),
-                mount_point: path(fields.get(4)?),
-                fstype: String::from_utf8_lossy(fields.get(sep + 1)?).into_owned(),
-            })
-        })
-        .collect()
-}
-
-/// Undoes the kernel's `\ooo` escapes (space, tab, newline, backslash) in mountinfo.
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let oct = field
-            .get(i + 1..i + 4)
-            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match oct {
-            Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |acc, c| acc.wrapping_mul(8) + (c - b'0')),
-                );
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
+/// The mounts listed in a mountinfo file (the agent's own parser).
+pub(super) fn mountinfo(path: &Path) -> io::Result<Vec<Mount>> {
+    Ok(mountinfo::parse_bytes(&fs::read(path)?).0)
 }
 
 #[cfg(test)]
@@ -772,24 +724,5 @@ mod tests {
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn mountinfo_fields() {
-        let info = b"41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n\
-            90 41 0:40 /..2026_11_25_14_10_06.1/key//deleted /tmp/a\\040b/c rw master:3 - tmpfs tmpfs rw\n\
-            91 41 8:1 /x /y rw - ext4 /dev/sda1 rw\n\
-            garbage\n";
-        let m = parse_mountinfo(info);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[0].mount_point, Path::new("/sys/fs/cgroup/unified"));
-        assert_eq!(m[0].fstype, "cgroup2");
-        assert_eq!(
-            m[1].root.to_str(),
-            Some("/..2026_11_25_14_10_06.1/key//deleted")
-        );
-        assert_eq!(m[1].mount_point, Path::new("/tmp/a b/c"));
-        assert_eq!(m[2].fstype, "ext4");
-        assert_eq!(unescape_octal(br"\134\011end\"), b"\\\tend\\");
     }
 }

@@ -13,10 +13,7 @@
 use std::{
     fs::{self, DirBuilder},
     io,
-    os::unix::{
-        ffi::OsStringExt,
-        fs::{DirBuilderExt, PermissionsExt},
-    },
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{SystemTime, UNIX_EPOCH},
@@ -332,39 +329,10 @@ fn detach_mounts_under(dir: &Path) {
     }
 }
 
-/// The mount points of this mount namespace (field 5 of `/proc/self/mountinfo`).
+/// The mount points of this mount namespace.
 fn mount_points() -> io::Result<Vec<PathBuf>> {
-    let info = fs::read("/proc/self/mountinfo")?;
-    Ok(info
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(field))))
-        .collect())
-}
-
-/// Undoes the kernel's `\ooo` escapes (space, tab, newline, backslash) in mountinfo.
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let oct = field
-            .get(i + 1..i + 4)
-            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match oct {
-            Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |acc, c| acc.wrapping_mul(8) + (c - b'0')),
-                );
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
+    let (mounts, _) = crate::consumers::mountinfo::parse_bytes(&fs::read("/proc/self/mountinfo")?);
+    Ok(mounts.into_iter().map(|m| m.mount_point).collect())
 }
 
 /// A random UUID in version 4 form (`xxxxxxxx-xxxx-4xxx-Nxxx-xxxxxxxxxxxx`).
@@ -508,10 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_octal(br"/a\040b\011c\134d"), b"/a b\tc\\d");
-        assert_eq!(unescape_octal(br"/plain\09"), br"/plain\09");
-        assert_eq!(unescape_octal(br"end\"), br"end\");
+    fn mount_points_include_the_root() {
         assert!(mount_points().unwrap().contains(&PathBuf::from("/")));
     }
 
