@@ -6,6 +6,7 @@ pub mod clock;
 pub mod consumers;
 pub mod events;
 pub mod fanotify;
+pub mod inspect;
 pub mod lab;
 pub mod metrics;
 pub mod opens;

@@ -39,6 +39,10 @@ enum Command {
     /// The process inside a lab container: started by the lab, not by hand.
     #[command(hide = true)]
     LabConsumer(reloadscope::lab::ConsumerArgs),
+    /// Show every volume on this node, its consumers, its last update and, per
+    /// consumer, reloaded / stale / subPath, with a hint for each problem. Works without
+    /// the agent running.
+    Inspect(reloadscope::inspect::InspectArgs),
 }
 
 #[derive(clap::Args)]
@@ -145,6 +149,16 @@ fn main() -> ExitCode {
                 }
             };
         }
+        // One-shot and synchronous: no runtime needed.
+        Command::Inspect(args) => {
+            return match reloadscope::inspect::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         other => other,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -161,7 +175,9 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Lab(args) => rt.block_on(reloadscope::lab::run(args)),
-        Command::LabConsumer(_) => unreachable!("handled before the runtime"),
+        Command::LabConsumer(_) | Command::Inspect(_) => {
+            unreachable!("handled before the runtime")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,217 @@
+//! The report of `inspect` and its two renderings: a table for people, JSON for tools.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// `{"volumes": [...]}`
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub volumes: Vec<VolumeReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeReport {
+    /// Empty while the pod's name is unknown (no pod-logs entry).
+    pub namespace: String,
+    /// The pod uid while its name is unknown.
+    pub pod: String,
+    pub pod_uid: String,
+    pub volume: String,
+    /// `configmap`, `secret`, `projected` or `downward_api`.
+    #[serde(rename = "type")]
+    pub volume_type: &'static str,
+    /// The `..data` target; `None` while the volume has none.
+    pub data_dir: Option<String>,
+    /// The `..data` symlink's mtime.
+    pub last_update_unix_seconds: Option<f64>,
+    pub consumers: Vec<ConsumerReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsumerReport {
+    pub container: String,
+    pub container_id: String,
+    /// `volume` or `subpath`, as the `mount` label of the agent's metrics.
+    pub mount: &'static str,
+    /// Where the container has the volume (or, for a subPath, the file).
+    pub mount_path: Option<String>,
+    pub verdict: &'static str,
+    /// What to do about it; `None` for a consumer without a problem.
+    pub hint: Option<&'static str>,
+}
+
+pub fn json(report: &Report) -> String {
+    let mut s = serde_json::to_string_pretty(report).expect("the report serialises");
+    s.push('\n');
+    s
+}
+
+/// How long ago, shortly: `4.2s ago`, `3m05s ago`, `2h10m ago`, `5d03h ago`.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1}s ago", d.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s ago", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m ago", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h ago", s / 86400, s % 86400 / 3600),
+    }
+}
+
+const HEADER: [&str; 7] = [
+    "NAMESPACE/POD",
+    "VOLUME",
+    "TYPE",
+    "LAST UPDATE",
+    "CONTAINER",
+    "MOUNT",
+    "VERDICT",
+];
+
+/// One row per consumer (one with `-` for a volume without any), the hint of a
+/// consumer with a problem on an indented line under its row.
+pub fn table(report: &Report, now: SystemTime) -> String {
+    let mut rows: Vec<([String; 7], Option<&str>)> = Vec::new();
+    for v in &report.volumes {
+        let pod = if v.namespace.is_empty() {
+            v.pod.clone()
+        } else {
+            format!("{}/{}", v.namespace, v.pod)
+        };
+        let updated = v.last_update_unix_seconds.map_or_else(
+            || "-".to_owned(),
+            |t| {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0));
+                age(now.duration_since(at).unwrap_or_default())
+            },
+        );
+        let row = |container: &str, mount: &str, verdict: &str| {
+            [
+                pod.clone(),
+                v.volume.clone(),
+                v.volume_type.to_owned(),
+                updated.clone(),
+                container.to_owned(),
+                mount.to_owned(),
+                verdict.to_owned(),
+            ]
+        };
+        if v.consumers.is_empty() {
+            rows.push((row("-", "-", "-"), None));
+        }
+        for c in &v.consumers {
+            rows.push((row(&c.container, c.mount, c.verdict), c.hint));
+        }
+    }
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for (cells, _) in &rows {
+        for (w, c) in widths.iter_mut().zip(cells) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&HEADER);
+    for (cells, hint) in &rows {
+        out.push_str(&line(&cells.each_ref().map(String::as_str)));
+        if let Some(h) = hint {
+            out.push_str(&format!("    hint: {h}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let consumer = |name: &str, mount, verdict, hint| ConsumerReport {
+            container: name.into(),
+            container_id: "c".repeat(64),
+            mount,
+            mount_path: Some("/etc/config".into()),
+            verdict,
+            hint,
+        };
+        Report {
+            volumes: vec![
+                VolumeReport {
+                    namespace: "shop".into(),
+                    pod: "web".into(),
+                    pod_uid: "u1".into(),
+                    volume: "app-config".into(),
+                    volume_type: "configmap",
+                    data_dir: Some("..2026_01_01_00_00_00.1".into()),
+                    last_update_unix_seconds: Some(1000.0),
+                    consumers: vec![
+                        consumer("app", "volume", "reloaded-at-start", None),
+                        consumer("side", "subpath", "subpath", Some("HINT")),
+                    ],
+                },
+                VolumeReport {
+                    namespace: String::new(),
+                    pod: "u2".into(),
+                    pod_uid: "u2".into(),
+                    volume: "tls".into(),
+                    volume_type: "secret",
+                    data_dir: None,
+                    last_update_unix_seconds: None,
+                    consumers: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(Duration::from_millis(4200)), "4.2s ago");
+        assert_eq!(age(Duration::from_secs(185)), "3m05s ago");
+        assert_eq!(age(Duration::from_secs(2 * 3600 + 600)), "2h10m ago");
+        assert_eq!(age(Duration::from_secs(5 * 86400 + 3 * 3600)), "5d03h ago");
+    }
+
+    #[test]
+    fn table_rows_and_hints() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1062);
+        let t = table(&report(), now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(lines[0].starts_with("NAMESPACE/POD  VOLUME"));
+        assert!(lines[1].starts_with("shop/web       app-config  configmap  1m02s ago"));
+        assert!(
+            lines[1].ends_with("app        volume   reloaded-at-start"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("side       subpath  subpath"), "{t}");
+        assert_eq!(lines[3], "    hint: HINT");
+        assert!(lines[4].starts_with("u2             tls         secret     -"));
+        assert!(lines[4].ends_with("-          -        -"), "{t}");
+        // Columns line up.
+        let col = lines[0].find("CONTAINER").unwrap();
+        assert_eq!(lines[1].find("app ").unwrap(), col);
+    }
+
+    #[test]
+    fn json_shape() {
+        let v: serde_json::Value = serde_json::from_str(&json(&report())).unwrap();
+        let vol = &v["volumes"][0];
+        assert_eq!(vol["type"], "configmap");
+        assert_eq!(vol["last_update_unix_seconds"], 1000.0);
+        assert_eq!(vol["consumers"][1]["verdict"], "subpath");
+        assert_eq!(vol["consumers"][1]["mount"], "subpath");
+        assert!(vol["consumers"][0]["hint"].is_null());
+        assert!(v["volumes"][1]["data_dir"].is_null());
+        assert_eq!(v["volumes"][1]["consumers"], serde_json::json!([]));
+    }
+}
