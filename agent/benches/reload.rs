@@ -1,0 +1,187 @@
+//! Benchmark `reload`: what measuring consumers' reloads costs a node, and how exact
+//! the measurement is.
+//!
+//! 1. Cost: open+close loops on unrelated files and on watched volume files, with and
+//!    without the agent (in-process, `ebpf: false`; optionally `ebpf: true` too), on a
+//!    lab node with 1,000 volumes, each consumed by a lab container.
+//! 2. Accuracy: over 1,000 updates, the agent's reload time of each reloading lab
+//!    container against the container's own log of its open; reloads missed.
+//!
+//! Run as root: `cargo xtask bench reload [--quick] [--only cost|accuracy] [--no-ebpf-row]`.
+//! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
+
+#[path = "reload/accuracy.rs"]
+mod accuracy;
+#[path = "reload/cost.rs"]
+mod cost;
+#[path = "reload/openloop.rs"]
+mod openloop;
+#[path = "reload/util.rs"]
+mod util;
+
+use std::{fmt::Write as _, process::ExitCode, time::Duration, time::Instant};
+
+const USAGE: &str = "\
+usage: cargo xtask bench reload [--quick] [--only cost|accuracy]... [--no-ebpf-row]
+
+  --quick        smaller counts, for a smoke run
+  --only M       run measure M only (repeatable)
+  --no-ebpf-row  leave out the cost of the agent as deployed (ebpf: true)
+
+Needs root (tmpfs and bind mounts, cgroups, fanotify, the eBPF probe).";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    Cost,
+    Accuracy,
+}
+
+struct Args {
+    quick: bool,
+    only: Vec<Measure>,
+    ebpf_row: bool,
+    /// As given, for the report's first line.
+    given: Vec<String>,
+}
+
+fn parse_args(raw: &[String]) -> Result<Args, String> {
+    let mut args = Args {
+        quick: false,
+        only: Vec::new(),
+        ebpf_row: true,
+        given: Vec::new(),
+    };
+    let mut it = raw.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            // cargo bench adds it to every benchmark binary's arguments.
+            "--bench" => continue,
+            "--quick" => args.quick = true,
+            "--no-ebpf-row" => args.ebpf_row = false,
+            "--only" => {
+                let m = it.next().ok_or("--only needs a measure")?;
+                args.only.push(match m.as_str() {
+                    "cost" => Measure::Cost,
+                    "accuracy" => Measure::Accuracy,
+                    other => return Err(format!("unknown measure {other:?}")),
+                });
+                args.given.push(a.clone());
+                args.given.push(m.clone());
+                continue;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+        args.given.push(a.clone());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(openloop::FLAG) {
+        return openloop::child_main(&raw[1..]);
+    }
+    let args = match parse_args(&raw) {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("reload: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("reload: needs root\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    let wants = |m| args.only.is_empty() || args.only.contains(&m);
+    let started = Instant::now();
+    let loadavg = util::loadavg();
+
+    let mut out = String::new();
+    let mut cmd = "cargo xtask bench reload".to_owned();
+    for a in &args.given {
+        cmd.push(' ');
+        cmd.push_str(a);
+    }
+    let _ = writeln!(out, "## `{cmd}`\n");
+    let _ = writeln!(out, "- kernel (`uname -r`): {}", util::kernel_release());
+    let _ = writeln!(out, "- nproc: {}", util::nproc());
+    if let Some(model) = util::cpu_model() {
+        let _ = writeln!(out, "- CPU: {model}");
+    }
+    let _ = writeln!(out, "- load average at start: {loadavg}");
+    let _ = writeln!(
+        out,
+        "- sizes: {}",
+        if args.quick {
+            "--quick (smoke run)"
+        } else {
+            "full"
+        }
+    );
+    let holders = util::tracepoint_prog_holders();
+    let _ = writeln!(
+        out,
+        "- other processes holding tracepoint BPF programs at start: {}",
+        if holders.is_empty() {
+            "none".to_owned()
+        } else {
+            holders.join(", ")
+        }
+    );
+
+    let mut failed = false;
+    let mut section = |name: &str, r: anyhow::Result<String>| match r {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("[reload] {name} failed: {e:#}");
+            failed = true;
+            format!("### {name}\n\nFAILED: {e:#}\n")
+        }
+    };
+    let mut sections = Vec::new();
+    if wants(Measure::Cost) {
+        let p = if args.quick {
+            cost::Params {
+                pods: 20,
+                rounds: 3,
+                calls: 20_000,
+                ebpf_row: args.ebpf_row,
+            }
+        } else {
+            cost::Params {
+                pods: 200,
+                rounds: 8,
+                calls: 150_000,
+                ebpf_row: args.ebpf_row,
+            }
+        };
+        sections.push(section("Cost", cost::run(&p)));
+    }
+    if wants(Measure::Accuracy) {
+        let p = accuracy::Params {
+            updates: if args.quick { 100 } else { 1000 },
+            period: Duration::from_millis(50),
+        };
+        sections.push(section("Accuracy", accuracy::run(&p)));
+    }
+    for s in sections {
+        out.push('\n');
+        out.push_str(&s);
+    }
+    let _ = writeln!(
+        out,
+        "\n_Run took {:.0} s._",
+        started.elapsed().as_secs_f64()
+    );
+    print!("{out}");
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
