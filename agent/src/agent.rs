@@ -207,6 +207,9 @@ async fn consumer_loop(
     stop: watch::Receiver<bool>,
 ) {
     let mut every = tokio::time::interval(consumers::RESCAN);
+    // The first tick is immediate: the first scan waits for the initial walk instead
+    // (ScanDone notifies), so it has the volumes to match.
+    every.tick().await;
     let mut marked = HashSet::new();
     let stopped = stopped(stop);
     tokio::pin!(stopped);

@@ -78,8 +78,15 @@ pub struct Opens {
     dirs: HashMap<DirId, (VolumeKey, String)>,
     /// Opens in directories not registered (yet), already attributed.
     unknown: VecDeque<(Instant, DirId, Opener, SystemTime)>,
+    /// Recent attributions by pid: a process that opens a file in a loop is looked up
+    /// in /proc once a second, not at every event (about 20 us of /proc reads each).
+    openers: HashMap<i32, (Instant, Opener)>,
     shared: Arc<Shared>,
 }
+
+/// How long a pid's attribution is reused; a pid is not recycled that fast.
+const OPENER_KEPT: Duration = Duration::from_secs(1);
+const OPENERS_MAX: usize = 4096;
 
 impl Opens {
     pub fn new(fan: Fanotify, proc_root: PathBuf, shared: Arc<Shared>) -> Self {
@@ -89,6 +96,7 @@ impl Opens {
             proc_root,
             dirs,
             unknown,
+            openers: HashMap::new(),
             shared,
         }
     }
@@ -157,8 +165,24 @@ impl Opens {
         }
     }
 
+    /// [`Self::lookup`], reused for [`OPENER_KEPT`].
+    fn opener(&mut self, pid: i32, now: Instant) -> Opener {
+        if let Some((at, o)) = self.openers.get(&pid)
+            && now.duration_since(*at) < OPENER_KEPT
+        {
+            return o.clone();
+        }
+        if self.openers.len() >= OPENERS_MAX {
+            self.openers
+                .retain(|_, (at, _)| now.duration_since(*at) < OPENER_KEPT);
+        }
+        let o = self.lookup(pid);
+        self.openers.insert(pid, (now, o.clone()));
+        o
+    }
+
     /// Who `pid` is: a pod container by its cgroup, else the kubelet by name, else host.
-    fn opener(&self, pid: i32) -> Opener {
+    fn lookup(&self, pid: i32) -> Opener {
         let dir = self.proc_root.join(pid.to_string());
         if let Some(c) = std::fs::read_to_string(dir.join("cgroup"))
             .ok()
@@ -222,7 +246,7 @@ impl Opens {
                 FanEvent::Open { pid, .. } if pid == me => {}
                 FanEvent::Open { pid, dir, .. } => {
                     // Attributed now: the process may be gone by the time its dir is known.
-                    let opener = self.opener(pid);
+                    let opener = self.opener(pid, now);
                     match self.dirs.get(&dir) {
                         Some((key, ts_dir)) => out.push(Event::Opened {
                             opener,
