@@ -12,6 +12,8 @@
 
 #[path = "detect/burst.rs"]
 mod burst;
+#[path = "common/mod.rs"]
+mod common;
 #[path = "detect/disk.rs"]
 mod disk;
 #[path = "detect/latency.rs"]
@@ -95,41 +97,10 @@ fn main() -> ExitCode {
     }
     let wants = |m| args.only.is_empty() || args.only.contains(&m);
     let started = Instant::now();
-    let loadavg = util::loadavg();
     let binary = burst::agent_binary();
 
     let mut out = String::new();
-    let mut cmd = "cargo xtask bench detect".to_owned();
-    for a in &args.given {
-        cmd.push(' ');
-        cmd.push_str(a);
-    }
-    let _ = writeln!(out, "## `{cmd}`\n");
-    let _ = writeln!(out, "- kernel (`uname -r`): {}", util::kernel_release());
-    let _ = writeln!(out, "- nproc: {}", util::nproc());
-    if let Some(model) = util::cpu_model() {
-        let _ = writeln!(out, "- CPU: {model}");
-    }
-    let _ = writeln!(out, "- load average at start: {loadavg}");
-    let _ = writeln!(
-        out,
-        "- sizes: {}",
-        if args.quick {
-            "--quick (smoke run)"
-        } else {
-            "full"
-        }
-    );
-    let holders = util::tracepoint_prog_holders();
-    let _ = writeln!(
-        out,
-        "- other processes holding tracepoint BPF programs at start: {}",
-        if holders.is_empty() {
-            "none".to_owned()
-        } else {
-            holders.join(", ")
-        }
-    );
+    out.push_str(&common::header("detect", &args.given, args.quick));
 
     let mut failed = false;
     let mut section = |name: &str, r: anyhow::Result<String>| match r {

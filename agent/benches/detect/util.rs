@@ -1,6 +1,8 @@
 //! Helpers of the detect benchmark: distributions, formatting, and what /proc says
 //! about a process (CPU time, memory) and about the machine.
 
+pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
+
 use std::{fs, io, path::Path, time::Duration};
 
 /// Samples in nanoseconds, sorted. Signed: a detection can be observed before the
@@ -42,32 +44,6 @@ impl Dist {
     }
 }
 
-/// Median of a few per-round figures (mean of the middle two for an even count).
-pub fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-pub fn fmt_ns(ns: f64) -> String {
-    let a = ns.abs();
-    if ns.is_nan() {
-        "n/a".into()
-    } else if a < 1e3 {
-        format!("{ns:.0} ns")
-    } else if a < 1e6 {
-        format!("{:.1} µs", ns / 1e3)
-    } else if a < 1e9 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
 /// A difference with its sign: `+240 ns`, `-12 ns`, `±0 ns`.
 pub fn fmt_delta_ns(ns: f64) -> String {
     if ns.abs() < 0.5 {
@@ -94,31 +70,6 @@ pub fn ratio(a: f64, b: f64) -> String {
 
 pub fn fmt_kib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
-}
-
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-pub fn nproc() -> i64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
-}
-
-pub fn cpu_model() -> Option<String> {
-    let info = fs::read_to_string("/proc/cpuinfo").ok()?;
-    info.lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-}
-
-pub fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// utime + stime of a process, from `/proc/<pid>/stat`.
@@ -160,31 +111,6 @@ pub fn thread_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// The file system type of `path`, for the report.
-pub fn fs_type(path: &Path) -> &'static str {
-    use nix::sys::statfs::{
-        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
-        statfs,
-    };
-    let Ok(s) = statfs(path) else {
-        return "unknown";
-    };
-    let t = s.filesystem_type();
-    if t == TMPFS_MAGIC {
-        "tmpfs"
-    } else if t == EXT4_SUPER_MAGIC {
-        "ext4"
-    } else if t == XFS_SUPER_MAGIC {
-        "xfs"
-    } else if t == BTRFS_SUPER_MAGIC {
-        "btrfs"
-    } else if t == OVERLAYFS_SUPER_MAGIC {
-        "overlayfs"
-    } else {
-        "other"
-    }
-}
-
 /// The file system of `path` for the report; for ext4, whether it has a journal
 /// (without one, ext4 skips inodes deleted in the last 30 s when it allocates, which
 /// slows a writer down after heavy create/delete churn).
@@ -208,43 +134,6 @@ fn ext4_journal(path: &Path) -> Option<bool> {
     let task =
         fs::read_to_string(Path::new("/sys/fs/ext4").join(name).join("journal_task")).ok()?;
     Some(task.trim() != "<none>")
-}
-
-/// Other processes holding tracepoint BPF programs (`pid comm`): while one is attached
-/// to a syscall tracepoint, every task takes the syscall slow path, so a "no probe"
-/// baseline measured now is not one.
-pub fn tracepoint_prog_holders() -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut out = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let pid = p.file_name().to_string_lossy().into_owned();
-        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            let is_prog =
-                fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog");
-            is_prog
-                && fs::read_to_string(p.path().join("fdinfo").join(fd.file_name())).is_ok_and(
-                    |info| {
-                        info.lines()
-                            .any(|l| l.split_whitespace().eq(["prog_type:", "5"]))
-                    },
-                )
-        });
-        if holds {
-            let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            out.push(format!("{pid} ({})", comm.trim()));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// BPF program fds this process still holds (none once every probe is dropped).

@@ -1,0 +1,146 @@
+//! Shared by the benchmarks: machine facts for the report header, medians and number
+//! formatting. Included by each bench with `#[path = "common/mod.rs"] mod common;`.
+#![allow(dead_code)]
+
+use std::{fs, path::Path};
+
+pub fn cpu_model() -> Option<String> {
+    let info = fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+pub fn fmt_ns(ns: f64) -> String {
+    let a = ns.abs();
+    if ns.is_nan() {
+        "n/a".into()
+    } else if a < 1e3 {
+        format!("{ns:.0} ns")
+    } else if a < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if a < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// The file system type of `path`, for the report.
+pub fn fs_type(path: &Path) -> &'static str {
+    use nix::sys::statfs::{
+        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+        statfs,
+    };
+    let Ok(s) = statfs(path) else {
+        return "unknown";
+    };
+    let t = s.filesystem_type();
+    if t == TMPFS_MAGIC {
+        "tmpfs"
+    } else if t == EXT4_SUPER_MAGIC {
+        "ext4"
+    } else if t == XFS_SUPER_MAGIC {
+        "xfs"
+    } else if t == BTRFS_SUPER_MAGIC {
+        "btrfs"
+    } else if t == OVERLAYFS_SUPER_MAGIC {
+        "overlayfs"
+    } else {
+        "other"
+    }
+}
+
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Median of a few per-round figures (mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub fn nproc() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
+}
+
+/// Other processes holding tracepoint BPF programs (`pid comm`): while one is attached
+/// to a syscall tracepoint, every task takes the syscall slow path, so a "no probe"
+/// baseline measured now is not one.
+pub fn tracepoint_prog_holders() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            let is_prog =
+                fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog");
+            is_prog
+                && fs::read_to_string(p.path().join("fdinfo").join(fd.file_name())).is_ok_and(
+                    |info| {
+                        info.lines()
+                            .any(|l| l.split_whitespace().eq(["prog_type:", "5"]))
+                    },
+                )
+        });
+        if holds {
+            let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The report's first lines: the command and the machine it ran on.
+pub fn header(bench: &str, given: &[String], quick: bool) -> String {
+    let mut cmd = format!("cargo xtask bench {bench}");
+    for a in given {
+        cmd.push(' ');
+        cmd.push_str(a);
+    }
+    let mut out = format!("## `{cmd}`\n\n");
+    out += &format!("- kernel (`uname -r`): {}\n", kernel_release());
+    out += &format!("- nproc: {}\n", nproc());
+    if let Some(model) = cpu_model() {
+        out += &format!("- CPU: {model}\n");
+    }
+    out += &format!("- load average at start: {}\n", loadavg());
+    out += &format!(
+        "- sizes: {}\n",
+        if quick { "--quick (smoke run)" } else { "full" }
+    );
+    let holders = tracepoint_prog_holders();
+    let holders = if holders.is_empty() {
+        "none".to_owned()
+    } else {
+        holders.join(", ")
+    };
+    out += &format!("- other processes holding tracepoint BPF programs at start: {holders}\n");
+    out
+}
