@@ -21,7 +21,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    consumers,
+    checkpoint, consumers,
     events::{self, Event},
     fanotify::Fanotify,
     metrics::{self, Shared},
@@ -51,6 +51,8 @@ pub struct Config {
     pub ring_bytes: u32,
     /// Labels kept on the reload latency histogram (of namespace, pod, container, volume).
     pub histogram_labels: Vec<String>,
+    /// Where pending reload measurements are checkpointed across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9741)),
             ebpf: true,
             ring_bytes: probe::DEFAULT_RING_BYTES,
+            state_file: None,
             histogram_labels: ["namespace", "pod", "container", "volume"]
                 .map(String::from)
                 .to_vec(),
@@ -112,6 +115,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared::new(Tracker::new(PAIR_WINDOW, false)));
     let keep = metrics::histogram_labels(&cfg.histogram_labels).map_err(anyhow::Error::msg)?;
     let registry = metrics::registry(shared.clone(), keep)?;
+    if let Some(path) = &cfg.state_file {
+        restore(&shared, path);
+    }
     let (stop, stop_rx) = watch::channel(false);
     let (tx, rx) = events::channel();
     let mut tasks = Vec::new();
@@ -170,6 +176,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shared: shared.clone(),
         marks,
         rescan,
+        state_file: cfg.state_file.clone(),
     };
     tasks.push(tokio::spawn(state.run(rx, stop_rx.clone())));
     let (walker, stream) = Walker::start(roots, cfg.pod_logs_dir.clone(), marker, tx).await?;
@@ -195,6 +202,36 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks,
         server,
     })
+}
+
+/// How often the state file is written (and once more at shutdown).
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Loads the checkpoint into the reload state; an entry counts only while its volume
+/// still points at the data dir it names (else an update came while the agent was down).
+fn restore(shared: &Shared, path: &std::path::Path) {
+    let cp = match checkpoint::read(path) {
+        Ok(Some(cp)) => cp,
+        Ok(None) => return,
+        Err(e) => {
+            warn!("state file unusable, starting afresh: {e}");
+            return;
+        }
+    };
+    let mut r = shared.reloads.lock().expect("reloads lock");
+    let mut restored = 0;
+    for v in cp.volumes {
+        let Some(key) = v.key() else { continue };
+        if probe::read_target(&v.dir.join(crate::volumes::DATA)).as_deref()
+            != Some(v.ts_dir.as_str())
+        {
+            continue;
+        }
+        let swap = v.swap();
+        restored += v.consumers.iter().filter(|(_, stale)| *stale).count();
+        r.restore(key, v.ts_dir, swap, v.consumers);
+    }
+    info!(path = %path.display(), pending = restored, "restored pending reload measurements");
 }
 
 /// Looks for the consumers of every volume: after updates (at most once a second)
@@ -256,6 +293,7 @@ async fn consumer_loop(
 
 struct StateLoop {
     shared: Arc<Shared>,
+    state_file: Option<PathBuf>,
     /// Commands for the fanotify source, when it runs.
     marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
@@ -264,21 +302,58 @@ struct StateLoop {
 impl StateLoop {
     async fn run(self, mut rx: events::Receiver, stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
+        let mut save = tokio::time::interval(SAVE_EVERY);
         let stopped = stopped(stop);
         tokio::pin!(stopped);
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Some(ev) => self.apply(ev),
-                    None => return,
+                    None => break,
                 },
+                _ = save.tick() => self.save(),
                 _ = tick.tick() => {
                     self.shared.tracker.lock().expect("tracker lock").tick(Instant::now());
                     self.shared.reloads.lock().expect("reloads lock").tick(SystemTime::now());
                     self.shared.heartbeat_ms.store(monotonic_ms(), Relaxed);
                 }
-                _ = &mut stopped => return,
+                _ = &mut stopped => break,
             }
+        }
+        self.save();
+    }
+
+    /// Writes the checkpoint, when there is a state file.
+    fn save(&self) {
+        let Some(path) = &self.state_file else { return };
+        let volumes = {
+            let t = self.shared.tracker.lock().expect("tracker lock");
+            let r = self.shared.reloads.lock().expect("reloads lock");
+            r.snapshot()
+                .into_iter()
+                .filter_map(|(key, ts_dir, swap, consumers)| {
+                    Some(checkpoint::SavedVolume {
+                        dir: t.volume(&key)?.dir.clone(),
+                        pod_uid: key.pod_uid,
+                        volume_type: key.volume_type.label().to_owned(),
+                        name: key.name,
+                        ts_dir,
+                        swap_unix_ns: swap
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_nanos() as u64),
+                        consumers,
+                    })
+                })
+                .collect()
+        };
+        if let Err(e) = checkpoint::write(
+            path,
+            &checkpoint::Checkpoint {
+                version: 0,
+                volumes,
+            },
+        ) {
+            warn!(path = %path.display(), error = %e, "cannot write the state file");
         }
     }
 

@@ -2,6 +2,7 @@
 //! on the swap syscalls and from inotify, and exports them as Prometheus metrics.
 
 pub mod agent;
+pub mod checkpoint;
 pub mod clock;
 pub mod consumers;
 pub mod events;

@@ -83,6 +83,11 @@ struct AgentArgs {
         default_value = "namespace,pod,container,volume"
     )]
     histogram_labels: Vec<String>,
+    /// File where pending reload measurements are checkpointed (every 10 s and at
+    /// shutdown, written atomically), so an agent restart or upgrade loses none. Put it
+    /// on a hostPath that outlives the pod.
+    #[arg(long, value_name = "FILE")]
+    state_file: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
@@ -115,6 +120,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         ebpf: !args.no_ebpf,
         ring_bytes: args.ring_bytes,
         histogram_labels: args.histogram_labels,
+        state_file: args.state_file,
     };
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     use tokio::signal::unix::{SignalKind, signal};

@@ -142,6 +142,10 @@ struct EarlyOpen {
 const EARLY_KEPT: Duration = Duration::from_secs(10);
 const EARLY_MAX: usize = 4096;
 
+/// A volume's newest update: (volume, data dir, swap time, consumers known and
+/// whether each is still stale).
+pub type Snapshot = (VolumeKey, String, SystemTime, Vec<(String, bool)>);
+
 #[derive(Debug, Default)]
 pub struct Reloads {
     consumers: HashMap<VolumeKey, HashMap<String, Consumer>>,
@@ -149,6 +153,8 @@ pub struct Reloads {
     newest: HashMap<VolumeKey, (String, SystemTime)>,
     early: VecDeque<EarlyOpen>,
     pub foreign: [u64; 3],
+    /// From a checkpoint: consumers known then, and whether each was still stale.
+    restored: HashMap<(VolumeKey, String), bool>,
 }
 
 impl Reloads {
@@ -166,18 +172,26 @@ impl Reloads {
     /// that started after the newest swap has it already), gone ones dropped.
     pub fn set_consumers(&mut self, volume: &VolumeKey, found: Vec<Found>) {
         let newest = self.newest.get(volume).cloned();
+        // Consumers a checkpoint knew: stale exactly when they were then.
+        let was_pending: Vec<Option<bool>> = found
+            .iter()
+            .map(|f| self.restored.remove(&(volume.clone(), f.id.clone())))
+            .collect();
         let cs = self.consumers.entry(volume.clone()).or_default();
         cs.retain(|id, _| found.iter().any(|f| &f.id == id));
-        for f in found {
+        for (f, was_pending) in found.into_iter().zip(was_pending) {
             let c = cs.entry(f.id).or_insert_with(|| Consumer {
                 name: f.name.clone(),
                 mount: f.mount,
                 started: f.started,
                 start_ticks: f.start_ticks,
                 // Found after an update it predates: stale until it opens the new data.
-                pending: newest
-                    .clone()
-                    .filter(|(_, swap)| f.mount == MountKind::Volume && f.started < *swap),
+                pending: match was_pending {
+                    Some(stale) => newest.clone().filter(|_| stale),
+                    None => newest
+                        .clone()
+                        .filter(|(_, swap)| f.mount == MountKind::Volume && f.started < *swap),
+                },
                 last_reload: None,
                 last_latency: None,
                 latency: Histogram::default(),
@@ -196,6 +210,35 @@ impl Reloads {
         if cs.is_empty() {
             self.consumers.remove(volume);
         }
+    }
+
+    /// Each volume's newest update and its known consumers, for a checkpoint.
+    pub fn snapshot(&self) -> Vec<Snapshot> {
+        self.newest
+            .iter()
+            .map(|(v, (ts, swap))| {
+                let cs = self.consumers.get(v).into_iter().flatten();
+                let known = cs
+                    .map(|(id, c)| (id.clone(), c.pending.is_some()))
+                    .collect();
+                (v.clone(), ts.clone(), *swap, known)
+            })
+            .collect()
+    }
+
+    /// A checkpoint's newest update of `volume`, still current: consumers found later
+    /// are stale as they were when it was written.
+    pub fn restore(
+        &mut self,
+        volume: VolumeKey,
+        ts_dir: String,
+        swap: SystemTime,
+        known: Vec<(String, bool)>,
+    ) {
+        for (id, stale) in known {
+            self.restored.insert((volume.clone(), id), stale);
+        }
+        self.newest.insert(volume, (ts_dir, swap));
     }
 
     pub fn volume_gone(&mut self, volume: &VolumeKey) {
@@ -507,6 +550,37 @@ mod tests {
             }],
         );
         assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
+    }
+
+    #[test]
+    fn a_restored_checkpoint_keeps_who_was_stale() {
+        let mut r = Reloads::default();
+        r.restore(
+            vol(),
+            "..2".into(),
+            t(100),
+            vec![("a".into(), true), ("b".into(), false)],
+        );
+        r.set_consumers(
+            &vol(),
+            vec![
+                found("a", MountKind::Volume, 0),
+                found("b", MountKind::Volume, 0),
+            ],
+        );
+        assert_eq!(
+            r.consumer(&vol(), "a").unwrap().pending,
+            Some(("..2".into(), t(100)))
+        );
+        assert!(
+            r.consumer(&vol(), "b").unwrap().pending.is_none(),
+            "it had reloaded"
+        );
+        let snap = r.snapshot();
+        assert_eq!(snap.len(), 1);
+        let mut known = snap[0].3.clone();
+        known.sort();
+        assert_eq!(known, [("a".to_string(), true), ("b".to_string(), false)]);
     }
 
     #[test]

@@ -246,3 +246,76 @@ async fn configmap_reloads_match_the_consumers_logs() {
 async fn secret_reloads_match_the_consumers_logs() {
     reload_latency_matches_the_consumers_own_logs(VolumeType::Secret).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn the_state_file_keeps_who_is_stale_across_a_restart() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node
+        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
+        .unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let once = container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
+    let watcher = container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = reloadscope::agent::Config {
+        state_file: Some(state.path().join("state.json")),
+        ..reloadscope::lab::agent_config(
+            &node,
+            true,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+    };
+    let consumers = |m: &reloadscope::lab::scrape::Samples| {
+        m.matching("reloadscope_consumer_info", &[]).count() == 2
+    };
+
+    let first = start_with(cfg.clone()).await;
+    wait_metrics(first.addr, "both consumers", consumers).await;
+    w.write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
+        .unwrap();
+    let m = wait_metrics(first.addr, "the watcher's reload", |m| {
+        m.get(
+            "reloadscope_consumer_last_reload_timestamp_seconds",
+            &[("container", "watcher")],
+        )
+        .is_some()
+    })
+    .await;
+    let swap = m
+        .get(
+            "reloadscope_volume_last_update_timestamp_seconds",
+            &[("volume", "app-config")],
+        )
+        .unwrap();
+    first.stop().await;
+
+    // A new agent (an upgrade): the read-once container is still stale since that swap,
+    // the watcher still is not; without the state file neither would be stale.
+    let second = start_with(cfg).await;
+    let m = wait_metrics(second.addr, "both consumers again", consumers).await;
+    let now = secs(SystemTime::now());
+    let stale = m
+        .get(
+            "reloadscope_consumer_stale_seconds",
+            &[("container", "once")],
+        )
+        .unwrap();
+    assert!(
+        (stale - (now - swap)).abs() < 0.5,
+        "stale {stale} s, swap was {} s ago",
+        now - swap
+    );
+    assert_eq!(
+        m.get(
+            "reloadscope_consumer_stale_seconds",
+            &[("container", "watcher")]
+        ),
+        Some(0.0)
+    );
+    second.stop().await;
+    once.stop().unwrap();
+    watcher.stop().unwrap();
+}

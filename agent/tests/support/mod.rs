@@ -19,13 +19,18 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Starts the agent on `node` and waits for /readyz.
 pub async fn start(node: &LabNode, ebpf: bool) -> Running {
-    let running = agent::start(lab::agent_config(
+    start_with(lab::agent_config(
         node,
         ebpf,
         SocketAddr::from(([127, 0, 0, 1], 0)),
     ))
     .await
-    .expect("agent starts");
+}
+
+/// Starts the agent with `cfg` and waits for /readyz.
+pub async fn start_with(cfg: agent::Config) -> Running {
+    let ebpf = cfg.ebpf;
+    let running = agent::start(cfg).await.expect("agent starts");
     let addr = running.addr;
     wait_for("/readyz", || async move {
         let (code, _) = blocking(move || scrape::get(addr, "/readyz")).await.ok()?;

@@ -1,0 +1,148 @@
+//! `--state-file`: what the agent cannot rebuild after a restart, written atomically.
+//!
+//! Rebuilt from the node alone: volumes, their current data dir, consumers, their start.
+//! Not rebuildable: which consumers had not reloaded the newest update yet (a stale
+//! consumer looks exactly like one that reloaded and closed its file). So each volume's
+//! newest update (data dir, swap time) and, per consumer known then, whether it was still
+//! pending are saved. On start an entry is used only while the volume still points at
+//! the same data dir.
+
+use std::{
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::volumes::{VolumeKey, VolumeType};
+
+const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub volumes: Vec<SavedVolume>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedVolume {
+    pub pod_uid: String,
+    pub volume_type: String,
+    pub name: String,
+    pub dir: PathBuf,
+    pub ts_dir: String,
+    pub swap_unix_ns: u64,
+    /// Consumers known when saved: container id, and whether it was still stale.
+    pub consumers: Vec<(String, bool)>,
+}
+
+impl SavedVolume {
+    pub fn key(&self) -> Option<VolumeKey> {
+        let volume_type = VolumeType::ALL
+            .into_iter()
+            .find(|t| t.label() == self.volume_type)?;
+        Some(VolumeKey {
+            pod_uid: self.pod_uid.clone(),
+            volume_type,
+            name: self.name.clone(),
+        })
+    }
+
+    pub fn swap(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.swap_unix_ns)
+    }
+}
+
+/// Writes `cp` to a temporary file beside `path`, syncs it, and renames it over `path`:
+/// a reader (or a crash) sees the old file or the new one, never a part.
+pub fn write(path: &Path, cp: &Checkpoint) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(&Checkpoint {
+        version: VERSION,
+        ..cp.clone()
+    })?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The saved state; `None` when there is no file yet. A file this version cannot read
+/// is an error saying so (the caller starts afresh and overwrites it).
+pub fn read(path: &Path) -> io::Result<Option<Checkpoint>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not a reloadscope state file: {e}", path.display()),
+        )
+    })?;
+    if cp.version != VERSION {
+        let msg = format!(
+            "{}: state file version {}, this agent reads {VERSION}",
+            path.display(),
+            cp.version
+        );
+        return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+    }
+    Ok(Some(cp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            version: VERSION,
+            volumes: vec![SavedVolume {
+                pod_uid: "u".into(),
+                volume_type: "secret".into(),
+                name: "tls".into(),
+                dir: "/k/pods/u/volumes/kubernetes.io~secret/tls".into(),
+                ts_dir: "..2026_01_01_00_00_00.1".into(),
+                swap_unix_ns: 1_795_000_000_123_456_789,
+                consumers: vec![("a".into(), true), ("b".into(), false)],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(read(&path).unwrap(), None);
+        write(&path, &sample()).unwrap();
+        write(&path, &sample()).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(sample()));
+        assert!(!path.with_extension("tmp").exists());
+        let v = &sample().volumes[0];
+        assert_eq!(v.key().unwrap().volume_type, VolumeType::Secret);
+        assert_eq!(
+            v.swap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+            1_795_000_000_123_456_789
+        );
+    }
+
+    #[test]
+    fn unreadable_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, b"{ not json").unwrap();
+        assert!(
+            read(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a reloadscope state file")
+        );
+        std::fs::write(&path, br#"{"version": 99, "volumes": []}"#).unwrap();
+        assert!(read(&path).unwrap_err().to_string().contains("version 99"));
+    }
+}
