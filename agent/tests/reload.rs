@@ -319,3 +319,70 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
     once.stop().unwrap();
     watcher.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn a_container_started_after_the_update_has_it() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node.add_volume(&pod, VolumeType::Secret, "tls").unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let old = container(&node, &pod, &w, "old", Strategy::ReadOnce, false);
+    let agent = start(&node, true).await;
+    wait_metrics(agent.addr, "the old container", |m| {
+        m.matching("reloadscope_consumer_info", &[]).count() == 1
+    })
+    .await;
+    let swapped = SystemTime::now();
+    w.write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
+        .unwrap();
+    wait_metrics(agent.addr, "the old one stale", |m| {
+        m.get(
+            "reloadscope_consumer_stale_seconds",
+            &[("container", "old")],
+        )
+        .is_some_and(|s| s > 0.0)
+    })
+    .await;
+    // Restarted (a new container id, as the runtime gives it): it read the new data at start.
+    old.stop().unwrap();
+    // Process starts are known to a clock tick (10 ms), truncated: one in the swap's own
+    // tick counts as before it. A runtime restarts a container seconds later; make sure
+    // the clock has left the swap's tick.
+    past_the_tick_of(swapped);
+    let new = container(&node, &pod, &w, "new", Strategy::ReadOnce, false);
+    let m = wait_metrics(agent.addr, "the new container, and the old one gone", |m| {
+        m.matching("reloadscope_consumer_info", &[]).count() == 1
+            && m.get("reloadscope_consumer_info", &[("container", "new")])
+                .is_some()
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "reloadscope_consumer_stale_seconds",
+            &[("container", "new")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        m.get(
+            "reloadscope_consumer_stale_seconds",
+            &[("container", "old")]
+        )
+        .is_none(),
+        "its series went with it"
+    );
+    agent.stop().await;
+    new.stop().unwrap();
+}
+
+/// Returns once the clock is two clock ticks past `t` (not a wait for an event: the
+/// passing of time is the condition).
+fn past_the_tick_of(t: SystemTime) {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u32;
+    if let Ok(d) = (t + 2 * (Duration::from_secs(1) / hz)).duration_since(SystemTime::now()) {
+        std::thread::sleep(d);
+    }
+}
