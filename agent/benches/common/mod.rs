@@ -144,3 +144,16 @@ pub fn header(bench: &str, given: &[String], quick: bool) -> String {
     out += &format!("- other processes holding tracepoint BPF programs at start: {holders}\n");
     out
 }
+
+/// The report's line on other processes holding tracepoint BPF programs while the
+/// rounds ran; `consequence` says what that means for the figures above it.
+pub fn holders_note(holders: &[String], consequence: &str) -> String {
+    if holders.is_empty() {
+        "\nNo other process held tracepoint BPF programs during the rounds.\n".to_owned()
+    } else {
+        format!(
+            "\n**Caveat:** other processes held tracepoint BPF programs during the rounds ({}): {consequence}\n",
+            holders.join(", ")
+        )
+    }
+}

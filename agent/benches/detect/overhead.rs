@@ -204,19 +204,6 @@ pub fn run(p: &Params) -> anyhow::Result<String> {
     holders.extend(holders_after);
     holders.sort();
     holders.dedup();
-    if holders.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nNo other process held tracepoint BPF programs during the rounds."
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "\n**Caveat:** other processes held tracepoint BPF programs during the rounds ({}): \
-             if attached to syscall tracepoints, the baseline already ran on the syscall slow \
-             path and the added cost is understated.",
-            holders.join(", ")
-        );
-    }
+    s.push_str(&crate::common::holders_note(&holders, "if attached to syscall tracepoints, the baseline already ran on the syscall slow path and the added cost is understated."));
     Ok(s)
 }

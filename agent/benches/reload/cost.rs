@@ -742,18 +742,9 @@ fn report(
         .collect();
     holders.sort();
     holders.dedup();
-    if holders.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nNo other process held tracepoint BPF programs during the rounds."
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "\n**Caveat:** other processes held tracepoint BPF programs during the rounds ({}): \
-             if attached to syscall tracepoints, every side ran on the syscall slow path.",
-            holders.join(", ")
-        );
-    }
+    s.push_str(&crate::common::holders_note(
+        &holders,
+        "if attached to syscall tracepoints, every side ran on the syscall slow path.",
+    ));
     s
 }

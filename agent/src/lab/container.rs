@@ -35,12 +35,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nix::{
-    errno::Errno,
-    mount::{MntFlags, MsFlags},
-};
+use nix::mount::MsFlags;
 
-use super::{LabNode, LabPod, Strategy};
+use super::{LabNode, LabPod, Strategy, node::unmount};
 use crate::consumers::mountinfo::{self, Mount};
 
 /// How long [`LabContainer::start`] waits for the process to report ready.
@@ -643,17 +640,6 @@ fn remove_file(path: &Path) -> anyhow::Result<()> {
             Err(e).with_context(|| format!("remove {path:?}"))
         }
         _ => Ok(()),
-    }
-}
-
-/// Unmounts `path`, lazily when busy; a path that is no longer a mount point is done.
-fn unmount(path: &Path) -> anyhow::Result<()> {
-    match nix::mount::umount2(path, MntFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(Errno::EBUSY) => nix::mount::umount2(path, MntFlags::MNT_DETACH)
-            .with_context(|| format!("detach {path:?}")),
-        Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("unmount {path:?}")),
     }
 }
 

@@ -294,7 +294,7 @@ fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
 
 /// Unmounts `path`; when it is busy, detaches it lazily (MNT_DETACH). A path that is
 /// no longer a mount point counts as done.
-fn unmount(path: &Path) -> anyhow::Result<()> {
+pub(super) fn unmount(path: &Path) -> anyhow::Result<()> {
     match nix::mount::umount2(path, MntFlags::empty()) {
         Ok(()) => Ok(()),
         Err(Errno::EBUSY) => nix::mount::umount2(path, MntFlags::MNT_DETACH)
