@@ -7,7 +7,7 @@
 //!                                     /proc scan ──────┘ (after updates, every 10 s)
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, OnceLock, atomic::Ordering::Relaxed},
@@ -30,7 +30,7 @@ use crate::{
     reloads::MountKind,
     server,
     updates::Tracker,
-    volumes::Roots,
+    volumes::{Roots, VolumeKey},
     watch::{self as walk, Walker},
 };
 
@@ -48,6 +48,8 @@ pub struct Config {
     pub proc_root: PathBuf,
     pub listen: SocketAddr,
     pub ebpf: bool,
+    /// Measure reloads (fanotify and /proc scans); off: detection only.
+    pub reloads: bool,
     pub ring_bytes: u32,
     /// Labels kept on the reload latency histogram (of namespace, pod, container, volume).
     pub histogram_labels: Vec<String>,
@@ -65,6 +67,7 @@ impl Config {
             proc_root: PathBuf::from("/proc"),
             listen: SocketAddr::from(([0, 0, 0, 0], 9741)),
             ebpf: true,
+            reloads: true,
             ring_bytes: probe::DEFAULT_RING_BYTES,
             state_file: None,
             histogram_labels: ["namespace", "pod", "container", "volume"]
@@ -147,29 +150,36 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
 
     let mut marker = None;
-    let marks = match Fanotify::new() {
-        Ok(fan) => {
-            shared.fanotify.store(true, Relaxed);
-            marker = Some(fan.marker());
-            let (cmds, cmd_rx) = mpsc::unbounded_channel();
-            let source = Opens::new(fan, cfg.proc_root.clone(), shared.clone());
-            tasks.push(tokio::spawn(source.run(cmd_rx, tx.clone())));
-            Some(cmds)
-        }
-        Err(e) => {
-            warn!("fanotify unavailable, reloads are not measured: {e}");
-            None
+    let marks = if !cfg.reloads {
+        info!("reloads not measured (--no-reloads): detection only");
+        None
+    } else {
+        match Fanotify::new() {
+            Ok(fan) => {
+                shared.fanotify.store(true, Relaxed);
+                marker = Some(fan.marker());
+                let (cmds, cmd_rx) = mpsc::unbounded_channel();
+                let source = Opens::new(fan, cfg.proc_root.clone(), shared.clone());
+                tasks.push(tokio::spawn(source.run(cmd_rx, tx.clone())));
+                Some(cmds)
+            }
+            Err(e) => {
+                warn!("fanotify unavailable, reloads are not measured: {e}");
+                None
+            }
         }
     };
     let rescan = Arc::new(Notify::new());
-    let consumers = consumer_loop(
-        shared.clone(),
-        cfg.clone(),
-        marks.clone(),
-        rescan.clone(),
-        stop_rx.clone(),
-    );
-    tasks.push(tokio::spawn(consumers));
+    if cfg.reloads {
+        let consumers = consumer_loop(
+            shared.clone(),
+            cfg.clone(),
+            marks.clone(),
+            rescan.clone(),
+            stop_rx.clone(),
+        );
+        tasks.push(tokio::spawn(consumers));
+    }
 
     // The state loop runs before the walk starts, so the walk can never fill the queue.
     let state = StateLoop {
@@ -177,6 +187,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         marks,
         rescan,
         state_file: cfg.state_file.clone(),
+        settled: HashMap::new(),
     };
     tasks.push(tokio::spawn(state.run(rx, stop_rx.clone())));
     let (walker, stream) = Walker::start(roots, cfg.pod_logs_dir.clone(), marker, tx).await?;
@@ -297,10 +308,12 @@ struct StateLoop {
     /// Commands for the fanotify source, when it runs.
     marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
+    /// Volumes whose data dir the opens source ignores, and that dir.
+    settled: HashMap<VolumeKey, PathBuf>,
 }
 
 impl StateLoop {
-    async fn run(self, mut rx: events::Receiver, stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut rx: events::Receiver, stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         let mut save = tokio::time::interval(SAVE_EVERY);
         let stopped = stopped(stop);
@@ -308,7 +321,10 @@ impl StateLoop {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(ev) => self.apply(ev),
+                    Some(ev) => {
+                        self.apply(ev);
+                        self.settle();
+                    }
                     None => break,
                 },
                 _ = save.tick() => self.save(),
@@ -316,6 +332,8 @@ impl StateLoop {
                     self.shared.tracker.lock().expect("tracker lock").tick(Instant::now());
                     self.shared.reloads.lock().expect("reloads lock").tick(SystemTime::now());
                     self.shared.heartbeat_ms.store(monotonic_ms(), Relaxed);
+                    // Consumer scans change who is stale too.
+                    self.settle();
                 }
                 _ = &mut stopped => break,
             }
@@ -357,13 +375,48 @@ impl StateLoop {
         }
     }
 
+    /// Tells the opens source which data dirs to ignore: a volume's current one once
+    /// every consumer has it, and no longer when a consumer that lacks it is found.
+    fn settle(&mut self) {
+        if self.marks.is_none() {
+            return;
+        }
+        let t = self.shared.tracker.lock().expect("tracker lock");
+        let mut r = self.shared.reloads.lock().expect("reloads lock");
+        let mut cmds = Vec::new();
+        for key in r.take_changed() {
+            let current = t
+                .volume(&key)
+                .and_then(|v| Some(v.dir.join(v.current.as_ref()?)));
+            let want = current.clone().filter(|_| r.settled(&key));
+            let had = match &want {
+                Some(p) => self.settled.insert(key, p.clone()),
+                None => self.settled.remove(&key),
+            };
+            match (had, want) {
+                (had, Some(p)) if had.as_ref() != Some(&p) => {
+                    cmds.push(opens::Command::Settled { ts_path: p });
+                }
+                // Only the current dir matters: an older one is being deleted.
+                (Some(p), None) if current.as_ref() == Some(&p) => {
+                    cmds.push(opens::Command::Unsettled { ts_path: p });
+                }
+                _ => {}
+            }
+        }
+        drop((t, r));
+        for cmd in cmds {
+            self.mark(cmd);
+        }
+    }
+
     fn mark(&self, cmd: opens::Command) {
         if let Some(m) = &self.marks {
             let _ = m.send(cmd);
         }
     }
 
-    fn apply(&self, ev: Event) {
+    fn apply(&mut self, ev: Event) {
         let shared = &self.shared;
         let now = Instant::now();
         let mut t = shared.tracker.lock().expect("tracker lock");
@@ -371,17 +424,16 @@ impl StateLoop {
             Event::Detected(d) => {
                 let (key, ts) = (d.key.clone(), d.ts_dir.clone());
                 t.detect(d, now);
+                let mut r = shared.reloads.lock().expect("reloads lock");
+                // Its data dir may be new (the initial one included).
+                r.touch(&key);
                 // The volume's newest update (new, or its swap time refined): consumers go stale.
                 if let Some(v) = t.volume(&key)
                     && v.updates > 0
                     && v.current.as_deref() == Some(ts.as_str())
                     && let Some(at) = v.last_update
                 {
-                    shared
-                        .reloads
-                        .lock()
-                        .expect("reloads lock")
-                        .update(&key, &ts, at);
+                    r.update(&key, &ts, at);
                     self.rescan.notify_one();
                 }
             }
@@ -392,9 +444,11 @@ impl StateLoop {
                     current: current.clone(),
                 };
                 self.mark(cmd);
+                shared.reloads.lock().expect("reloads lock").touch(&key);
                 t.volume_found(key, dir, current, now, SystemTime::now());
             }
             Event::VolumeGone(key) => {
+                self.settled.remove(&key);
                 t.volume_gone(&key);
                 shared
                     .reloads
@@ -404,6 +458,7 @@ impl StateLoop {
                 self.mark(opens::Command::Gone { key });
             }
             Event::PodGone { uid } => {
+                self.settled.retain(|k, _| k.pod_uid != uid);
                 for key in t.volumes().map(|(k, _)| k).filter(|k| k.pod_uid == uid) {
                     self.mark(opens::Command::Gone { key: key.clone() });
                 }

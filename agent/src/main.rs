@@ -71,6 +71,10 @@ struct AgentArgs {
     /// Do not load the eBPF probe; detect updates with inotify alone.
     #[arg(long)]
     no_ebpf: bool,
+    /// Detect updates only: no fanotify group, no /proc scans, no reload metrics.
+    /// Needs no CAP_SYS_ADMIN and costs openers of volume files nothing.
+    #[arg(long)]
+    no_reloads: bool,
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
     #[arg(long, value_name = "BYTES", default_value_t = reloadscope::probe::DEFAULT_RING_BYTES, hide = true)]
     ring_bytes: u32,
@@ -118,6 +122,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         proc_root: args.proc_root,
         listen: args.listen,
         ebpf: !args.no_ebpf,
+        reloads: !args.no_reloads,
         ring_bytes: args.ring_bytes,
         histogram_labels: args.histogram_labels,
         state_file: args.state_file,

@@ -15,6 +15,12 @@
 //!   writer faster than the kubelet, the dir mark was late in 3 runs of 8 and every
 //!   reload was still seen).
 //!
+//! Once every consumer of a volume has its current data, that data dir is ignored
+//! (`FAN_MARK_IGNORE`): its opens are nobody's reload, and an ignored open costs its
+//! opener far less than a reported one (BENCHMARKS.md). The next update's files are new
+//! inodes, reported at once with nothing to place in time; foreign opens are therefore
+//! counted only while some consumer of the volume is stale.
+//!
 //! The group reports directory handles and names, never file descriptors: the agent
 //! holds no Secret file open and reads none.
 
@@ -60,6 +66,15 @@ pub enum Command {
     },
     Gone {
         key: VolumeKey,
+    },
+    /// Every consumer of a volume has the data of this dir: its opens are ignored from
+    /// now on (they are nobody's reload), which spares their openers fanotify's cost.
+    Settled {
+        ts_path: PathBuf,
+    },
+    /// A consumer that has not reloaded it was found: its opens count again.
+    Unsettled {
+        ts_path: PathBuf,
     },
 }
 
@@ -160,6 +175,18 @@ impl Opens {
             }
             Command::Gone { key } => {
                 self.dirs.retain(|_, (k, _)| *k != key);
+                Vec::new()
+            }
+            Command::Settled { ts_path } => {
+                if let Err(e) = self.fan.ignore_dir(&ts_path) {
+                    debug!(path = %ts_path.display(), error = %e, "cannot ignore settled data dir (gone?)");
+                }
+                Vec::new()
+            }
+            Command::Unsettled { ts_path } => {
+                if let Err(e) = self.fan.unignore_dir(&ts_path) {
+                    debug!(path = %ts_path.display(), error = %e, "cannot unignore data dir (gone?)");
+                }
                 Vec::new()
             }
         }

@@ -12,7 +12,7 @@
 //! Pure state; time comes in as arguments.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, SystemTime},
 };
 
@@ -155,6 +155,8 @@ pub struct Reloads {
     pub foreign: [u64; 3],
     /// From a checkpoint: consumers known then, and whether each was still stale.
     restored: HashMap<(VolumeKey, String), bool>,
+    /// Volumes whose [`Self::settled`] may have changed since [`Self::take_changed`].
+    changed: HashSet<VolumeKey>,
 }
 
 impl Reloads {
@@ -168,9 +170,36 @@ impl Reloads {
         self.consumers.get(volume)?.get(id)
     }
 
+    /// Whether every consumer of `volume` has its newest update (none is stale, and
+    /// none a checkpoint named stale is still to be found): its data dir's opens are
+    /// nobody's reload any more.
+    pub fn settled(&self, volume: &VolumeKey) -> bool {
+        let cs = self
+            .consumers
+            .get(volume)
+            .into_iter()
+            .flat_map(|cs| cs.values());
+        !cs.into_iter().any(|c| c.pending.is_some())
+            && !self
+                .restored
+                .iter()
+                .any(|((v, _), stale)| *stale && v == volume)
+    }
+
+    /// Asks [`Self::take_changed`] to report `volume` (its data dir changed).
+    pub fn touch(&mut self, volume: &VolumeKey) {
+        self.changed.insert(volume.clone());
+    }
+
+    /// The volumes whose [`Self::settled`] may have changed since the last call.
+    pub fn take_changed(&mut self) -> HashSet<VolumeKey> {
+        std::mem::take(&mut self.changed)
+    }
+
     /// The consumers of `volume` as a scan found them: new ones are added (a container
     /// that started after the newest swap has it already), gone ones dropped.
     pub fn set_consumers(&mut self, volume: &VolumeKey, found: Vec<Found>) {
+        self.changed.insert(volume.clone());
         let newest = self.newest.get(volume).cloned();
         // Consumers a checkpoint knew: stale exactly when they were then.
         let was_pending: Vec<Option<bool>> = found
@@ -238,6 +267,7 @@ impl Reloads {
         for (id, stale) in known {
             self.restored.insert((volume.clone(), id), stale);
         }
+        self.changed.insert(volume.clone());
         self.newest.insert(volume, (ts_dir, swap));
     }
 
@@ -280,6 +310,7 @@ impl Reloads {
         }
         self.newest
             .insert(volume.clone(), (ts_dir.to_owned(), swap));
+        self.changed.insert(volume.clone());
         if let Some(cs) = self.consumers.get_mut(volume) {
             for c in cs.values_mut() {
                 if c.mount != MountKind::Volume {
@@ -346,6 +377,7 @@ impl Reloads {
         };
         if let Some((_, swap)) = c.pending.take_if(|(pending_ts, _)| pending_ts == ts_dir) {
             record(c, swap, at);
+            self.changed.insert(volume.clone());
         }
     }
 
@@ -550,6 +582,32 @@ mod tests {
             }],
         );
         assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
+    }
+
+    #[test]
+    fn a_volume_is_settled_once_every_consumer_has_its_newest_update() {
+        let mut r = reloads();
+        assert!(r.settled(&vol()), "no update yet: nobody is stale");
+        r.take_changed();
+        r.update(&vol(), "..2", t(100));
+        assert_eq!(r.take_changed(), HashSet::from([vol()]));
+        assert!(!r.settled(&vol()));
+        r.open(me("a"), &vol(), "..2", t(142));
+        assert_eq!(r.take_changed(), HashSet::from([vol()]));
+        assert!(r.settled(&vol()), "a subPath consumer is never stale");
+        // Opens that credit nobody change nothing.
+        r.open(me("a"), &vol(), "..2", t(150));
+        r.open(Opener::Host, &vol(), "..2", t(150));
+        assert!(r.take_changed().is_empty());
+
+        // A checkpoint's stale consumer not found yet keeps its volume unsettled.
+        let mut r = Reloads::default();
+        r.restore(vol(), "..2".into(), t(100), vec![("a".into(), true)]);
+        assert!(!r.settled(&vol()));
+        r.set_consumers(&vol(), vec![found("a", MountKind::Volume, 0)]);
+        assert!(!r.settled(&vol()));
+        r.open(me("a"), &vol(), "..2", t(300));
+        assert!(r.settled(&vol()));
     }
 
     #[test]

@@ -125,14 +125,13 @@ pub fn detections(m: &Samples, source: &str) -> f64 {
     m.sum("reloadscope_update_detections_total", &[("source", source)])
 }
 
-/// The `inotify wd:` lines of every inotify fd of this process, as the kernel lists
-/// them in fdinfo.
-fn kernel_watch_lines() -> Vec<String> {
+/// The lines starting with `prefix` in the fdinfo of every fd of this process that is
+/// the anonymous inode `kind` (`inotify`, `[fanotify]`).
+fn fdinfo_lines(kind: &str, prefix: &str) -> Vec<String> {
     let mut lines = Vec::new();
+    let link = format!("anon_inode:{kind}");
     for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let is_inotify = std::fs::read_link(fd.path())
-            .is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify");
-        if is_inotify {
+        if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == link) {
             let info = std::fs::read_to_string(format!(
                 "/proc/self/fdinfo/{}",
                 fd.file_name().to_string_lossy()
@@ -140,7 +139,7 @@ fn kernel_watch_lines() -> Vec<String> {
             .unwrap_or_default();
             lines.extend(
                 info.lines()
-                    .filter(|l| l.starts_with("inotify wd:"))
+                    .filter(|l| l.starts_with(prefix))
                     .map(str::to_owned),
             );
         }
@@ -148,19 +147,56 @@ fn kernel_watch_lines() -> Vec<String> {
     lines
 }
 
+/// The `inotify wd:` lines of every inotify fd of this process.
+fn kernel_watch_lines() -> Vec<String> {
+    fdinfo_lines("inotify", "inotify wd:")
+}
+
 pub fn kernel_inotify_watches() -> usize {
     kernel_watch_lines().len()
 }
 
-/// Whether this process holds an inotify watch on the inode `path` names now (for a
-/// mount point: the mounted root, not the dir it covers).
-pub fn kernel_watches(path: &std::path::Path) -> bool {
+/// `ino:<hex> sdev:<hex> `, as fdinfo names the inode `path` names now (for a mount
+/// point: the mounted root, not the dir it covers).
+fn fdinfo_inode(path: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(path) else {
-        return false;
-    };
+    let m = std::fs::metadata(path).ok()?;
     // fdinfo prints the kernel's dev_t: major << 20 | minor.
     let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
-    let want = format!("ino:{:x} sdev:{:x} ", m.ino(), major << 20 | minor);
+    Some(format!("ino:{:x} sdev:{:x} ", m.ino(), major << 20 | minor))
+}
+
+/// Whether this process holds an inotify watch on the inode `path` names now.
+pub fn kernel_watches(path: &std::path::Path) -> bool {
+    let Some(want) = fdinfo_inode(path) else {
+        return false;
+    };
     kernel_watch_lines().iter().any(|l| l.contains(&want))
+}
+
+/// fanotify groups this process holds.
+pub fn fanotify_groups() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[fanotify]")
+        })
+        .count()
+}
+
+/// Whether a fanotify group of this process ignores opens (`FAN_OPEN` in an inode
+/// mark's `ignored_mask`) of the inode `path` names now.
+pub fn fanotify_ignores(path: &std::path::Path) -> bool {
+    let Some(want) = fdinfo_inode(path) else {
+        return false;
+    };
+    fdinfo_lines("[fanotify]", "fanotify ino:").iter().any(|l| {
+        l.contains(&want)
+            && l.split_whitespace()
+                .find_map(|f| f.strip_prefix("ignored_mask:"))
+                .and_then(|m| u64::from_str_radix(m, 16).ok())
+                .is_some_and(|m| m & libc::FAN_OPEN != 0)
+    })
 }

@@ -1,0 +1,155 @@
+//! What reload measurement costs the node's openers. Settled volumes: once every
+//! consumer of a volume has its data, the opens of that data dir are ignored in the
+//! kernel (they are nobody's reload), and the next update is still measured, with its
+//! foreign opens counted while a consumer is stale. `--no-reloads`: no fanotify group
+//! at all, updates still counted. Needs root.
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use reloadscope::{
+    lab::{
+        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, payload,
+    },
+    volumes::VolumeType,
+};
+use support::*;
+
+const KEY: &str = "config.yaml";
+
+fn container(
+    node: &LabNode,
+    pod: &LabPod,
+    w: &AtomicWriter,
+    name: &str,
+    s: Strategy,
+) -> LabContainer {
+    let spec = ContainerSpec {
+        period: Duration::from_millis(300),
+        ..ContainerSpec::new(name, w.dir(), KEY, s)
+    };
+    LabContainer::start(
+        Path::new(env!("CARGO_BIN_EXE_reloadscope")),
+        node,
+        pod,
+        &spec,
+    )
+    .unwrap()
+}
+
+/// `cat`s the volume's file from a host process, as the kubelet's sync re-reads it.
+fn host_reread(w: &AtomicWriter) {
+    let status = std::process::Command::new("cat")
+        .arg(w.dir().join(KEY))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn host_opens(m: &reloadscope::lab::scrape::Samples) -> f64 {
+    m.sum("reloadscope_foreign_opens_total", &[("opener", "host")])
+}
+
+async fn settled_data_is_ignored_and_the_next_update_measured(ty: VolumeType) {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node.add_volume(&pod, ty, "app-config").unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let watcher = container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher);
+    let naive = container(&node, &pod, &w, "naive", Strategy::NaiveModify);
+    let agent = start(&node, true).await;
+    wait_metrics(agent.addr, "both consumers", |m| {
+        m.matching("reloadscope_consumer_info", &[]).count() == 2
+    })
+    .await;
+
+    // No update yet: nobody is stale, and the data dir's opens are ignored.
+    let data = w.dir().join("..data");
+    wait_for("the settled data dir ignored", || {
+        let data = data.clone();
+        async move { fanotify_ignores(&data).then_some(()) }
+    })
+    .await;
+    host_reread(&w);
+
+    // An update: its files are new, so the watcher's reload is seen at once; the naive
+    // consumer stays stale, so the new data dir is not ignored and a re-read counts.
+    w.write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
+        .unwrap();
+    let reloaded = [("container", "watcher")];
+    wait_metrics(agent.addr, "the watcher's reload", |m| {
+        m.get("reloadscope_reload_latency_seconds_count", &reloaded) == Some(1.0)
+    })
+    .await;
+    host_reread(&w);
+    let m = wait_metrics(agent.addr, "the re-read of the new data", |m| {
+        host_opens(m) >= 1.0
+    })
+    .await;
+    // fanotify reports opens in order: had the first re-read been reported, it would
+    // have been counted before this one.
+    assert_eq!(
+        host_opens(&m),
+        1.0,
+        "the re-read of settled data was reported"
+    );
+    assert!(
+        m.get(
+            "reloadscope_consumer_stale_seconds",
+            &[("container", "naive")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(
+        !fanotify_ignores(&data),
+        "a consumer is stale: the new data dir must count"
+    );
+
+    agent.stop().await;
+    watcher.stop().unwrap();
+    naive.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn configmap_settled_data_is_ignored() {
+    settled_data_is_ignored_and_the_next_update_measured(VolumeType::ConfigMap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn secret_settled_data_is_ignored() {
+    settled_data_is_ignored_and_the_next_update_measured(VolumeType::Secret).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn without_reloads_updates_count_and_no_open_is_watched() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node.add_volume(&pod, VolumeType::Secret, "tls").unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let watcher = container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher);
+    assert_eq!(fanotify_groups(), 0);
+    let agent = start_with(reloadscope::agent::Config {
+        reloads: false,
+        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    assert_eq!(fanotify_groups(), 0, "--no-reloads opened a fanotify group");
+    w.write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
+        .unwrap();
+    let m = wait_metrics(agent.addr, "the update", |m| {
+        m.sum("reloadscope_volume_updates_total", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(m.get("reloadscope_fanotify_loaded", &[]), Some(0.0));
+    assert_eq!(m.matching("reloadscope_consumer_info", &[]).count(), 0);
+    agent.stop().await;
+    watcher.stop().unwrap();
+}
