@@ -21,6 +21,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    approx::Approx,
     checkpoint, consumers,
     events::{self, Event},
     fanotify::Fanotify,
@@ -163,10 +164,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 tasks.push(tokio::spawn(source.run(cmd_rx, tx.clone())));
                 Some(cmds)
             }
-            Err(e) => {
-                warn!("fanotify unavailable, reloads are not measured: {e}");
-                None
-            }
+            Err(e) => approximate(&shared, &mut tasks, &tx, e),
         }
     };
     let rescan = Arc::new(Notify::new());
@@ -213,6 +211,31 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks,
         server,
     })
+}
+
+/// Without fanotify: the approximate source (inotify, unattributed), or nothing.
+fn approximate(
+    shared: &Arc<Shared>,
+    tasks: &mut Vec<JoinHandle<()>>,
+    tx: &events::Sender,
+    why: std::io::Error,
+) -> Option<mpsc::UnboundedSender<opens::Command>> {
+    match Approx::new(shared.clone()) {
+        Ok((source, stream)) => {
+            warn!(
+                "fanotify unavailable, reloads are measured approximately with inotify \
+                 (credited per volume, not per process): {why}"
+            );
+            shared.approximate.store(true, Relaxed);
+            let (cmds, cmd_rx) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(source.run(stream, cmd_rx, tx.clone())));
+            Some(cmds)
+        }
+        Err(e) => {
+            warn!("fanotify unavailable ({why}) and inotify too ({e}): reloads are not measured");
+            None
+        }
+    }
 }
 
 /// How often the state file is written (and once more at shutdown).

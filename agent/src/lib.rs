@@ -2,6 +2,7 @@
 //! on the swap syscalls and from inotify, and exports them as Prometheus metrics.
 
 pub mod agent;
+pub mod approx;
 pub mod checkpoint;
 pub mod clock;
 pub mod consumers;

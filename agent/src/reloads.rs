@@ -46,6 +46,9 @@ pub enum Opener {
     Kubelet,
     /// Any other process outside pods.
     Host,
+    /// Someone: the approximate source (inotify) cannot tell who. Credited to every
+    /// stale consumer of the volume.
+    Unattributed,
 }
 
 /// Foreign opens, by opener kind: `kubelet`, `host`, `other_pod`.
@@ -133,7 +136,8 @@ impl Consumer {
 #[derive(Clone, Debug)]
 struct EarlyOpen {
     volume: VolumeKey,
-    container: String,
+    /// None: unattributed, for every consumer.
+    container: Option<String>,
     ts_dir: String,
     at: SystemTime,
 }
@@ -332,28 +336,31 @@ impl Reloads {
         self.early
             .retain(|e| !(&e.volume == volume && e.ts_dir == ts_dir));
         for e in early {
-            self.credit(volume, &e.container, ts_dir, e.at);
+            self.credit(volume, e.container.as_deref(), ts_dir, e.at);
         }
     }
 
     /// A file of `volume`'s `ts_dir` was opened at `at`.
     pub fn open(&mut self, opener: Opener, volume: &VolumeKey, ts_dir: &str, at: SystemTime) {
-        let (pod_uid, id) = match opener {
+        let id = match opener {
             Opener::Kubelet => return self.foreign[0] += 1,
             Opener::Host => return self.foreign[1] += 1,
-            Opener::Container { pod_uid, id } => (pod_uid, id),
+            Opener::Unattributed => None,
+            Opener::Container { pod_uid, id } => {
+                let consumes = self
+                    .consumers
+                    .get(volume)
+                    .is_some_and(|cs| cs.contains_key(&id));
+                if pod_uid != volume.pod_uid || !consumes {
+                    self.foreign[2] += 1;
+                    return;
+                }
+                Some(id)
+            }
         };
-        let consumes = self
-            .consumers
-            .get(volume)
-            .is_some_and(|cs| cs.contains_key(&id));
-        if pod_uid != volume.pod_uid || !consumes {
-            self.foreign[2] += 1;
-            return;
-        }
         let known = self.newest.get(volume).is_some_and(|(ts, _)| ts == ts_dir);
         if known {
-            self.credit(volume, &id, ts_dir, at);
+            self.credit(volume, id.as_deref(), ts_dir, at);
         } else {
             // Possibly the new data of an update not reported yet.
             if self.early.len() == EARLY_MAX {
@@ -371,13 +378,16 @@ impl Reloads {
     /// The new data dir is reachable only through `..data` once swapped: a consumer's
     /// open of it is its reload, even when the swap's own report was read later (the
     /// latency is then 0 until the probe's earlier stamp arrives).
-    fn credit(&mut self, volume: &VolumeKey, id: &str, ts_dir: &str, at: SystemTime) {
-        let Some(c) = self.consumers.get_mut(volume).and_then(|cs| cs.get_mut(id)) else {
+    /// `id` None: every consumer of the volume (an unattributed open).
+    fn credit(&mut self, volume: &VolumeKey, id: Option<&str>, ts_dir: &str, at: SystemTime) {
+        let Some(cs) = self.consumers.get_mut(volume) else {
             return;
         };
-        if let Some((_, swap)) = c.pending.take_if(|(pending_ts, _)| pending_ts == ts_dir) {
-            record(c, swap, at);
-            self.changed.insert(volume.clone());
+        for (_, c) in cs.iter_mut().filter(|(c, _)| id.is_none_or(|id| id == *c)) {
+            if let Some((_, swap)) = c.pending.take_if(|(pending_ts, _)| pending_ts == ts_dir) {
+                record(c, swap, at);
+                self.changed.insert(volume.clone());
+            }
         }
     }
 
@@ -608,6 +618,31 @@ mod tests {
         assert!(!r.settled(&vol()));
         r.open(me("a"), &vol(), "..2", t(300));
         assert!(r.settled(&vol()));
+    }
+
+    #[test]
+    fn an_unattributed_open_credits_every_stale_consumer_of_the_volume() {
+        let mut r = reloads();
+        r.set_consumers(
+            &vol(),
+            vec![
+                found("a", MountKind::Volume, 0),
+                found("b", MountKind::Volume, 0),
+                found("s", MountKind::SubPath, 0),
+            ],
+        );
+        r.open(Opener::Unattributed, &vol(), "..2", t(90)); // before its update is known
+        r.update(&vol(), "..2", t(80));
+        for id in ["a", "b"] {
+            let c = r.consumer(&vol(), id).unwrap();
+            assert_eq!((c.last_reload, c.latency.count), (Some(t(90)), 1), "{id}");
+        }
+        assert_eq!(r.consumer(&vol(), "s").unwrap().latency.count, 0);
+        assert_eq!(
+            r.foreign,
+            [0, 0, 0],
+            "an unattributed open is nobody's foreign open"
+        );
     }
 
     #[test]

@@ -44,9 +44,16 @@ const LAST_RELOAD: Family = Family {
 };
 const INFO: Family = Family {
     name: "reloadscope_consumer_info",
-    help: "1 for each container consuming a volume; mount says whether it binds the whole volume or one file through subPath.",
+    help: "1 for each container consuming a volume; mount says whether it binds the whole volume or one file through subPath; measurement how its reloads are seen: exact (fanotify, per process), approximate (inotify, per volume) or none.",
     kind: MetricType::GAUGE,
-    labels: &["namespace", "pod", "container", "volume", "mount"],
+    labels: &[
+        "namespace",
+        "pod",
+        "container",
+        "volume",
+        "mount",
+        "measurement",
+    ],
 };
 const FOREIGN_OPENS: Family = Family {
     name: "reloadscope_foreign_opens_total",
@@ -56,7 +63,7 @@ const FOREIGN_OPENS: Family = Family {
 };
 const LATE_MARKS: Family = Family {
     name: "reloadscope_late_marks_total",
-    help: "Updates whose new data dir (disk volumes) was marked for open events only after the swap: opens outside the consumers' own mounts right after the swap may be missed; consumers' reloads are seen through their mounts.",
+    help: "Updates whose new data dir was marked (fanotify, disk volumes) or watched (inotify, approximate measurement) for opens only after the swap: opens right after the swap may be missed outside the consumers' own mounts (fanotify), or at all (approximate).",
     kind: MetricType::COUNTER,
     labels: &[],
 };
@@ -205,7 +212,15 @@ impl Collector for ConsumerCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        use std::sync::atomic::Ordering::Relaxed;
         let now = SystemTime::now();
+        let measurement = if self.shared.fanotify.load(Relaxed) {
+            "exact"
+        } else if self.shared.approximate.load(Relaxed) {
+            "approximate"
+        } else {
+            "none"
+        };
         let (mut stale, mut last, mut info) = (Vec::new(), Vec::new(), Vec::new());
         // Consumers that share the kept labels share one histogram.
         let mut latency: std::collections::BTreeMap<Vec<String>, crate::reloads::Histogram> =
@@ -221,7 +236,7 @@ impl Collector for ConsumerCollector {
                 let v = [ns, pod, c.name.as_str(), volume.name.as_str()];
                 info.push(gauge(
                     INFO.labels,
-                    &[ns, pod, &c.name, &volume.name, c.mount.label()],
+                    &[ns, pod, &c.name, &volume.name, c.mount.label(), measurement],
                     1.0,
                 ));
                 if c.mount == MountKind::Volume {
@@ -240,7 +255,6 @@ impl Collector for ConsumerCollector {
             .zip(foreign)
             .map(|(o, n)| counter(FOREIGN_OPENS.labels, &[o], n as f64))
             .collect();
-        use std::sync::atomic::Ordering::Relaxed;
         let late = self.shared.late_marks.load(Relaxed) as f64;
         let loaded = f64::from(u8::from(self.shared.fanotify.load(Relaxed)));
         let overflows = self.shared.fanotify_overflows.load(Relaxed) as f64;

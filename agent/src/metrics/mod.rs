@@ -33,6 +33,8 @@ pub struct Shared {
     pub fanotify_overflows: AtomicU64,
     /// Whether opens are attributed with fanotify (CAP_SYS_ADMIN).
     pub fanotify: AtomicBool,
+    /// Whether opens are seen with inotify instead, unattributed.
+    pub approximate: AtomicBool,
     pub probe: Mutex<Option<Probe>>,
     pub reader: Arc<ReaderStats>,
     pub overflows: AtomicU64,
@@ -50,6 +52,7 @@ impl Shared {
             late_marks: AtomicU64::new(0),
             fanotify_overflows: AtomicU64::new(0),
             fanotify: AtomicBool::new(false),
+            approximate: AtomicBool::new(false),
             probe: Mutex::new(None),
             reader: Arc::default(),
             overflows: AtomicU64::new(0),

@@ -31,12 +31,7 @@ pub async fn start(node: &LabNode, ebpf: bool) -> Running {
 pub async fn start_with(cfg: agent::Config) -> Running {
     let ebpf = cfg.ebpf;
     let running = agent::start(cfg).await.expect("agent starts");
-    let addr = running.addr;
-    wait_for("/readyz", || async move {
-        let (code, _) = blocking(move || scrape::get(addr, "/readyz")).await.ok()?;
-        (code == 200).then_some(())
-    })
-    .await;
+    wait_ready(running.addr).await;
     if ebpf {
         assert!(running.shared.ebpf_loaded(), "the probe must load as root");
     }
@@ -60,6 +55,8 @@ pub fn agent_command(node: &LabNode, listen: &str, wrapper: &[&str]) -> std::pro
         .arg(node.kubelet_root())
         .arg("--pod-logs-dir")
         .arg(node.pod_logs_dir())
+        .arg("--container-logs-dir")
+        .arg(node.container_logs_dir())
         .args(["--listen", listen, "--log-format", "json"])
         .stderr(std::process::Stdio::piped());
     cmd
@@ -73,6 +70,24 @@ pub async fn metrics(addr: SocketAddr) -> Samples {
     blocking(move || scrape::scrape(addr))
         .await
         .expect("scrape")
+}
+
+/// A free loopback port, for an agent run as its own process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the agent at `addr` answers /readyz with 200.
+pub async fn wait_ready(addr: SocketAddr) {
+    wait_for("/readyz", || async move {
+        let (code, _) = blocking(move || scrape::get(addr, "/readyz")).await.ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
 }
 
 /// Polls `probe` until it answers, or panics naming `what` after [`DEADLINE`].
