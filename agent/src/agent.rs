@@ -56,6 +56,10 @@ pub struct Config {
     pub histogram_labels: Vec<String>,
     /// Where pending reload measurements are checkpointed across restarts.
     pub state_file: Option<PathBuf>,
+    /// How often consumers are looked for regardless of events; None: every
+    /// [`consumers::RESCAN`], or [`consumers::RESCAN_FOLLOWED`] while container cgroups
+    /// are followed.
+    pub rescan: Option<Duration>,
 }
 
 impl Config {
@@ -71,6 +75,7 @@ impl Config {
             reloads: true,
             ring_bytes: probe::DEFAULT_RING_BYTES,
             state_file: None,
+            rescan: None,
             histogram_labels: ["namespace", "pod", "container", "volume"]
                 .map(String::from)
                 .to_vec(),
@@ -169,9 +174,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let rescan = Arc::new(Notify::new());
     if cfg.reloads {
+        let followed =
+            consumers::follow::Follower::start(consumers::follow::cgroup_base(&cfg.proc_root));
+        // A tree that appears later (the kubelet starting after the agent) is
+        // followed too, but the periodic scan stays frequent.
+        let follows_pods = followed.as_ref().is_some_and(|(f, _)| f.has_pods_tree());
+        let every = cfg.rescan.unwrap_or(if follows_pods {
+            consumers::RESCAN_FOLLOWED
+        } else {
+            consumers::RESCAN
+        });
+        if let Some((follower, stream)) = followed {
+            let stop = stopped(stop_rx.clone());
+            tasks.push(tokio::spawn(follower.run(stream, rescan.clone(), stop)));
+        }
         let consumers = consumer_loop(
             shared.clone(),
             cfg.clone(),
+            every,
             marks.clone(),
             rescan.clone(),
             stop_rx.clone(),
@@ -268,16 +288,17 @@ fn restore(shared: &Shared, path: &std::path::Path) {
     info!(path = %path.display(), pending = restored, "restored pending reload measurements");
 }
 
-/// Looks for the consumers of every volume: after updates (at most once a second)
-/// and every [`consumers::RESCAN`]. The /proc walk runs off the async workers.
+/// Looks for the consumers of every volume: after updates and container changes (at
+/// most once a second) and every `every`. The /proc walk runs off the async workers.
 async fn consumer_loop(
     shared: Arc<Shared>,
     cfg: Config,
+    every: Duration,
     marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut every = tokio::time::interval(consumers::RESCAN);
+    let mut every = tokio::time::interval(every);
     // The first tick is immediate: the first scan waits for the initial walk instead
     // (ScanDone notifies), so it has the volumes to match.
     every.tick().await;

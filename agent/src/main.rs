@@ -126,6 +126,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         ring_bytes: args.ring_bytes,
         histogram_labels: args.histogram_labels,
         state_file: args.state_file,
+        rescan: None,
     };
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     use tokio::signal::unix::{SignalKind, signal};

@@ -7,6 +7,7 @@
 //! Container names come from the container-logs dir.
 
 pub mod cgroup;
+pub mod follow;
 pub mod mountinfo;
 pub mod names;
 
@@ -179,6 +180,8 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
 
 /// How often consumers are looked for again, besides after each update.
 pub const RESCAN: Duration = Duration::from_secs(10);
+/// The same, as a safety net, while container cgroups are followed ([`follow`]).
+pub const RESCAN_FOLLOWED: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,50 @@
+//! Containers are followed through their cgroups: with the periodic scan an hour away,
+//! a container that starts is found, and one that stops goes, within seconds. Real lab
+//! containers in kubelet-named cgroup v2 dirs. Needs root.
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use reloadscope::{
+    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload},
+    volumes::VolumeType,
+};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn containers_starting_and_stopping_are_seen_without_polling() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node
+        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
+        .unwrap();
+    w.write(&payload(&[("config.yaml", "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let agent = start_with(reloadscope::agent::Config {
+        rescan: Some(Duration::from_secs(3600)),
+        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let info = |n| {
+        move |m: &reloadscope::lab::scrape::Samples| {
+            m.matching("reloadscope_consumer_info", &[]).count() == n
+        }
+    };
+    // The first scan (at readiness) found nobody.
+    wait_metrics(agent.addr, "no consumer", info(0)).await;
+
+    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let spec = ContainerSpec::new("watcher", w.dir(), "config.yaml", Strategy::DataDirWatcher);
+    let watcher = LabContainer::start(bin, &node, &pod, &spec).unwrap();
+    let m = wait_metrics(agent.addr, "the new container", info(1)).await;
+    assert!(
+        m.get("reloadscope_consumer_info", &[("container", "watcher")])
+            .is_some()
+    );
+
+    watcher.stop().unwrap();
+    wait_metrics(agent.addr, "the stopped container gone", info(0)).await;
+    agent.stop().await;
+}
