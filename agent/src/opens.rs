@@ -79,7 +79,8 @@ pub enum Command {
 }
 
 /// Processes whose opens are the kubelet's own periodic re-reads, by command name
-/// (DOMAIN.md 2: kubelet, k3s's embedded one, MicroK8s' kubelite).
+/// (DOMAIN.md 2: kubelet, k3s's embedded one, MicroK8s' kubelite), besides the process
+/// the probe saw making volume swaps.
 const KUBELET_COMMS: [&str; 5] = ["kubelet", "k3s", "k3s-server", "k3s-agent", "kubelite"];
 
 /// How long an open in a directory not registered yet waits for its registration: the
@@ -192,8 +193,12 @@ impl Opens {
         }
     }
 
+    /// The process that made the volume's latest swaps (the probe saw it), else
     /// [`Self::lookup`], reused for [`OPENER_KEPT`].
     fn opener(&mut self, pid: i32, now: Instant) -> Opener {
+        if u32::try_from(pid).is_ok_and(|p| self.shared.reader.is_writer(p)) {
+            return Opener::Kubelet;
+        }
         if let Some((at, o)) = self.openers.get(&pid)
             && now.duration_since(*at) < OPENER_KEPT
         {

@@ -65,11 +65,35 @@ pub struct Probe {
     stats: PerCpuArray<MapData, u64>,
 }
 
-/// Counters of the user-space side of the probe.
+/// Counters of the user-space side of the probe, and who made the volume swaps.
 #[derive(Debug, Default)]
 pub struct ReaderStats {
     pub undecodable: std::sync::atomic::AtomicU64,
     pub skipped: std::sync::atomic::AtomicU64,
+    /// The processes (tgids) that made the latest volume updates, newest last: the
+    /// kubelet, whatever its command name.
+    writers: std::sync::Mutex<std::collections::VecDeque<u32>>,
+}
+
+/// How many swap writers are remembered (a kubelet restart makes a new one).
+const WRITERS_KEPT: usize = 8;
+
+impl ReaderStats {
+    /// Whether `tgid` made one of the latest volume updates.
+    pub fn is_writer(&self, tgid: u32) -> bool {
+        self.writers.lock().expect("writers lock").contains(&tgid)
+    }
+
+    fn add_writer(&self, tgid: u32) {
+        let mut w = self.writers.lock().expect("writers lock");
+        if w.back() != Some(&tgid) {
+            w.retain(|&t| t != tgid);
+            if w.len() == WRITERS_KEPT {
+                w.pop_front();
+            }
+            w.push_back(tgid);
+        }
+    }
 }
 
 impl Probe {
@@ -167,6 +191,7 @@ pub async fn read_events(
         for ev in batch.drain(..) {
             match resolver.resolve(&ev) {
                 Ok(det) => {
+                    stats.add_writer(ev.tgid);
                     if tx.send(Event::Detected(det)).await.is_err() {
                         return Ok(());
                     }
@@ -183,3 +208,26 @@ pub async fn read_events(
 
 /// How long the agent waits for the probe's load before going on without it.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_swap_writers_are_remembered() {
+        let s = ReaderStats::default();
+        assert!(!s.is_writer(42));
+        for tgid in [42, 42, 7] {
+            s.add_writer(tgid);
+        }
+        assert!(s.is_writer(42) && s.is_writer(7));
+        for tgid in 100..100 + WRITERS_KEPT as u32 - 1 {
+            s.add_writer(tgid);
+        }
+        assert!(!s.is_writer(42), "the oldest is forgotten first");
+        assert!(s.is_writer(7));
+        s.add_writer(7); // seen again: the newest, kept
+        s.add_writer(500);
+        assert!(s.is_writer(7));
+    }
+}
