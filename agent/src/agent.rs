@@ -33,6 +33,7 @@ use crate::{
     updates::Tracker,
     volumes::{Roots, VolumeKey},
     watch::{self as walk, Walker},
+    watches,
 };
 
 /// How long one source's report waits for the other's before it is a gap.
@@ -56,6 +57,9 @@ pub struct Config {
     pub histogram_labels: Vec<String>,
     /// Where pending reload measurements are checkpointed across restarts.
     pub state_file: Option<PathBuf>,
+    /// How long a container has to add a file watch again after an update before it
+    /// is `not_rewatched`.
+    pub rewatch_grace: Duration,
     /// How often consumers are looked for regardless of events; None: every
     /// [`consumers::RESCAN`], or [`consumers::RESCAN_FOLLOWED`] while container cgroups
     /// are followed.
@@ -76,6 +80,7 @@ impl Config {
             ring_bytes: probe::DEFAULT_RING_BYTES,
             state_file: None,
             rescan: None,
+            rewatch_grace: watches::REWATCH_GRACE,
             histogram_labels: ["namespace", "pod", "container", "volume"]
                 .map(String::from)
                 .to_vec(),
@@ -124,6 +129,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared::new(Tracker::new(PAIR_WINDOW, false)));
     let keep = metrics::histogram_labels(&cfg.histogram_labels).map_err(anyhow::Error::msg)?;
     let registry = metrics::registry(shared.clone(), keep)?;
+    *shared.linter.lock().expect("linter lock") = watches::Linter::new(cfg.rewatch_grace);
     if let Some(path) = &cfg.state_file {
         restore(&shared, path);
     }
@@ -233,6 +239,44 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// Gives the watch linter one scan's inventory of each consumer's inotify watches.
+fn lint(
+    shared: &Shared,
+    scan: &consumers::Scan,
+    inodes: &HashMap<VolumeKey, (Option<String>, watches::VolumeInodes)>,
+) {
+    let now = SystemTime::now();
+    let mut l = shared.linter.lock().expect("linter lock");
+    let mut observed: HashMap<String, usize> = HashMap::new();
+    let mut counted = HashSet::new();
+    for (key, found) in &scan.consumers {
+        let Some((current, vi)) = inodes.get(key) else {
+            continue;
+        };
+        for f in found {
+            let held = scan.watches.get(&f.id).map_or(&[][..], Vec::as_slice);
+            if counted.insert(&f.id) {
+                *observed.entry(key.pod_uid.clone()).or_default() += held.len();
+            }
+            let seen = watches::Seen {
+                key,
+                id: &f.id,
+                name: &f.name,
+                mount: f.mount,
+                current: current.as_deref(),
+                inodes: vi,
+                watches: held,
+            };
+            l.observe(seen, now);
+        }
+    }
+    l.observed = observed;
+    let found = |k: &VolumeKey, id: &str| {
+        (scan.consumers.get(k)).is_some_and(|fs| fs.iter().any(|f| f.id == id))
+    };
+    l.retain(found);
+}
+
 /// Without fanotify: the approximate source (inotify, unattributed), or nothing.
 fn approximate(
     shared: &Arc<Shared>,
@@ -306,9 +350,21 @@ async fn consumer_loop(
     let stopped = stopped(stop);
     tokio::pin!(stopped);
     loop {
+        // A rewatch grace period ending is due an inventory too.
+        let due = shared.linter.lock().expect("linter lock").next_deadline();
+        let grace_over = async {
+            match due {
+                Some(at) => {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = rescan.notified() => {}
             _ = every.tick() => {}
+            _ = grace_over => {}
             _ = &mut stopped => return,
         }
         let volumes: Vec<_> = {
@@ -319,9 +375,23 @@ async fn consumer_loop(
         };
         let (proc_root, logs) = (cfg.proc_root.clone(), cfg.container_logs_dir.clone());
         let keys: Vec<_> = volumes.iter().map(|(k, _)| k.clone()).collect();
-        let scan =
-            tokio::task::spawn_blocking(move || consumers::scan(&proc_root, &logs, &volumes));
-        let Ok(mut scan) = scan.await else { return };
+        let scan = tokio::task::spawn_blocking(move || {
+            let scan = consumers::scan(&proc_root, &logs, &volumes);
+            // The inodes of the consumed volumes, for the watch linter.
+            let inodes: HashMap<_, _> = volumes
+                .iter()
+                .filter(|(k, _)| scan.consumers.contains_key(k))
+                .map(|(k, dir)| {
+                    let current = probe::read_target(&dir.join(crate::volumes::DATA));
+                    (k.clone(), (current, watches::VolumeInodes::read(dir)))
+                })
+                .collect();
+            (scan, inodes)
+        });
+        let Ok((mut scan, inodes)) = scan.await else {
+            return;
+        };
+        lint(&shared, &scan, &inodes);
         {
             // Each consumer's own mount is marked once, when first found.
             for f in scan.consumers.values().flatten() {

@@ -18,3 +18,4 @@ pub mod server;
 pub mod updates;
 pub mod volumes;
 pub mod watch;
+pub mod watches;

@@ -92,6 +92,18 @@ struct AgentArgs {
     /// on a hostPath that outlives the pod.
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    /// Seconds a container has, after an update removed its inotify watch on a file,
+    /// to add one again before it is reported `not_rewatched`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = seconds)]
+    rewatch_grace: f64,
+}
+
+/// A non-negative, finite number of seconds.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds (0 or more)")),
+    }
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
@@ -127,6 +139,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         histogram_labels: args.histogram_labels,
         state_file: args.state_file,
         rescan: None,
+        rewatch_grace: std::time::Duration::from_secs_f64(args.rewatch_grace),
     };
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     use tokio::signal::unix::{SignalKind, signal};

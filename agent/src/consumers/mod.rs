@@ -26,6 +26,7 @@ use crate::{
     clock,
     reloads::{Found, MountKind},
     volumes::VolumeKey,
+    watches::{self, Watch},
 };
 
 /// Where a volume dir is stored, as other mount namespaces' mountinfo shows it.
@@ -54,6 +55,8 @@ pub fn classify(mount: &Mount, id: &Identity) -> Option<MountKind> {
 #[derive(Debug, Default)]
 pub struct Scan {
     pub consumers: HashMap<VolumeKey, Vec<Found>>,
+    /// The inotify watches of each consuming container's processes, by container id.
+    pub watches: HashMap<String, Vec<Watch>>,
     pub containers: usize,
     /// Processes that vanished or could not be read while scanned (never an error).
     pub unreadable: usize,
@@ -114,8 +117,10 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
     let ids = identities(volumes);
     let names = container_names(container_logs);
     let mut scan = Scan::default();
-    // Per container: its pod, one pid to read mounts from, its oldest process's start.
+    // Per container: its pod, one pid to read mounts from, its oldest process's start,
+    // and all its processes.
     let mut containers: HashMap<String, (String, u32, (u64, SystemTime))> = HashMap::new();
+    let mut pids: HashMap<String, Vec<u32>> = HashMap::new();
     let Ok(rd) = std::fs::read_dir(proc_root) else {
         return scan;
     };
@@ -134,6 +139,7 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
             scan.unreadable += 1;
             continue;
         };
+        pids.entry(c.container_id.clone()).or_default().push(pid);
         let entry = containers
             .entry(c.container_id)
             .or_insert((c.pod_uid, pid, start));
@@ -158,6 +164,13 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
                 .filter_map(|m| Some((classify(m, ident)?, m)))
                 .min_by_key(|(k, _)| *k != MountKind::Volume);
             if let Some((mount, m)) = kind {
+                if !scan.watches.contains_key(&id) {
+                    let held = pids.get(&id).into_iter().flatten();
+                    let w = held.flat_map(|&p| {
+                        watches::fdinfo::of_process(proc_root, p).unwrap_or_default()
+                    });
+                    scan.watches.insert(id.clone(), w.collect());
+                }
                 let inside = m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point);
                 let mount_path = Some(proc_root.join(pid.to_string()).join("root").join(inside));
                 let name = names

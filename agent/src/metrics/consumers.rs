@@ -17,11 +17,11 @@ use crate::{
 
 const LABELS: [&str; 4] = ["namespace", "pod", "container", "volume"];
 
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
-    labels: &'static [&'static str],
+pub(super) struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    pub labels: &'static [&'static str],
 }
 
 const LATENCY: Family = Family {
@@ -158,7 +158,7 @@ fn metric(labels: &[&str], values: &[&str]) -> Metric {
     m
 }
 
-fn gauge(labels: &[&str], values: &[&str], v: f64) -> Metric {
+pub(super) fn gauge(labels: &[&str], values: &[&str], v: f64) -> Metric {
     let mut m = metric(labels, values);
     let mut g = Gauge::default();
     g.set_value(v);
@@ -197,7 +197,7 @@ fn histogram(labels: &[&str], values: &[&str], h: &crate::reloads::Histogram) ->
     m
 }
 
-fn family(f: &Family, metrics: Vec<Metric>) -> MetricFamily {
+pub(super) fn family(f: &Family, metrics: Vec<Metric>) -> MetricFamily {
     let mut mf = MetricFamily::default();
     mf.set_name(f.name.into());
     mf.set_help(f.help.into());

@@ -3,6 +3,7 @@
 //! late names all its series at once.
 
 mod consumers;
+mod watches;
 
 pub use consumers::histogram_labels;
 
@@ -28,6 +29,8 @@ use crate::{
 pub struct Shared {
     pub tracker: Mutex<Tracker>,
     pub reloads: Mutex<crate::reloads::Reloads>,
+    /// What each consumer's inotify watches will do at the next update.
+    pub linter: Mutex<crate::watches::Linter>,
     /// Updates whose new data dir was marked for open events only after the swap.
     pub late_marks: AtomicU64,
     pub fanotify_overflows: AtomicU64,
@@ -49,6 +52,7 @@ impl Shared {
         Shared {
             tracker: Mutex::new(tracker),
             reloads: Mutex::default(),
+            linter: Mutex::default(),
             late_marks: AtomicU64::new(0),
             fanotify_overflows: AtomicU64::new(0),
             fanotify: AtomicBool::new(false),
@@ -258,9 +262,10 @@ pub fn registry(shared: Arc<Shared>, histogram_labels: Vec<usize>) -> prometheus
     let r = Registry::new();
     r.register(Box::new(StateCollector::new(shared.clone())?))?;
     r.register(Box::new(consumers::ConsumerCollector::new(
-        shared,
+        shared.clone(),
         histogram_labels,
     )?))?;
+    r.register(Box::new(watches::WatchCollector::new(shared)?))?;
     let build = IntGaugeVec::new(
         opts(
             "reloadscope_build_info",

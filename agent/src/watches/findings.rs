@@ -1,0 +1,265 @@
+//! What a consumer's inotify watches on a volume will do at the next update (DOMAIN.md
+//! 4-5), from the watched inodes and masks alone. Pure; the volume's inodes come from
+//! `lstat` of its entries: no file of it is ever opened.
+
+use std::{collections::BTreeSet, path::Path};
+
+use super::fdinfo::Watch;
+use crate::{reloads::MountKind, volumes::DATA};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Finding {
+    /// A watch on a user-visible symlink (or `..data`) itself (`IN_DONT_FOLLOW`): never fires.
+    DontFollow,
+    /// A watch on a file whose mask lacks `IN_DELETE_SELF`, and none on the volume dir:
+    /// never fires on an update.
+    NoDeleteSelf,
+    /// Its file watch died with an update (`IN_IGNORED`) and was not added again within
+    /// the grace period: every later update is missed.
+    NotRewatched,
+    /// A watch on a `..<timestamp>` dir: it dies with the next update.
+    WatchesTimestampedDir,
+    /// A subPath mount: never updated, whatever it watches.
+    SubPath,
+    /// A watch on the volume dir with `IN_MOVED_TO` (sees `..data` replaced), or a file
+    /// watch with `IN_DELETE_SELF` (re-added after each update so far).
+    Ok,
+}
+
+impl Finding {
+    pub const ALL: [Finding; 6] = [
+        Finding::DontFollow,
+        Finding::NoDeleteSelf,
+        Finding::NotRewatched,
+        Finding::WatchesTimestampedDir,
+        Finding::SubPath,
+        Finding::Ok,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Finding::DontFollow => "dont_follow",
+            Finding::NoDeleteSelf => "no_delete_self",
+            Finding::NotRewatched => "not_rewatched",
+            Finding::WatchesTimestampedDir => "watches_timestamped_dir",
+            Finding::SubPath => "subpath",
+            Finding::Ok => "ok",
+        }
+    }
+
+    /// The one-line fix.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Finding::DontFollow => {
+                "drop IN_DONT_FOLLOW: the watch is on the symlink, which the kubelet never changes; better, watch the volume dir for ..data (IN_MOVED_TO)"
+            }
+            Finding::NoDeleteSelf => {
+                "the kubelet replaces files, never writes them: add IN_DELETE_SELF and re-add the watch after it, or watch the volume dir for ..data (IN_MOVED_TO)"
+            }
+            Finding::NotRewatched => {
+                "after IN_DELETE_SELF / IN_IGNORED, add the watch again on the same path (it now names the new file), or watch the volume dir for ..data"
+            }
+            Finding::WatchesTimestampedDir => {
+                "do not resolve ..data before watching: the ..<timestamp> dir is deleted at the next update; watch the volume dir for ..data (IN_MOVED_TO)"
+            }
+            Finding::SubPath => {
+                "subPath mounts never receive updates: mount the volume as a directory and read the file through it"
+            }
+            Finding::Ok => "",
+        }
+    }
+}
+
+/// An inode as `st_dev` + `st_ino`.
+pub type Ino = (u64, u64);
+
+/// The inodes of one volume that a watch can land on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeInodes {
+    pub dir: Option<Ino>,
+    /// `..data` and the user-visible symlinks (`<key> -> ..data/<key>`).
+    pub links: Vec<Ino>,
+    /// The current `..<timestamp>` dir and the ones below it.
+    pub ts_dirs: Vec<Ino>,
+    /// The files of the current data (what a watch through a symlink lands on).
+    pub files: Vec<Ino>,
+}
+
+impl VolumeInodes {
+    /// `lstat`s the volume dir's entries and its current data dir, two levels deep.
+    pub fn read(dir: &Path) -> VolumeInodes {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        let mut v = VolumeInodes {
+            dir: ino(dir),
+            ..Default::default()
+        };
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let hidden = name.as_encoded_bytes().starts_with(b"..");
+            if e.file_type().is_ok_and(|t| t.is_symlink()) && (!hidden || name == DATA) {
+                v.links.extend(ino(&e.path()));
+            }
+        }
+        let Some(ts) = crate::probe::read_target(&dir.join(DATA)) else {
+            return v;
+        };
+        let mut dirs = vec![(dir.join(&ts), 0)];
+        while let Some((d, depth)) = dirs.pop() {
+            v.ts_dirs.extend(ino(&d));
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && depth < 1 => dirs.push((e.path(), depth + 1)),
+                    Ok(t) if t.is_file() => v.files.extend(ino(&e.path())),
+                    _ => {}
+                }
+            }
+        }
+        v
+    }
+}
+
+/// One classification of a consumer's watches on a volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Classified {
+    pub findings: BTreeSet<Finding>,
+    /// It holds an `IN_DELETE_SELF` watch on a file of the current data: it must add
+    /// it again after the next update.
+    pub file_watch: bool,
+    /// Watches that land on the volume.
+    pub on_volume: usize,
+}
+
+/// Classifies `watches` (all of a container's) against volume `v` for a consumer
+/// mounted as `mount`; `not_rewatched` comes from the consumer's history.
+pub fn classify(
+    mount: MountKind,
+    watches: &[Watch],
+    v: &VolumeInodes,
+    not_rewatched: bool,
+) -> Classified {
+    let mut c = Classified::default();
+    if mount == MountKind::SubPath {
+        c.findings.insert(Finding::SubPath);
+        return c;
+    }
+    let (mut dir_ok, mut broken) = (false, BTreeSet::new());
+    for w in watches {
+        let at = (w.dev, w.ino);
+        let has = |bit: u32| w.mask & bit != 0;
+        if v.dir == Some(at) {
+            dir_ok |= has(libc::IN_MOVED_TO);
+        } else if v.links.contains(&at) {
+            broken.insert(Finding::DontFollow);
+        } else if v.ts_dirs.contains(&at) {
+            broken.insert(Finding::WatchesTimestampedDir);
+        } else if v.files.contains(&at) {
+            if has(libc::IN_DELETE_SELF) {
+                c.file_watch = true;
+            } else {
+                broken.insert(Finding::NoDeleteSelf);
+            }
+        } else {
+            continue;
+        }
+        c.on_volume += 1;
+    }
+    if not_rewatched && !c.file_watch {
+        broken.insert(Finding::NotRewatched);
+    }
+    c.findings = if dir_ok {
+        BTreeSet::from([Finding::Ok])
+    } else if !broken.is_empty() {
+        broken
+    } else if c.file_watch {
+        BTreeSet::from([Finding::Ok])
+    } else {
+        BTreeSet::new()
+    };
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol() -> VolumeInodes {
+        VolumeInodes {
+            dir: Some((1, 10)),
+            links: vec![(1, 11), (1, 12)],
+            ts_dirs: vec![(1, 20)],
+            files: vec![(1, 21)],
+        }
+    }
+
+    fn w(ino: u64, mask: u32) -> Watch {
+        Watch {
+            wd: 1,
+            ino,
+            dev: 1,
+            mask,
+        }
+    }
+
+    fn found(watches: &[Watch], not_rewatched: bool) -> Vec<&'static str> {
+        let c = classify(MountKind::Volume, watches, &vol(), not_rewatched);
+        c.findings.iter().map(|f| f.label()).collect()
+    }
+
+    #[test]
+    fn each_watch_shape_gets_its_finding() {
+        use libc::*;
+        assert_eq!(found(&[w(10, IN_MOVED_TO | IN_CREATE)], false), ["ok"]);
+        assert_eq!(found(&[w(21, IN_MODIFY | IN_DELETE_SELF)], false), ["ok"]);
+        assert_eq!(
+            found(&[w(21, IN_MODIFY | IN_CLOSE_WRITE)], false),
+            ["no_delete_self"]
+        );
+        assert_eq!(found(&[w(11, IN_MODIFY)], false), ["dont_follow"]);
+        assert_eq!(
+            found(&[w(20, IN_MODIFY | IN_CREATE)], false),
+            ["watches_timestamped_dir"]
+        );
+        assert_eq!(found(&[], true), ["not_rewatched"]);
+        // Re-added after the update: no longer.
+        assert_eq!(found(&[w(21, IN_DELETE_SELF)], true), ["ok"]);
+        // A dir watch that sees ..data replaced makes the container fine.
+        assert_eq!(
+            found(&[w(10, IN_MOVED_TO), w(21, IN_MODIFY)], false),
+            ["ok"]
+        );
+        // Without IN_MOVED_TO it does not.
+        assert_eq!(
+            found(&[w(10, IN_MODIFY), w(21, IN_MODIFY)], false),
+            ["no_delete_self"]
+        );
+        // Nothing on this volume: nothing to say.
+        assert!(found(&[w(99, IN_MODIFY)], false).is_empty());
+    }
+
+    #[test]
+    fn a_subpath_consumer_is_only_that() {
+        let c = classify(MountKind::SubPath, &[w(21, libc::IN_MODIFY)], &vol(), true);
+        assert_eq!(c.findings, BTreeSet::from([Finding::SubPath]));
+    }
+
+    #[test]
+    fn reads_a_kubelet_layout_without_opening_files() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let ts = t.path().join("..2026_11_25_14_10_06.1");
+        std::fs::create_dir_all(ts.join("sub")).unwrap();
+        std::fs::write(ts.join("k"), "v").unwrap();
+        std::fs::write(ts.join("sub/k2"), "v").unwrap();
+        symlink("..2026_11_25_14_10_06.1", t.path().join(DATA)).unwrap();
+        symlink("..data/k", t.path().join("k")).unwrap();
+        symlink("..data/sub", t.path().join("sub")).unwrap();
+        let v = VolumeInodes::read(t.path());
+        assert!(v.dir.is_some());
+        assert_eq!((v.links.len(), v.ts_dirs.len(), v.files.len()), (3, 2, 2));
+    }
+}
