@@ -271,6 +271,7 @@ fn lint(
         }
     }
     l.observed = observed;
+    l.last_inventory = Some(now);
     let found = |k: &VolumeKey, id: &str| {
         (scan.consumers.get(k)).is_some_and(|fs| fs.iter().any(|f| f.id == id))
     };

@@ -190,7 +190,8 @@ fn volumes_without_consumers_and_pod_names_from_the_logs_dir() {
             "LAST UPDATE",
             "CONTAINER",
             "MOUNT",
-            "VERDICT"
+            "VERDICT",
+            "WATCHES"
         ],
         "{table}"
     );
@@ -337,6 +338,9 @@ fn verdicts_after_an_update(ty: VolumeType) {
     };
     past_the_tick_of(swapped_at);
     let late = container(&node, &pod, &w, "late", Strategy::DataDirWatcher, false);
+    // Its watch is on the current data: one made before the update went with the old
+    // file, and only the running agent remembers what it was.
+    let naive = container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
 
     let kubelet = node.kubelet_root();
     let (pod_logs, ctr_logs) = (node.pod_logs_dir(), node.container_logs_dir());
@@ -359,6 +363,7 @@ fn verdicts_after_an_update(ty: VolumeType) {
         verdicts(v),
         [
             ("late", "reloaded-at-start"),
+            ("naive", "reloaded-at-start"),
             ("stuck", "holds-old-data"),
             ("sub", "subpath"),
             ("watcher", "unknown"),
@@ -368,7 +373,7 @@ fn verdicts_after_an_update(ty: VolumeType) {
     );
     for c in v["consumers"].as_array().unwrap() {
         let id = c["container_id"].as_str().unwrap();
-        let ctr = [&watcher, &stuck, &sub, &late]
+        let ctr = [&watcher, &stuck, &naive, &sub, &late]
             .into_iter()
             .find(|x| x.name == c["container"])
             .unwrap();
@@ -383,6 +388,14 @@ fn verdicts_after_an_update(ty: VolumeType) {
             "holds-old-data" => assert!(hint.unwrap().starts_with(OLD_DATA_HINT)),
             _ => assert!(hint.unwrap().contains("consumer_stale_seconds")),
         }
+        // What its inotify watches will do (from its own fdinfo).
+        let watches = match ctr.name.as_str() {
+            "watcher" | "late" => vec!["ok"],
+            "naive" => vec!["no_delete_self"],
+            "sub" => vec!["subpath"],
+            _ => vec![],
+        };
+        assert_eq!(c["watches"], serde_json::json!(watches), "{}", ctr.name);
         if c["verdict"] != "subpath" {
             assert_eq!(c["mount"], "volume");
             assert_eq!(c["mount_path"], ctr.mount_dir().to_str().unwrap());
@@ -420,6 +433,13 @@ fn verdicts_after_an_update(ty: VolumeType) {
     );
     assert_eq!(hint_under(l), None, "no hint without a problem:\n{table}");
     assert!(hint_under(row("watcher")).is_some_and(|t| t.contains("consumer_stale_seconds")));
+    let n = row("naive");
+    assert_eq!(cell(lines[0], lines[n], "WATCHES"), Some("no_delete_self"));
+    assert!(
+        hint_under(n).is_some_and(|l| l.contains("add IN_DELETE_SELF")),
+        "the watch finding's fix:\n{table}"
+    );
+    assert_eq!(cell(lines[0], lines[row("watcher")], "WATCHES"), Some("ok"));
     let tls = lines
         .iter()
         .find(|l| cell(lines[0], l, "VOLUME") == Some("tls"))
@@ -429,7 +449,7 @@ fn verdicts_after_an_update(ty: VolumeType) {
     }
 
     drop(holder);
-    for c in [watcher, stuck, sub, late] {
+    for c in [watcher, stuck, naive, sub, late] {
         c.stop().unwrap();
     }
 }

@@ -118,11 +118,15 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
         .is_some()
     })
     .await;
-    let grace_over = std::time::Instant::now() + Duration::from_millis(500);
-    let m = wait_metrics(agent.addr, "every finding after the update", |m| {
-        std::time::Instant::now() > grace_over && findings(m) == want
+    // An inventory taken once the grace is over, then what /metrics says.
+    let grace_over = std::time::SystemTime::now() + Duration::from_millis(500);
+    let linter = &agent.shared.linter;
+    wait_for("an inventory after the grace", || async {
+        let at = linter.lock().unwrap().last_inventory;
+        at.is_some_and(|t| t > grace_over).then_some(())
     })
     .await;
+    let m = metrics(agent.addr).await;
     assert_eq!(findings(&m), want);
     agent.stop().await;
     for c in ctrs {

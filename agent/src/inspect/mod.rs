@@ -27,7 +27,12 @@ pub use output::{ConsumerReport, Report, VolumeReport};
 pub use verdict::{Verdict, assess, old_data_fd};
 pub use walk::{Data, read_data};
 
-use crate::{clock, consumers, reloads::MountKind, volumes::Roots};
+use crate::{
+    clock, consumers,
+    reloads::MountKind,
+    volumes::Roots,
+    watches::{self, Finding},
+};
 
 /// Options of `reloadscope inspect`.
 #[derive(Clone, Debug, clap::Args)]
@@ -105,6 +110,7 @@ pub fn inspect(args: &InspectArgs) -> Inspection {
             host_dirs.push(real);
         }
         let mut consumers = Vec::new();
+        let inodes = watches::VolumeInodes::read(&v.dir);
         for f in scan.consumers.remove(&v.key).unwrap_or_default() {
             let inside = f
                 .mount_path
@@ -120,6 +126,10 @@ pub fn inspect(args: &InspectArgs) -> Inspection {
                 _ => false,
             };
             let verdict = assess(f.mount, f.started, v.data.as_ref().map(|d| d.swapped), held);
+            let held_watches = scan.watches.get(&f.id).map_or(&[][..], Vec::as_slice);
+            let found = watches::classify(f.mount, held_watches, &inodes).findings;
+            // A subPath consumer's verdict says it already.
+            let fixes = found.iter().filter(|w| **w != Finding::SubPath);
             consumers.push(ConsumerReport {
                 container: f.name,
                 container_id: f.id,
@@ -127,6 +137,8 @@ pub fn inspect(args: &InspectArgs) -> Inspection {
                 mount_path: inside.map(|p| p.to_string_lossy().into_owned()),
                 verdict: verdict.label(),
                 hint: verdict.hint(),
+                watch_hints: fixes.map(|w| w.hint()).filter(|h| !h.is_empty()).collect(),
+                watches: found.iter().map(|w| w.label()).collect(),
             });
         }
         consumers

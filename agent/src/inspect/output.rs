@@ -39,6 +39,12 @@ pub struct ConsumerReport {
     pub verdict: &'static str,
     /// What to do about it; `None` for a consumer without a problem.
     pub hint: Option<&'static str>,
+    /// What its inotify watches on the volume will do at the next update (the
+    /// `finding` labels of `reloadscope_consumer_watch_findings`; `not_rewatched` needs
+    /// an update seen by the running agent).
+    pub watches: Vec<&'static str>,
+    /// The fixes for those findings.
+    pub watch_hints: Vec<&'static str>,
 }
 
 pub fn json(report: &Report) -> String {
@@ -58,7 +64,7 @@ pub fn age(d: Duration) -> String {
     }
 }
 
-const HEADER: [&str; 7] = [
+const HEADER: [&str; 8] = [
     "NAMESPACE/POD",
     "VOLUME",
     "TYPE",
@@ -66,12 +72,13 @@ const HEADER: [&str; 7] = [
     "CONTAINER",
     "MOUNT",
     "VERDICT",
+    "WATCHES",
 ];
 
 /// One row per consumer (one with `-` for a volume without any), the hint of a
 /// consumer with a problem on an indented line under its row.
 pub fn table(report: &Report, now: SystemTime) -> String {
-    let mut rows: Vec<([String; 7], Option<&str>)> = Vec::new();
+    let mut rows: Vec<([String; 8], Vec<&str>)> = Vec::new();
     for v in &report.volumes {
         let pod = if v.namespace.is_empty() {
             v.pod.clone()
@@ -85,7 +92,7 @@ pub fn table(report: &Report, now: SystemTime) -> String {
                 age(now.duration_since(at).unwrap_or_default())
             },
         );
-        let row = |container: &str, mount: &str, verdict: &str| {
+        let row = |container: &str, mount: &str, verdict: &str, watches: &str| {
             [
                 pod.clone(),
                 v.volume.clone(),
@@ -94,13 +101,24 @@ pub fn table(report: &Report, now: SystemTime) -> String {
                 container.to_owned(),
                 mount.to_owned(),
                 verdict.to_owned(),
+                watches.to_owned(),
             ]
         };
         if v.consumers.is_empty() {
-            rows.push((row("-", "-", "-"), None));
+            rows.push((row("-", "-", "-", "-"), Vec::new()));
         }
         for c in &v.consumers {
-            rows.push((row(&c.container, c.mount, c.verdict), c.hint));
+            let watches = if c.watches.is_empty() {
+                "-".to_owned()
+            } else {
+                c.watches.join(",")
+            };
+            let hints = c
+                .hint
+                .into_iter()
+                .chain(c.watch_hints.iter().copied())
+                .collect();
+            rows.push((row(&c.container, c.mount, c.verdict, &watches), hints));
         }
     }
     let mut widths = HEADER.map(|h| h.chars().count());
@@ -122,9 +140,9 @@ pub fn table(report: &Report, now: SystemTime) -> String {
         s
     };
     let mut out = line(&HEADER);
-    for (cells, hint) in &rows {
+    for (cells, hints) in &rows {
         out.push_str(&line(&cells.each_ref().map(String::as_str)));
-        if let Some(h) = hint {
+        for h in hints {
             out.push_str(&format!("    hint: {h}\n"));
         }
     }
@@ -136,13 +154,19 @@ mod tests {
     use super::*;
 
     fn report() -> Report {
-        let consumer = |name: &str, mount, verdict, hint| ConsumerReport {
+        let consumer = |name: &str, mount, verdict, hint: Option<&'static str>| ConsumerReport {
             container: name.into(),
             container_id: "c".repeat(64),
             mount,
             mount_path: Some("/etc/config".into()),
             verdict,
             hint,
+            watches: if hint.is_some() {
+                vec!["no_delete_self"]
+            } else {
+                vec![]
+            },
+            watch_hints: hint.map(|_| "FIX").into_iter().collect(),
         };
         Report {
             volumes: vec![
@@ -186,17 +210,24 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1062);
         let t = table(&report(), now);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 5, "{t}");
+        assert_eq!(lines.len(), 6, "{t}");
         assert!(lines[0].starts_with("NAMESPACE/POD  VOLUME"));
         assert!(lines[1].starts_with("shop/web       app-config  configmap  1m02s ago"));
         assert!(
-            lines[1].ends_with("app        volume   reloaded-at-start"),
+            lines[1].ends_with("app        volume   reloaded-at-start  -"),
             "{t}"
         );
-        assert!(lines[2].ends_with("side       subpath  subpath"), "{t}");
+        assert!(
+            lines[2].ends_with("side       subpath  subpath            no_delete_self"),
+            "{t}"
+        );
         assert_eq!(lines[3], "    hint: HINT");
-        assert!(lines[4].starts_with("u2             tls         secret     -"));
-        assert!(lines[4].ends_with("-          -        -"), "{t}");
+        assert_eq!(lines[4], "    hint: FIX");
+        assert!(lines[5].starts_with("u2             tls         secret     -"));
+        assert!(
+            lines[5].ends_with("-          -        -                  -"),
+            "{t}"
+        );
         // Columns line up.
         let col = lines[0].find("CONTAINER").unwrap();
         assert_eq!(lines[1].find("app ").unwrap(), col);
@@ -211,6 +242,10 @@ mod tests {
         assert_eq!(vol["consumers"][1]["verdict"], "subpath");
         assert_eq!(vol["consumers"][1]["mount"], "subpath");
         assert!(vol["consumers"][0]["hint"].is_null());
+        assert_eq!(
+            vol["consumers"][1]["watches"],
+            serde_json::json!(["no_delete_self"])
+        );
         assert!(v["volumes"][1]["data_dir"].is_null());
         assert_eq!(v["volumes"][1]["consumers"], serde_json::json!([]));
     }

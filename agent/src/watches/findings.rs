@@ -135,13 +135,8 @@ pub struct Classified {
 }
 
 /// Classifies `watches` (all of a container's) against volume `v` for a consumer
-/// mounted as `mount`; `not_rewatched` comes from the consumer's history.
-pub fn classify(
-    mount: MountKind,
-    watches: &[Watch],
-    v: &VolumeInodes,
-    not_rewatched: bool,
-) -> Classified {
+/// mounted as `mount`. `not_rewatched` needs the consumer's history: see `Linter`.
+pub fn classify(mount: MountKind, watches: &[Watch], v: &VolumeInodes) -> Classified {
     let mut c = Classified::default();
     if mount == MountKind::SubPath {
         c.findings.insert(Finding::SubPath);
@@ -167,9 +162,6 @@ pub fn classify(
             continue;
         }
         c.on_volume += 1;
-    }
-    if not_rewatched && !c.file_watch {
-        broken.insert(Finding::NotRewatched);
     }
     c.findings = if dir_ok {
         BTreeSet::from([Finding::Ok])
@@ -205,45 +197,39 @@ mod tests {
         }
     }
 
-    fn found(watches: &[Watch], not_rewatched: bool) -> Vec<&'static str> {
-        let c = classify(MountKind::Volume, watches, &vol(), not_rewatched);
+    fn found(watches: &[Watch]) -> Vec<&'static str> {
+        let c = classify(MountKind::Volume, watches, &vol());
         c.findings.iter().map(|f| f.label()).collect()
     }
 
     #[test]
     fn each_watch_shape_gets_its_finding() {
         use libc::*;
-        assert_eq!(found(&[w(10, IN_MOVED_TO | IN_CREATE)], false), ["ok"]);
-        assert_eq!(found(&[w(21, IN_MODIFY | IN_DELETE_SELF)], false), ["ok"]);
+        assert_eq!(found(&[w(10, IN_MOVED_TO | IN_CREATE)]), ["ok"]);
+        assert_eq!(found(&[w(21, IN_MODIFY | IN_DELETE_SELF)]), ["ok"]);
         assert_eq!(
-            found(&[w(21, IN_MODIFY | IN_CLOSE_WRITE)], false),
+            found(&[w(21, IN_MODIFY | IN_CLOSE_WRITE)]),
             ["no_delete_self"]
         );
-        assert_eq!(found(&[w(11, IN_MODIFY)], false), ["dont_follow"]);
+        assert_eq!(found(&[w(11, IN_MODIFY)]), ["dont_follow"]);
         assert_eq!(
-            found(&[w(20, IN_MODIFY | IN_CREATE)], false),
+            found(&[w(20, IN_MODIFY | IN_CREATE)]),
             ["watches_timestamped_dir"]
         );
-        assert_eq!(found(&[], true), ["not_rewatched"]);
-        // Re-added after the update: no longer.
-        assert_eq!(found(&[w(21, IN_DELETE_SELF)], true), ["ok"]);
         // A dir watch that sees ..data replaced makes the container fine.
-        assert_eq!(
-            found(&[w(10, IN_MOVED_TO), w(21, IN_MODIFY)], false),
-            ["ok"]
-        );
+        assert_eq!(found(&[w(10, IN_MOVED_TO), w(21, IN_MODIFY)]), ["ok"]);
         // Without IN_MOVED_TO it does not.
         assert_eq!(
-            found(&[w(10, IN_MODIFY), w(21, IN_MODIFY)], false),
+            found(&[w(10, IN_MODIFY), w(21, IN_MODIFY)]),
             ["no_delete_self"]
         );
         // Nothing on this volume: nothing to say.
-        assert!(found(&[w(99, IN_MODIFY)], false).is_empty());
+        assert!(found(&[w(99, IN_MODIFY)]).is_empty());
     }
 
     #[test]
     fn a_subpath_consumer_is_only_that() {
-        let c = classify(MountKind::SubPath, &[w(21, libc::IN_MODIFY)], &vol(), true);
+        let c = classify(MountKind::SubPath, &[w(21, libc::IN_MODIFY)], &vol());
         assert_eq!(c.findings, BTreeSet::from([Finding::SubPath]));
     }
 

@@ -27,12 +27,12 @@ pub const REWATCH_GRACE: Duration = Duration::from_secs(10);
 pub struct State {
     pub name: String,
     pub findings: BTreeSet<Finding>,
-    /// The data dir it was last looked at against.
-    ts_dir: Option<String>,
+    /// The data dir its watches were last seen on.
+    watched: Option<String>,
+    /// It then held an `IN_DELETE_SELF` watch on a file.
     file_watch: bool,
-    /// An update came while it held a file watch: by then it must hold one again.
+    /// An update killed that watch: by then it must hold one again.
     rewatch_by: Option<SystemTime>,
-    not_rewatched: bool,
 }
 
 /// What one scan saw of a consumer of a volume.
@@ -54,6 +54,8 @@ pub struct Linter {
     consumers: HashMap<(VolumeKey, String), State>,
     /// Inotify watches held by consuming containers, by pod uid, at the last scan.
     pub observed: HashMap<String, usize>,
+    /// When the last inventory was taken.
+    pub last_inventory: Option<SystemTime>,
 }
 
 impl Default for Linter {
@@ -68,6 +70,7 @@ impl Linter {
             grace,
             consumers: HashMap::new(),
             observed: HashMap::new(),
+            last_inventory: None,
         }
     }
 
@@ -80,33 +83,39 @@ impl Linter {
     }
 
     /// Takes in one consumer's inventory at `now`.
+    ///
+    /// Watches on the current data say it all. Without any, either an update killed
+    /// the ones it had (a watch on a file goes with the file), and what they were
+    /// stands, except that a file watcher must hold a new one once the grace is over;
+    /// or it has none (any more) and nothing is said.
     pub fn observe(&mut self, s: Seen, now: SystemTime) {
         let st = self
             .consumers
             .entry((s.key.clone(), s.id.to_owned()))
             .or_default();
         st.name = s.name.to_owned();
-        let updated = st.ts_dir.is_some() && st.ts_dir.as_deref() != s.current;
-        if updated && st.file_watch {
-            st.rewatch_by = Some(now + self.grace);
-        }
-        st.ts_dir = s.current.map(str::to_owned);
-        let mut c = classify(s.mount, s.watches, s.inodes, st.not_rewatched);
-        if c.file_watch {
+        let c = classify(s.mount, s.watches, s.inodes);
+        if c.on_volume > 0 || s.mount == MountKind::SubPath {
+            st.watched = s.current.map(str::to_owned);
+            st.file_watch = c.file_watch;
             st.rewatch_by = None;
-            st.not_rewatched = false;
-            c = classify(s.mount, s.watches, s.inodes, false);
-        } else if let Some(by) = st.rewatch_by {
-            if now < by {
-                // Still within its grace: what was said stands.
+            st.findings = c.findings;
+        } else if st.watched.is_some() && st.watched.as_deref() != s.current {
+            if !st.file_watch {
                 return;
             }
-            st.rewatch_by = None;
-            st.not_rewatched = true;
-            c = classify(s.mount, s.watches, s.inodes, true);
+            let by = *st.rewatch_by.get_or_insert(now + self.grace);
+            if now >= by {
+                st.rewatch_by = None;
+                st.file_watch = false;
+                st.findings = BTreeSet::from([Finding::NotRewatched]);
+            }
+        } else {
+            *st = State {
+                name: std::mem::take(&mut st.name),
+                ..State::default()
+            };
         }
-        st.file_watch = c.file_watch;
-        st.findings = c.findings;
     }
 
     /// Forgets consumers `keep` says are gone.
@@ -123,7 +132,7 @@ impl Linter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libc::{IN_DELETE_SELF, IN_MODIFY};
+    use libc::{IN_DELETE_SELF, IN_MODIFY, IN_MOVED_TO};
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
@@ -219,13 +228,30 @@ mod tests {
     }
 
     #[test]
-    fn without_a_file_watch_an_update_expects_nothing() {
+    fn a_broken_watch_killed_by_an_update_stays_broken() {
         let mut l = Linter::new(Duration::from_secs(10));
         assert_eq!(
             look(&mut l, "..1", 21, &[on(21, IN_MODIFY)], 0),
             ["no_delete_self"]
         );
-        assert_eq!(look(&mut l, "..2", 22, &[], 100), Vec::<&str>::new());
+        // Its watch went with the old file: it is still a container that never reloads.
+        assert_eq!(look(&mut l, "..2", 22, &[], 100), ["no_delete_self"]);
+        assert_eq!(l.next_deadline(), None);
+        assert_eq!(look(&mut l, "..3", 23, &[], 200), ["no_delete_self"]);
+        // Watching the current data again: that is what counts.
+        assert_eq!(look(&mut l, "..3", 23, &[on(10, IN_MOVED_TO)], 300), ["ok"]);
+    }
+
+    #[test]
+    fn watches_removed_without_an_update_leave_nothing_to_say() {
+        let mut l = Linter::new(Duration::from_secs(10));
+        assert_eq!(
+            look(&mut l, "..1", 21, &[on(21, IN_MODIFY)], 0),
+            ["no_delete_self"]
+        );
+        assert!(look(&mut l, "..1", 21, &[], 50).is_empty());
+        // Nor does a later update: it held no watch then.
+        assert!(look(&mut l, "..2", 22, &[], 100).is_empty());
         assert_eq!(l.next_deadline(), None);
         l.retain(|_, _| false);
         assert!(l.state(&key(), "c1").is_none());
