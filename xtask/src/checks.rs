@@ -57,8 +57,14 @@ impl Step {
 pub const STEPS: &[Step] = &[
     Step::new("fmt", "cargo fmt --all --check"),
     Step::new("clippy", "cargo clippy --workspace --exclude agent-ebpf --all-targets -- -D warnings"),
+    Step::new("generated", "cargo xtask check-generated"),
+    Step::new("deploy", "cargo xtask check-deploy"),
+    Step::new("rules", "promtool check rules dashboards/alerts.yaml"),
+    Step::new("rule-tests", "promtool test rules dashboards/tests/alerts_test.yaml"),
     Step::new("test", "cargo test --workspace --exclude agent-ebpf -- --include-ignored --test-threads=1")
         .root("the integration tests load eBPF programs"),
+    Step::new("e2e", "cargo xtask e2e")
+        .root("the lab mounts tmpfs and runs containers; the agent loads eBPF"),
 ];
 
 /// Runs every step in order and stops at the first failure.

@@ -3,6 +3,9 @@
 
 mod checks;
 mod cmd;
+mod deploy;
+mod e2e;
+mod mixin;
 mod prereqs;
 
 use std::ffi::OsString;
@@ -12,7 +15,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-/// reloadscope's developer commands: prerequisites, checks, lab, benchmarks and builds.
+/// reloadscope's developer commands: prerequisites, checks, lab, end-to-end test,
+/// benchmarks, builds and generated dashboards.
 ///
 /// Run from anywhere in the workspace; child commands run from the workspace root
 /// and a failing child's exit code is passed on.
@@ -30,18 +34,22 @@ enum Task {
     /// Checks, and installs only when missing: the Debian packages (LLVM 22,
     /// bpftool, prometheus, strace, inotify-tools, python3-pip), the pinned
     /// nightly-2026-07-01 with rust-src, rustfmt and clippy, bpf-linker 0.13.0
-    /// built against LLVM 22, and tracefs mounted at /sys/kernel/tracing.
+    /// built against LLVM 22, tracefs mounted at /sys/kernel/tracing, and
+    /// kubernetes-validate 1.37.0 (pip, for python3 on PATH).
     /// Installing packages and mounting tracefs need root. `test`, `lab`,
-    /// `bench` and `build` run this first.
+    /// `bench`, `build` and `e2e` run this first.
     #[command(verbatim_doc_comment)]
     Prereqs,
 
     /// Run the checks CI runs: rustfmt, clippy, then all tests (needs root)
     ///
     /// In order, stopping at the first failure: `cargo fmt --all --check`,
-    /// clippy on every target with warnings denied, and `cargo test` including
-    /// the `#[ignore]`d root integration tests, one test at a time (each loads
-    /// the eBPF probe). The tests need root. `.ci/run` runs exactly this.
+    /// clippy on every target with warnings denied, the generated dashboards/
+    /// files up to date, deploy/ rendered and validated (kubernetes-validate),
+    /// `promtool check rules` and `promtool test rules`,
+    /// `cargo test` including the `#[ignore]`d root integration tests, one test
+    /// at a time (each loads the eBPF probe), then `cargo xtask e2e`. The tests
+    /// need root. `.ci/run` runs exactly this.
     #[command(verbatim_doc_comment)]
     Test,
 
@@ -74,6 +82,36 @@ enum Task {
 
     /// Build the release agent: `cargo build -p reloadscope --release`
     Build,
+
+    /// Write the generated files: dashboards/alerts.yaml and dashboards/reloadscope.json
+    ///
+    /// The alert rules and the Grafana dashboard are generated from
+    /// xtask/src/mixin/ with its default Config; `cargo xtask test` fails when
+    /// the checked-in files differ from what this writes. Then deploy/'s copies
+    /// of them (a PrometheusRule, the dashboard) and deploy/reloadscope.yaml
+    /// (`kubectl kustomize deploy/`).
+    #[command(verbatim_doc_comment)]
+    Generate,
+
+    /// Fail when a generated file differs from what `generate` would write
+    #[command(hide = true)]
+    CheckGenerated,
+
+    /// Fail when deploy/ does not render or validate, or a generated file in it is out of date
+    #[command(hide = true)]
+    CheckDeploy,
+
+    /// End to end: the lab, the real agent and a real Prometheus with the alert rules (needs root)
+    ///
+    /// Builds the agent, runs `reloadscope lab` and /usr/bin/prometheus scraping
+    /// it every second with the shipped rules at lab time scales (stale after
+    /// 5 s), then asserts through Prometheus' HTTP API that the stale-consumer
+    /// alert fires for the container that never reloads and not for those that
+    /// do, that every dashboard query returns data, and that the dashboard and
+    /// the rules name only metrics and labels the agent exports. About 15 s
+    /// once the agent is built.
+    #[command(verbatim_doc_comment)]
+    E2e,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +145,16 @@ fn run(task: Task) -> Result<()> {
         Task::Build => {
             prereqs::ensure()?;
             cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope", "--release"]))
+        }
+        Task::Generate => {
+            mixin::generate()?;
+            deploy::generate()
+        }
+        Task::CheckGenerated => mixin::check(),
+        Task::CheckDeploy => deploy::check(),
+        Task::E2e => {
+            prereqs::ensure()?;
+            e2e::run()
         }
     }
 }

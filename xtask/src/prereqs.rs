@@ -36,6 +36,10 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// Validates the rendered deploy/ manifests against Kubernetes' schemas (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate";
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
 /// What the checks found missing.
 struct Missing {
     packages: Vec<&'static str>,
@@ -43,15 +47,19 @@ struct Missing {
     components: Option<Vec<&'static str>>,
     bpf_linker: bool,
     tracefs: bool,
+    kubernetes_validate: bool,
 }
 
 impl Missing {
     fn check() -> Result<Self> {
+        // Python starts slowly: its check runs while the others do.
+        let kubernetes_validate = KubernetesValidateCheck::start();
         Ok(Self {
             packages: missing_packages()?,
             components: missing_components()?,
             bpf_linker: !bpf_linker_present(),
             tracefs: !tracefs_mounted(),
+            kubernetes_validate: !kubernetes_validate.present(),
         })
     }
 
@@ -60,6 +68,7 @@ impl Missing {
             && self.components.as_ref().is_some_and(Vec::is_empty)
             && !self.bpf_linker
             && !self.tracefs
+            && !self.kubernetes_validate
     }
 
     /// Installing packages and mounting tracefs need root; the rest installs
@@ -86,6 +95,11 @@ impl Missing {
         }
         if self.tracefs {
             items.push(format!("tracefs (not mounted at {TRACEFS})"));
+        }
+        if self.kubernetes_validate {
+            items.push(format!(
+                "{KUBERNETES_VALIDATE} {KUBERNETES_VALIDATE_VERSION}"
+            ));
         }
         items.join("; ")
     }
@@ -134,6 +148,12 @@ pub fn ensure() -> Result<()> {
     }
     if missing.tracefs {
         step(&format!("mounted tracefs at {TRACEFS}"), mount_tracefs)?;
+    }
+    if missing.kubernetes_validate {
+        step(
+            &format!("installed {KUBERNETES_VALIDATE} {KUBERNETES_VALIDATE_VERSION}"),
+            install_kubernetes_validate,
+        )?;
     }
 
     eprintln!(
@@ -300,4 +320,43 @@ fn mount_tracefs() -> Result<()> {
         bail!("mounted tracefs at {TRACEFS} but {TRACEFS}/events is still missing");
     }
     Ok(())
+}
+
+/// `python3 -c` printing the installed kubernetes-validate's version, started
+/// early and read last.
+struct KubernetesValidateCheck(Option<std::process::Child>);
+
+impl KubernetesValidateCheck {
+    fn start() -> Self {
+        let script =
+            format!("import importlib.metadata as m; print(m.version('{KUBERNETES_VALIDATE}'))");
+        let child = Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        Self(child.ok())
+    }
+
+    fn present(self) -> bool {
+        self.0
+            .and_then(|child| child.wait_with_output().ok())
+            .is_some_and(|output| {
+                String::from_utf8_lossy(&output.stdout).trim() == KUBERNETES_VALIDATE_VERSION
+            })
+    }
+}
+
+/// Into the `python3` on PATH, the one `cargo xtask test` runs it with
+/// (`python3 -m kubernetes_validate`). Debian marks its Python externally managed;
+/// this tool and its few dependencies go in all the same.
+fn install_kubernetes_validate() -> Result<()> {
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--break-system-packages"])
+            .arg("--root-user-action=ignore")
+            .arg(format!(
+                "{KUBERNETES_VALIDATE}=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+    )
 }

@@ -1,0 +1,192 @@
+//! The alert rules: a Prometheus rule file (`groups:`) as a JSON value.
+
+use serde_json::{Value, json};
+
+use super::Config;
+
+struct Alert {
+    name: &'static str,
+    expr: String,
+    r#for: &'static str,
+    severity: &'static str,
+    summary: &'static str,
+    description: String,
+}
+
+impl Alert {
+    fn rule(self, cfg: &Config) -> Value {
+        json!({
+            "alert": self.name,
+            "expr": self.expr,
+            "for": self.r#for,
+            "labels": {"severity": self.severity},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                // The section's anchor as Markdown renderers make it from `## Name`.
+                "runbook_url": format!("{}#{}", cfg.runbook, self.name.to_lowercase()),
+            },
+        })
+    }
+}
+
+/// `template` with each `<name>` of `values` replaced. Plain replacement rather
+/// than `format!`, so Prometheus' `{{ $labels.x }}` templates read as they are.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    values
+        .iter()
+        .fold(template.to_owned(), |text, (name, value)| {
+            text.replace(&format!("<{name}>"), value)
+        })
+}
+
+/// The rule file for `cfg`.
+pub fn rule_file(cfg: &Config) -> Value {
+    let group = |name: &str, alerts: Vec<Alert>| {
+        let rules: Vec<Value> = alerts.into_iter().map(|a| a.rule(cfg)).collect();
+        json!({"name": name, "rules": rules})
+    };
+    json!({"groups": [
+        group("reloadscope-consumers", consumer_alerts(cfg)),
+        group("reloadscope-agent", agent_alerts(cfg)),
+    ]})
+}
+
+fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
+    let values = [
+        ("job", cfg.selector),
+        ("stale_for", cfg.stale_for),
+        ("window", cfg.subpath_window),
+    ];
+    vec![
+        // `> 0` held for `stale_for`, rather than `stale_seconds > threshold`: the
+        // gauge counts from the newest swap, so under updates more frequent than the
+        // threshold a container that never reloads would saw-tooth below it forever.
+        // `for` asks for "stale at every evaluation", which that container is.
+        Alert {
+            name: "ReloadscopeConsumerStale",
+            expr: fill("reloadscope_consumer_stale_seconds{<job>} > 0", &values),
+            r#for: cfg.stale_for,
+            severity: "warning",
+            summary: "A container has not reloaded an updated volume.",
+            description: fill(
+                "Container {{ $labels.container }} of pod {{ $labels.namespace }}/{{ $labels.pod }} \
+                 has not reloaded volume {{ $labels.volume }} for more than <stale_for> after it \
+                 was updated: it still serves the old configuration (its newest update is \
+                 {{ $value | humanizeDuration }} old).",
+                &values,
+            ),
+        },
+        // The updates are summed per volume first: across an agent restart the
+        // counter has two series (two `instance`s) in the window, which would make
+        // the match many-to-many.
+        Alert {
+            name: "ReloadscopeSubPathVolumeUpdated",
+            expr: fill(
+                "reloadscope_consumer_info{<job>, mount=\"subpath\"}\n  \
+                 * on (namespace, pod, volume) group_left ()\n  \
+                 (sum by (namespace, pod, volume) \
+                 (increase(reloadscope_volume_updates_total{<job>}[<window>])) > 0)",
+                &values,
+            ),
+            r#for: "0s",
+            severity: "warning",
+            summary: "A volume was updated but a container mounts it through subPath.",
+            description: fill(
+                "Volume {{ $labels.volume }} of pod {{ $labels.namespace }}/{{ $labels.pod }} was \
+                 updated in the last <window>, but container {{ $labels.container }} binds it \
+                 through subPath and never receives updates: it keeps the old data until it \
+                 restarts.",
+                &values,
+            ),
+        },
+    ]
+}
+
+fn agent_alerts(cfg: &Config) -> Vec<Alert> {
+    let values = [
+        ("job", cfg.selector),
+        ("window", cfg.counter_window),
+        ("down_for", cfg.down_for),
+        ("absent_for", cfg.absent_for),
+    ];
+    vec![
+        Alert {
+            name: "ReloadscopeEbpfEventsLost",
+            expr: fill(
+                "increase(reloadscope_ebpf_events_lost_total{<job>}[<window>]) > 0",
+                &values,
+            ),
+            r#for: "0s",
+            severity: "warning",
+            summary: "The eBPF probe lost volume swap events.",
+            description: fill(
+                "The agent on {{ $labels.instance }} lost {{ $value | humanize }} swap events in \
+                 the last <window> to a full ring buffer; inotify still reports those updates.",
+                &values,
+            ),
+        },
+        Alert {
+            name: "ReloadscopeDetectionGaps",
+            expr: fill(
+                "increase(reloadscope_update_detection_gaps_total{<job>}[<window>]) > 0",
+                &values,
+            ),
+            r#for: "0s",
+            severity: "warning",
+            summary: "An update was seen by only one of eBPF and inotify.",
+            description: fill(
+                "The agent on {{ $labels.instance }} counted {{ $value | humanize }} updates in \
+                 the last <window> that {{ $labels.missed_by }} did not report within 2 s.",
+                &values,
+            ),
+        },
+        Alert {
+            name: "ReloadscopeEbpfNotLoaded",
+            expr: fill("reloadscope_ebpf_loaded{<job>} == 0", &values),
+            r#for: cfg.not_loaded_for,
+            severity: "warning",
+            summary: "The agent runs without its eBPF probe.",
+            description: "The agent on {{ $labels.instance }} could not load its eBPF probe and \
+                 detects updates with inotify alone (no kernel timestamps, no cross-check)."
+                .into(),
+        },
+        Alert {
+            name: "ReloadscopeFanotifyNotLoaded",
+            expr: fill("reloadscope_fanotify_loaded{<job>} == 0", &values),
+            r#for: cfg.not_loaded_for,
+            severity: "warning",
+            summary: "The agent does not attribute opens to processes.",
+            description: "The agent on {{ $labels.instance }} has no fanotify (CAP_SYS_ADMIN): it \
+                 measures reloads approximately, per volume with inotify, or, with \
+                 --no-reloads, not at all."
+                .into(),
+        },
+        Alert {
+            name: "ReloadscopeAgentDown",
+            expr: fill("up{<job>} == 0", &values),
+            r#for: cfg.down_for,
+            severity: "warning",
+            summary: "Prometheus cannot scrape an agent.",
+            description: fill(
+                "The reloadscope agent {{ $labels.instance }} has been unreachable for \
+                 <down_for>: volume updates and reloads on its node are not observed.",
+                &values,
+            ),
+        },
+        // The case `up == 0` cannot see: no target at all (the DaemonSet is gone,
+        // or service discovery lost it). `absent` of a comparison has no labels.
+        Alert {
+            name: "ReloadscopeAgentAbsent",
+            expr: fill("absent(up{<job>} == 1)", &values),
+            r#for: cfg.absent_for,
+            severity: "critical",
+            summary: "No reloadscope agent is up.",
+            description: fill(
+                "No target of <job> has been up for <absent_for>: no node's volume updates or \
+                 reloads are observed.",
+                &values,
+            ),
+        },
+    ]
+}

@@ -1,0 +1,305 @@
+//! The Grafana dashboard, as the JSON model Grafana 10.4 to 12 read (schemaVersion
+//! 39; newer releases migrate it on load).
+
+use serde_json::{Value, json};
+
+use super::Config;
+use super::panels::{Grid, With, panel, table, target, timeseries, variable};
+
+/// The dashboard's stable uid: links and provisioning refer to it.
+pub const UID: &str = "reloadscope";
+
+const RATE: &str = "$__rate_interval";
+
+pub fn dashboard(cfg: &Config) -> Value {
+    let mut grid = Grid::default();
+    let mut panels = vec![grid.row("Volume updates")];
+    panels.push(grid.place(24, 8, updates(cfg)));
+    panels.push(grid.row("Reloads"));
+    for p in reloads(cfg) {
+        panels.push(grid.place(12, 8, p));
+    }
+    panels.push(grid.row("Agent health"));
+    for p in health(cfg) {
+        panels.push(grid.place(8, 7, p));
+    }
+    let all = format!("reloadscope_volume_updates_total{}", cfg.select(""));
+    let namespaced = format!(
+        "reloadscope_volume_updates_total{}",
+        cfg.select(r#"namespace=~"$namespace""#)
+    );
+    json!({
+        "uid": UID,
+        "title": "reloadscope / Volume updates and reloads",
+        "description": "ConfigMap, Secret, projected and downwardAPI volume updates on each node, \
+            and how long each consuming container takes to reload them.",
+        "tags": ["reloadscope", "kubernetes"],
+        "editable": true,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "",
+        "schemaVersion": 39,
+        "version": 1,
+        "links": [],
+        "annotations": {"list": [{
+            "builtIn": 1, "type": "dashboard", "name": "Annotations & Alerts",
+            "enable": true, "hide": true, "iconColor": "rgba(0, 211, 255, 1)",
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+        }]},
+        "templating": {"list": [
+            {
+                "name": "datasource", "label": "Data source", "type": "datasource",
+                "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "regex": "",
+            },
+            variable("namespace", &all),
+            variable("pod", &namespaced),
+        ]},
+        "panels": panels,
+    })
+}
+
+/// The selector of the chosen namespaces and pods.
+fn pods(cfg: &Config) -> String {
+    cfg.select(r#"namespace=~"$namespace", pod=~"$pod""#)
+}
+
+fn updates(cfg: &Config) -> Value {
+    let expr = format!(
+        "sum by (namespace, pod, volume) (increase(reloadscope_volume_updates_total{}[{RATE}]))",
+        pods(cfg)
+    );
+    timeseries(
+        "Updates per volume",
+        "Atomic updates (..data swaps) of each ConfigMap, Secret, projected and downwardAPI \
+         volume; a pod's first population is not an update.",
+        "short",
+        vec![target(expr, "{{namespace}}/{{pod}} {{volume}}")],
+    )
+    .with(
+        "fieldConfig",
+        json!({"defaults": {"unit": "short", "custom": {"drawStyle": "bars", "fillOpacity": 60}},
+               "overrides": []}),
+    )
+}
+
+fn reloads(cfg: &Config) -> Vec<Value> {
+    let pods = pods(cfg);
+    let buckets = format!("reloadscope_reload_latency_seconds_bucket{pods}[{RATE}]");
+    let heatmap = panel(
+        "heatmap",
+        "Reload latency",
+        "Time from a volume's swap to each consuming container's first open of the new \
+         data: how many reloads fell in each latency bucket.",
+        "short",
+        vec![
+            target(format!("sum by (le) (increase({buckets}))"), "{{le}}")
+                .with("format", json!("heatmap")),
+        ],
+    )
+    .with(
+        "options",
+        json!({
+            "calculate": false,
+            "yAxis": {"unit": "s", "axisPlacement": "left"},
+            "rowsFrame": {"layout": "auto"},
+            "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential",
+                      "exponent": 0.5, "steps": 64},
+            "cellGap": 1,
+            "tooltip": {"mode": "single", "yHistogram": true},
+            "legend": {"show": true},
+        }),
+    );
+    let quantile = |q: &str, name: &str| {
+        target(
+            format!("histogram_quantile({q}, sum by (le) (rate({buckets})))"),
+            name,
+        )
+    };
+    let percentiles = timeseries(
+        "Reload latency p50 / p99",
+        "Median and 99th percentile of the time from a swap to a container's reload, over \
+         the selected pods' containers.",
+        "s",
+        vec![quantile("0.5", "p50"), quantile("0.99", "p99")],
+    );
+    let stale = table(
+        "Stale consumers",
+        "Containers that have not reloaded the newest update of a volume they mount, \
+         longest first. Stale for: time since that update's swap.",
+        "s",
+        format!("sort_desc(reloadscope_consumer_stale_seconds{pods} > 0)"),
+        "Stale for",
+    );
+    let subpath = table(
+        "subPath consumers",
+        "Containers that bind a file of a volume through subPath: they never receive its \
+         updates. Updates: the volume's updates since the agent started, all missed.",
+        "short",
+        format!(
+            "reloadscope_consumer_info{}\n  * on (namespace, pod, volume) group_left (volume_type)\n  \
+             max by (namespace, pod, volume, volume_type) (reloadscope_volume_updates_total{pods})",
+            cfg.select(r#"namespace=~"$namespace", pod=~"$pod", mount="subpath""#)
+        ),
+        "Updates",
+    );
+    vec![heatmap, percentiles, stale, subpath]
+}
+
+fn health(cfg: &Config) -> Vec<Value> {
+    let job = cfg.select("");
+    let per_agent = |metric: &str, what: &str| {
+        target(
+            format!("sum by (instance) (increase({metric}{job}[{RATE}]))"),
+            &format!("{what} {{{{instance}}}}"),
+        )
+    };
+    let loaded = |metric: &str, what: &str| {
+        target(
+            format!("min by (instance) ({metric}{job})"),
+            &format!("{what} {{{{instance}}}}"),
+        )
+    };
+    let probes = panel(
+        "stat",
+        "Probes loaded",
+        "Per agent: whether the eBPF probe is attached (else updates are detected by inotify \
+         alone) and whether fanotify is (else no reload is measured).",
+        "none",
+        vec![
+            loaded("reloadscope_ebpf_loaded", "eBPF"),
+            loaded("reloadscope_fanotify_loaded", "fanotify"),
+        ],
+    )
+    .with(
+        "fieldConfig",
+        json!({"defaults": {"unit": "none", "mappings": [{"type": "value", "options": {
+        "0": {"text": "not loaded", "color": "red", "index": 0},
+        "1": {"text": "loaded", "color": "green", "index": 1},
+    }}]}, "overrides": []}),
+    )
+    .with(
+        "options",
+        json!({
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": false},
+            "colorMode": "background", "graphMode": "none", "textMode": "value_and_name",
+            "orientation": "auto", "justifyMode": "auto",
+        }),
+    );
+    let lost = timeseries(
+        "Lost events and overflows",
+        "Events the agent could not read: eBPF ring buffer full, inotify or fanotify queue \
+         overflow (inotify rescans after one; fanotify loses opens). Late marks: new data \
+         dirs marked only after their swap.",
+        "short",
+        vec![
+            per_agent("reloadscope_ebpf_events_lost_total", "eBPF events lost"),
+            per_agent(
+                "reloadscope_inotify_queue_overflows_total",
+                "inotify overflows",
+            ),
+            per_agent(
+                "reloadscope_fanotify_queue_overflows_total",
+                "fanotify overflows",
+            ),
+            per_agent("reloadscope_late_marks_total", "late marks"),
+        ],
+    );
+    let by = |label: &str, metric: &str, legend: &str| {
+        target(
+            format!("sum by ({label}) (increase({metric}{job}[{RATE}]))"),
+            legend,
+        )
+    };
+    let detections = timeseries(
+        "Detections and gaps",
+        "Updates reported by each source, and updates one source reported and the other did \
+         not within 2 s (a gap of the silent one).",
+        "short",
+        vec![
+            by(
+                "source",
+                "reloadscope_update_detections_total",
+                "detected by {{source}}",
+            ),
+            by(
+                "missed_by",
+                "reloadscope_update_detection_gaps_total",
+                "missed by {{missed_by}}",
+            ),
+        ],
+    );
+    let cpu = timeseries(
+        "Agent CPU",
+        "CPU used by each agent, in cores (100% = one core).",
+        "percentunit",
+        vec![target(
+            format!("rate(process_cpu_seconds_total{job}[{RATE}])"),
+            "{{instance}}",
+        )],
+    );
+    let memory = timeseries(
+        "Agent memory",
+        "Resident memory of each agent.",
+        "bytes",
+        vec![target(
+            format!("process_resident_memory_bytes{job}"),
+            "{{instance}}",
+        )],
+    );
+    let sum = |metric: &str, what: &str| {
+        target(
+            format!("sum by (instance) ({metric}{job})"),
+            &format!("{what} {{{{instance}}}}"),
+        )
+    };
+    let watches = timeseries(
+        "Watched volumes and inotify watches",
+        "Volumes each agent follows, and the inotify watches it holds (keep below \
+         fs.inotify.max_user_watches).",
+        "short",
+        vec![
+            sum("reloadscope_watched_volumes", "volumes"),
+            sum("reloadscope_inotify_watches", "watches"),
+        ],
+    );
+    vec![probes, lost, detections, cpu, memory, watches]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn panels_are_described_with_units_in_places_of_their_own() {
+        let cfg = Config::default();
+        let (mut ids, mut cells) = (BTreeSet::new(), BTreeSet::new());
+        for p in dashboard(&cfg)["panels"].as_array().unwrap() {
+            let title = p["title"].as_str().unwrap();
+            assert!(ids.insert(p["id"].as_u64().unwrap()), "{title}: id taken");
+            let at = |k: &str| p["gridPos"][k].as_u64().unwrap();
+            assert!(at("x") + at("w") <= 24, "{title}: wider than the grid");
+            for x in at("x")..at("x") + at("w") {
+                for y in at("y")..at("y") + at("h") {
+                    assert!(cells.insert((x, y)), "{title} overlaps another panel");
+                }
+            }
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(!p["description"].as_str().unwrap().is_empty(), "{title}");
+            assert!(p["fieldConfig"]["defaults"]["unit"].is_string(), "{title}");
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                assert!(expr.contains(cfg.selector), "{title}: {expr}");
+                assert!(
+                    !expr.contains('[') || expr.contains("[$__rate_interval]"),
+                    "{expr}"
+                );
+            }
+        }
+    }
+}
