@@ -57,6 +57,7 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
         ("job", cfg.selector),
         ("stale_for", cfg.stale_for),
         ("window", cfg.subpath_window),
+        ("finding_for", cfg.finding_for),
     ];
     vec![
         // `> 0` held for `stale_for`, rather than `stale_seconds > threshold`: the
@@ -97,6 +98,24 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
                  updated in the last <window>, but container {{ $labels.container }} binds it \
                  through subPath and never receives updates: it keeps the old data until it \
                  restarts.",
+                &values,
+            ),
+        },
+        // Found from the masks and inodes of its watches, usually before any update
+        // proves it (README, "Watch findings"); `not_rewatched` after the first one.
+        Alert {
+            name: "ReloadscopeWatchFinding",
+            expr: fill(
+                "reloadscope_consumer_watch_findings{<job>, finding!=\"ok\"} == 1",
+                &values,
+            ),
+            r#for: cfg.finding_for,
+            severity: "warning",
+            summary: "A container watches a volume in a way that misses updates.",
+            description: fill(
+                "Container {{ $labels.container }} of pod {{ $labels.namespace }}/{{ $labels.pod }} \
+                 watches volume {{ $labels.volume }} with inotify in a way that will miss its \
+                 updates ({{ $labels.finding }}), and has for <finding_for>.",
                 &values,
             ),
         },

@@ -19,6 +19,10 @@ pub fn dashboard(cfg: &Config) -> Value {
     for p in reloads(cfg) {
         panels.push(grid.place(12, 8, p));
     }
+    panels.push(grid.row("Watch findings"));
+    for p in findings(cfg) {
+        panels.push(grid.place(12, 8, p));
+    }
     panels.push(grid.row("Agent health"));
     for p in health(cfg) {
         panels.push(grid.place(8, 7, p));
@@ -144,6 +148,35 @@ fn reloads(cfg: &Config) -> Vec<Value> {
         "Updates",
     );
     vec![heatmap, percentiles, stale, subpath]
+}
+
+fn findings(cfg: &Config) -> Vec<Value> {
+    let broken = table(
+        "Watch findings",
+        "Containers whose inotify watches on a volume will miss its updates, by finding: \
+         dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, subpath. \
+         `reloadscope inspect` on the node gives the fix for each.",
+        "short",
+        format!(
+            "reloadscope_consumer_watch_findings{}",
+            cfg.select(r#"namespace=~"$namespace", pod=~"$pod", finding!="ok""#)
+        ),
+        "Holds",
+    );
+    let observed = timeseries(
+        "inotify watches of consumers",
+        "inotify watches held by the processes of containers that consume a volume, per \
+         namespace, at the agent's last inventory.",
+        "short",
+        vec![target(
+            format!(
+                "sum by (namespace) (reloadscope_inotify_watches_observed{})",
+                cfg.select(r#"namespace=~"$namespace""#)
+            ),
+            "{{namespace}}",
+        )],
+    );
+    vec![broken, observed]
 }
 
 fn health(cfg: &Config) -> Vec<Value> {

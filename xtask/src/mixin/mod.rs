@@ -30,6 +30,9 @@ pub struct Config {
     pub stale_for: &'static str,
     /// How long ReloadscopeSubPathVolumeUpdated keeps firing after an update.
     pub subpath_window: &'static str,
+    /// How long a watch finding other than `ok` must hold before
+    /// ReloadscopeWatchFinding fires.
+    pub finding_for: &'static str,
     /// The window over which lost events and detection gaps are counted.
     pub counter_window: &'static str,
     /// How long the probe or fanotify must be unloaded before alerting.
@@ -52,6 +55,7 @@ impl Default for Config {
             // minutes of old data is past any reasonable reload strategy.
             stale_for: "10m",
             subpath_window: "1h",
+            finding_for: "15m",
             counter_window: "10m",
             not_loaded_for: "10m",
             down_for: "5m",
@@ -69,6 +73,7 @@ impl Config {
         Self {
             stale_for: "5s",
             subpath_window: "1m",
+            finding_for: "5s",
             counter_window: "1m",
             not_loaded_for: "0s",
             down_for: "0s",
