@@ -3,7 +3,8 @@
 //!
 //! It sets itself up the way a container runtime sets up a container (its cgroup, its
 //! own mount namespace, a bind mount of the volume at its mount path), then consumes
-//! the file with one [`Strategy`].
+//! the file with one [`Strategy`], or execs an external program given after `--`
+//! (see [`ConsumerArgs::exec`]), which then runs as the container's process.
 //!
 //! Each open of the file appends one line to the open log:
 //!
@@ -17,12 +18,23 @@
 //! O_APPEND file, so a reader sees whole lines only (it skips an unfinished last one).
 //! After its watch is in place and its first open is logged it writes `ready\n` to its
 //! stdout.
+//!
+//! With a program after `--` there is no open log and no `ready`: once set up, it
+//! writes `exec\n` to its stdout, moves that pipe to a close-on-exec descriptor, points
+//! stdout at `--output` (stdin at /dev/null, as a runtime does for a container without
+//! `stdin: true`) and execs the program, in place (same pid). A successful execve(2)
+//! closes the pipe, so the lab reads `exec\n` then end of file; a failed one writes
+//! `exec failed\n` first, and the process exits with the error on stderr.
 
 use std::{
+    ffi::OsString,
     fmt::Write as _,
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Write as _},
-    os::fd::{AsRawFd, BorrowedFd},
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -43,9 +55,9 @@ const HEAD_BYTES: usize = 32;
 /// [`LabContainer::start`](super::LabContainer::start) runs it.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConsumerArgs {
-    /// How the file is consumed.
-    #[arg(long, value_enum)]
-    pub strategy: Strategy,
+    /// How the file is consumed (unless a program is given after `--`).
+    #[arg(long, value_enum, required_unless_present = "exec")]
+    pub strategy: Option<Strategy>,
     /// cgroup v2 directory to move into first (`.../cri-containerd-<id>.scope`).
     #[arg(long, value_name = "DIR")]
     pub cgroup: PathBuf,
@@ -66,9 +78,12 @@ pub struct ConsumerArgs {
     /// Seconds between two reads (timer-poller).
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     pub period: f64,
-    /// The open log (appended to).
-    #[arg(long, value_name = "FILE")]
-    pub log: PathBuf,
+    /// The open log (appended to); a strategy's only.
+    #[arg(long, value_name = "FILE", required_unless_present = "exec")]
+    pub log: Option<PathBuf>,
+    /// Where an external program's stdout goes (default /dev/null).
+    #[arg(long, value_name = "FILE", requires = "exec")]
+    pub output: Option<PathBuf>,
     /// Detach every mount at or under DIR from the process's namespace once its own
     /// mount is made (repeatable; the lab passes the kubelet root): a runtime's
     /// container, in its own root, never sees the kubelet's volume and subPath mounts.
@@ -78,6 +93,17 @@ pub struct ConsumerArgs {
     /// process goes away with the lab even when the lab cannot kill it.
     #[arg(long)]
     pub exit_with_stdin: bool,
+    /// An external program and its arguments, run instead of a strategy: once the
+    /// container is set up, the process execs it (it keeps the pid, the cgroup and the
+    /// mount namespace). No placeholder is replaced here (the lab does that).
+    #[arg(last = true, value_name = "PROGRAM", conflicts_with_all = ["strategy", "log"])]
+    pub exec: Vec<OsString>,
+}
+
+/// What the process does once set up.
+enum Run {
+    Strategy(Strategy, File),
+    Exec(Vec<OsString>, Option<PathBuf>),
 }
 
 /// `reloadscope lab-consumer`: joins the cgroup, enters a mount namespace of its own,
@@ -95,11 +121,18 @@ pub fn consumer_main(args: ConsumerArgs) -> anyhow::Result<()> {
     }
     let period = Duration::try_from_secs_f64(args.period)
         .map_err(|_| anyhow::anyhow!("--period {}: not a duration in seconds", args.period))?;
-    let log = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&args.log)
-        .with_context(|| format!("open log {:?}", args.log))?;
+    let run = match (args.strategy, &args.log) {
+        _ if !args.exec.is_empty() => Run::Exec(args.exec, args.output),
+        (Some(strategy), Some(path)) => Run::Strategy(
+            strategy,
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .with_context(|| format!("open log {path:?}"))?,
+        ),
+        _ => anyhow::bail!("--strategy and --log, or a program after --, are needed"),
+    };
 
     // 1. The cgroup, as the runtime places a container's first process.
     let procs = args.cgroup.join("cgroup.procs");
@@ -133,6 +166,10 @@ pub fn consumer_main(args: ConsumerArgs) -> anyhow::Result<()> {
         hide_mounts_under(dir, &target)?;
     }
 
+    let (strategy, log) = match run {
+        Run::Strategy(strategy, log) => (strategy, log),
+        Run::Exec(argv, output) => return exec(&argv, output.as_deref()),
+    };
     let mut c = Consumer {
         file,
         dir: args.mount_dir,
@@ -140,7 +177,41 @@ pub fn consumer_main(args: ConsumerArgs) -> anyhow::Result<()> {
         log,
         lifeline: args.exit_with_stdin,
     };
-    match args.strategy.run(&mut c)? {}
+    match strategy.run(&mut c)? {}
+}
+
+/// Replaces this process with `argv` (see the module docs for what the lab reads on
+/// stdout). Returns only when the exec failed.
+fn exec(argv: &[OsString], output: Option<&Path>) -> anyhow::Result<()> {
+    let (program, args) = argv.split_first().context("no program to run")?;
+    // The lab's pipe, on a close-on-exec descriptor: execve(2) closes it.
+    // SAFETY: fcntl on stdout, which is open; the new descriptor is ours alone.
+    let pipe = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
+    if pipe < 0 {
+        return Err(io::Error::last_os_error()).context("dup stdout");
+    }
+    // SAFETY: `pipe` was just made and is owned here only.
+    let mut pipe = File::from(unsafe { OwnedFd::from_raw_fd(pipe) });
+    let out = match output {
+        Some(path) => OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .with_context(|| format!("open output {path:?}"))?,
+        None => OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .context("open /dev/null")?,
+    };
+    let null = File::open("/dev/null").context("open /dev/null")?;
+    // dup2(2) clears close-on-exec on the new descriptor: the program inherits these.
+    nix::unistd::dup2_stdout(&out).context("point stdout at the output")?;
+    nix::unistd::dup2_stdin(&null).context("point stdin at /dev/null")?;
+    pipe.write_all(b"exec\n").context("report exec")?;
+    // Resets SIGPIPE and the signal mask, as std does for every child; searches PATH.
+    let err = std::process::Command::new(program).args(args).exec();
+    let _ = pipe.write_all(b"exec failed\n");
+    Err(err).with_context(|| format!("exec {program:?}"))
 }
 
 fn bind_read_only(source: &Path, target: &Path) -> anyhow::Result<()> {

@@ -10,7 +10,8 @@
 //! <root>/pods/<uid>/volume-subpaths/<volume>/<container>/0   subPath: the file, bound
 //! <base>/containers/<id>/          its mount path (the volume is bound on it, in the
 //!                                  process's own mount namespace only)
-//! <base>/containers/<id>.opens     its open log (see `consumer`)
+//! <base>/containers/<id>.opens     its open log (see `consumer`); a strategy's only
+//! <base>/containers/<id>.stdout    an external program's stdout
 //! <base>/containers/<id>.stderr    its stderr
 //! ```
 //!
@@ -21,13 +22,22 @@
 //! the kubelet's mounts (every volume and subPath of the node) from its namespace, as
 //! a runtime's container, in a root of its own, never has them: its mountinfo shows
 //! its own volume mount only, as on a node.
+//!
+//! With [`ContainerSpec::command`] set, the same process, once set up the same way,
+//! execs that program instead of running a strategy: a real watcher (`inotifywait`, a
+//! `notify`-based binary such as [`example_bin`]`("notify_consumer")`) runs as the
+//! container's process, with the same pid, cgroup and mount namespace.
 
 use std::{
+    ffi::{OsStr, OsString},
     fs::{self, DirBuilder, File, OpenOptions},
     io::{self, Read as _},
     os::{
         fd::AsRawFd,
-        unix::fs::{DirBuilderExt, OpenOptionsExt},
+        unix::{
+            ffi::{OsStrExt as _, OsStringExt as _},
+            fs::{DirBuilderExt, OpenOptionsExt},
+        },
     },
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
@@ -61,11 +71,23 @@ pub struct ContainerSpec<'a> {
     pub volume_dir: &'a Path,
     /// The file the process reads (a key of the volume's payload).
     pub key: &'a str,
+    /// Ignored when `command` is set.
     pub strategy: Strategy,
     /// Mount only the key's file (a `subPath` volumeMount) instead of the volume.
     pub sub_path: bool,
     /// The timer poller's period.
     pub period: Duration,
+    /// An external program and its arguments to run as the container's process instead
+    /// of the lab consumer: set up the same way (cgroup, mount namespace, the volume
+    /// bound read-only, the kubelet's mounts hidden), the process then execs it.
+    /// `{file}` in any argument (the program's name too) becomes the file as the
+    /// container sees it ([`LabContainer::file`]), `{dir}` its mount path
+    /// ([`LabContainer::mount_dir`]). The program is looked up in `PATH`. Its stdout
+    /// goes to a file ([`LabContainer::output`]), its stderr where the consumer's goes,
+    /// its stdin is /dev/null; it has no open log. Unlike the lab consumer, it has no
+    /// lifeline on stdin: [`LabContainer::stop`] or a drop kills it (SIGKILL, same
+    /// pid), but a lab process killed outright leaves it running.
+    pub command: Option<&'a [OsString]>,
 }
 
 impl<'a> ContainerSpec<'a> {
@@ -78,8 +100,58 @@ impl<'a> ContainerSpec<'a> {
             strategy,
             sub_path: false,
             period: DEFAULT_PERIOD,
+            command: None,
         }
     }
+
+    /// A whole-volume mount whose process is `command` (see [`ContainerSpec::command`]).
+    pub fn program(
+        name: &'a str,
+        volume_dir: &'a Path,
+        key: &'a str,
+        command: &'a [OsString],
+    ) -> Self {
+        ContainerSpec {
+            command: Some(command),
+            // Not run.
+            ..ContainerSpec::new(name, volume_dir, key, Strategy::ReadOnce)
+        }
+    }
+
+    /// What runs: the strategy's name, or the program's.
+    fn what(&self) -> String {
+        match self.command {
+            Some(argv) => argv
+                .first()
+                .map_or("(no program)".into(), |p| p.to_string_lossy().into_owned()),
+            None => self.strategy.name().to_owned(),
+        }
+    }
+}
+
+/// The path of example binary `name` of this package, built next to the running
+/// executable: `target/<profile>/examples/<name>` for a test binary
+/// (`target/<profile>/deps/...`) or the reloadscope binary (`target/<profile>/...`).
+/// `cargo test` and `cargo build --examples` build them; `cargo test --test X` alone
+/// does not, and then this fails, saying so.
+pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("find the running executable")?;
+    let dir = exe
+        .parent()
+        .context("the running executable has no directory")?;
+    let profile = if dir.file_name() == Some(OsStr::new("deps")) {
+        dir.parent().context("deps dir has no parent")?
+    } else {
+        dir
+    };
+    let bin = profile.join("examples").join(name);
+    if !bin.is_file() {
+        bail!(
+            "no example binary {bin:?}: build it with `cargo build -p reloadscope --examples` \
+             (plain `cargo test` builds it too)"
+        );
+    }
+    Ok(bin)
 }
 
 /// One open of the file, from the process's open log.
@@ -107,7 +179,10 @@ pub struct LabContainer {
     /// `kubepods-burstable-pod<uid>.slice`: removed when its last container goes.
     pod_cgroup: PathBuf,
     container_log: PathBuf,
-    opens_log: PathBuf,
+    /// A strategy's open log; `None` for an external program.
+    opens_log: Option<PathBuf>,
+    /// An external program's stdout; `None` for a strategy.
+    output_log: Option<PathBuf>,
     stderr_log: PathBuf,
     /// The kubelet-side subPath bind, once mounted.
     sub_path_bind: Option<PathBuf>,
@@ -120,14 +195,20 @@ pub struct LabContainer {
 
 impl LabContainer {
     /// `bin` is the reloadscope binary: the container process is `bin lab-consumer
-    /// [args]`. Creates, like the kubelet and a runtime: the cgroup
+    /// [args]` (which execs `spec.command`, if set, once set up). Creates, like the
+    /// kubelet and a runtime: the cgroup
     /// `<cgroup2>/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid
     /// with '_'>.slice/cri-containerd-<id>.scope`, the container log (empty), for
     /// `sub_path` the file bind mount at `<root>/pods/<uid>/volume-subpaths/<volume>/
     /// <container>/0` of `<volume>/<key>` resolved through `..data` (in this mount
     /// namespace), and the mount dir `<base>/containers/<id>/`. Returns once the
-    /// process reports its watch is in place and its first open logged; fails, with the
-    /// process's stderr, when it dies first or is not ready within 10 s.
+    /// process is ready; fails, with the process's stderr, when it dies first or is not
+    /// ready within 10 s. Ready means, for a strategy: its watch is in place and its
+    /// first open logged. For `spec.command`: the process is set up and its execve(2)
+    /// of the program succeeded (the consumer's close-on-exec pipe to the lab closed
+    /// without an `exec failed`) and it has not exited: the program runs, but may not
+    /// have set up its watches yet (wait for those as its output or
+    /// `/proc/<pid>/fdinfo` shows them).
     pub fn start(
         bin: &Path,
         node: &LabNode,
@@ -138,6 +219,9 @@ impl LabContainer {
         check_key(spec.key)?;
         if spec.period.is_zero() {
             bail!("container {}: the period must not be zero", spec.name);
+        }
+        if spec.command.is_some_and(<[_]>::is_empty) {
+            bail!("container {}: the command is empty", spec.name);
         }
         let volume_name = spec
             .volume_dir
@@ -170,7 +254,14 @@ impl LabContainer {
             lifeline: None,
             pod_cgroup,
             container_log,
-            opens_log: state.join(format!("{id}.opens")),
+            opens_log: spec
+                .command
+                .is_none()
+                .then(|| state.join(format!("{id}.opens"))),
+            output_log: spec
+                .command
+                .is_some()
+                .then(|| state.join(format!("{id}.stdout"))),
             stderr_log: state.join(format!("{id}.stderr")),
             sub_path_bind: None,
             file: mount_dir.join(spec.key),
@@ -184,7 +275,9 @@ impl LabContainer {
         make_container_log(node, pod, spec.name, &ctr.container_log)?;
         fs::create_dir_all(&state).with_context(|| format!("create {state:?}"))?;
         fs::create_dir(&ctr.mount_dir).with_context(|| format!("create {:?}", ctr.mount_dir))?;
-        File::create(&ctr.opens_log).with_context(|| format!("create {:?}", ctr.opens_log))?;
+        for log in ctr.opens_log.iter().chain(&ctr.output_log) {
+            File::create(log).with_context(|| format!("create {log:?}"))?;
+        }
         let stderr = File::create(&ctr.stderr_log)
             .with_context(|| format!("create {:?}", ctr.stderr_log))?;
 
@@ -204,8 +297,6 @@ impl LabContainer {
 
         let mut cmd = Command::new(bin);
         cmd.arg("lab-consumer")
-            .arg("--strategy")
-            .arg(spec.strategy.name())
             .arg("--cgroup")
             .arg(&ctr.cgroup_dir)
             .arg("--source")
@@ -216,8 +307,6 @@ impl LabContainer {
             .arg(spec.key)
             .arg("--period")
             .arg(spec.period.as_secs_f64().to_string())
-            .arg("--log")
-            .arg(&ctr.opens_log)
             .arg("--hide")
             .arg(node.kubelet_root())
             .arg("--exit-with-stdin")
@@ -227,13 +316,31 @@ impl LabContainer {
         if spec.sub_path {
             cmd.arg("--sub-path");
         }
+        if let Some(log) = &ctr.opens_log {
+            cmd.arg("--strategy")
+                .arg(spec.strategy.name())
+                .arg("--log")
+                .arg(log);
+        }
+        if let Some(argv) = spec.command {
+            let out = ctr.output_log.as_ref().expect("a program's output log");
+            cmd.arg("--output").arg(out).arg("--");
+            cmd.args(
+                argv.iter()
+                    .map(|a| substitute(a, &ctr.file, &ctr.mount_dir)),
+            );
+        }
         let mut child = cmd.spawn().with_context(|| format!("start {bin:?}"))?;
         ctr.pid = child.id();
         ctr.lifeline = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
         ctr.child = Some(child);
 
-        let ready = wait_ready(&stdout, Instant::now() + READY_TIMEOUT);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready = match spec.command {
+            None => wait_ready(&stdout, deadline),
+            Some(_) => wait_exec(&stdout, deadline, ctr.child.as_mut().expect("spawned")),
+        };
         drop(stdout);
         if let Err(why) = ready {
             let status = ctr.kill_and_wait();
@@ -241,14 +348,14 @@ impl LabContainer {
             bail!(
                 "container {} ({} {}): {why} ({status}); stderr: {stderr}",
                 ctr.name,
-                spec.strategy.name(),
+                spec.what(),
                 ctr.pid
             );
         }
         tracing::debug!(
             id = %ctr.id,
             pid = ctr.pid,
-            strategy = spec.strategy.name(),
+            runs = spec.what(),
             "lab container {} started",
             ctr.name
         );
@@ -256,15 +363,22 @@ impl LabContainer {
     }
 
     /// Every time the process opened the file so far: the wall-clock time taken right
-    /// before open(2), in order.
+    /// before open(2), in order. An error for an external program's container: it
+    /// keeps no open log (an empty list would read as "never reopened").
     pub fn opens(&self) -> anyhow::Result<Vec<SystemTime>> {
         Ok(self.reads()?.into_iter().map(|o| o.at).collect())
     }
 
-    /// Every open so far with what it read.
+    /// Every open so far with what it read. An error for an external program's
+    /// container, as [`LabContainer::opens`].
     pub fn reads(&self) -> anyhow::Result<Vec<Open>> {
-        let raw =
-            fs::read(&self.opens_log).with_context(|| format!("read {:?}", self.opens_log))?;
+        let Some(log) = &self.opens_log else {
+            bail!(
+                "container {} runs an external program: it keeps no open log",
+                self.name
+            );
+        };
+        let raw = fs::read(log).with_context(|| format!("read {log:?}"))?;
         let text = String::from_utf8(raw).context("open log is not UTF-8")?;
         // An unfinished last line is not an open yet.
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
@@ -272,6 +386,19 @@ impl LabContainer {
             .lines()
             .map(|l| parse_open(l).with_context(|| format!("bad open log line {l:?}")))
             .collect()
+    }
+
+    /// What an external program wrote to its stdout so far. An error for a strategy's
+    /// container (its stdout is the lab's ready pipe).
+    pub fn output(&self) -> anyhow::Result<String> {
+        let Some(log) = &self.output_log else {
+            bail!(
+                "container {} runs a strategy: its output is its open log",
+                self.name
+            );
+        };
+        let raw = fs::read(log).with_context(|| format!("read {log:?}"))?;
+        Ok(String::from_utf8_lossy(&raw).into_owned())
     }
 
     /// The container's mount path: the volume (or, for a subPath, the directory of
@@ -322,8 +449,9 @@ impl LabContainer {
     }
 
     /// Kills the process, waits for it, removes the cgroup dir, the subPath bind mount
-    /// and the mount dir (and the open log). The container log stays, as the kubelet
-    /// keeps an exited container's log. Tries every step; returns the first failure.
+    /// and the mount dir (and the open log or output). The container log stays, as the
+    /// kubelet keeps an exited container's log. Tries every step; returns the first
+    /// failure.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.teardown()
     }
@@ -393,7 +521,9 @@ impl LabContainer {
             }
             _ => Ok(()),
         });
-        note(remove_file(&self.opens_log));
+        for log in self.opens_log.iter().chain(&self.output_log) {
+            note(remove_file(log));
+        }
         note(remove_file(&self.stderr_log));
         match first {
             None => {
@@ -555,13 +685,71 @@ fn bind_sub_path(volume_dir: &Path, key: &str, bind: &Path) -> anyhow::Result<()
     Ok(())
 }
 
+/// `{file}` and `{dir}` in `arg` replaced by `file` and `dir`.
+fn substitute(arg: &OsStr, file: &Path, dir: &Path) -> OsString {
+    let mut out = Vec::with_capacity(arg.len());
+    let mut rest = arg.as_bytes();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix(b"{file}") {
+            out.extend_from_slice(file.as_os_str().as_bytes());
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix(b"{dir}") {
+            out.extend_from_slice(dir.as_os_str().as_bytes());
+            rest = after;
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    OsString::from_vec(out)
+}
+
 /// Reads the process's stdout until `ready\n`; `Err` says why not.
 fn wait_ready(stdout: &ChildStdout, deadline: Instant) -> Result<(), String> {
+    let got = read_stdout(stdout, deadline, Some(b"ready\n"))?;
+    if contains(&got, b"ready\n") {
+        Ok(())
+    } else {
+        Err("exited before it was ready".into())
+    }
+}
+
+/// An external program's start: the consumer writes `exec\n` once set up, then execs
+/// it; the pipe is close-on-exec, so end of file after `exec\n` without `exec
+/// failed\n` is a successful execve(2), provided the process is alive (not killed in
+/// between, nor the program already gone). `Err` says why not.
+fn wait_exec(stdout: &ChildStdout, deadline: Instant, child: &mut Child) -> Result<(), String> {
+    let got = read_stdout(stdout, deadline, None)?;
+    if contains(&got, b"exec failed\n") {
+        return Err("could not exec the program".into());
+    }
+    if !contains(&got, b"exec\n") {
+        return Err("exited before it was ready".into());
+    }
+    match child.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err("the program exited at once".into()),
+        Err(e) => Err(format!("wait: {e}")),
+    }
+}
+
+fn contains(got: &[u8], what: &[u8]) -> bool {
+    got.windows(what.len()).any(|w| w == what)
+}
+
+/// Reads the process's stdout until `until` appears in it, or to end of file (`None`,
+/// or the process closed it first); returns what it read. `Err` on the deadline or a
+/// read error.
+fn read_stdout(
+    stdout: &ChildStdout,
+    deadline: Instant,
+    until: Option<&[u8]>,
+) -> Result<Vec<u8>, String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     loop {
-        if got.windows(6).any(|w| w == b"ready\n") {
-            return Ok(());
+        if until.is_some_and(|u| contains(&got, u)) {
+            return Ok(got);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -588,7 +776,7 @@ fn wait_ready(stdout: &ChildStdout, deadline: Instant) -> Result<(), String> {
         // SAFETY: `buf` is writable for its length; the fd is open (`stdout`).
         let r = unsafe { libc::read(pfd.fd, buf.as_mut_ptr().cast(), buf.len()) };
         match r {
-            0 => return Err("exited before it was ready".into()),
+            0 => return Ok(got),
             r if r < 0 => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -698,6 +886,26 @@ mod tests {
         for bad in ["", "/abs", "a/../b", "..", ".", "a//b", "a/", "a\0b"] {
             assert!(check_key(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn placeholders() {
+        let (file, dir) = (Path::new("/c/x/config.yaml"), Path::new("/c/x"));
+        for (arg, want) in [
+            ("{file}", "/c/x/config.yaml"),
+            ("--dir={dir}/", "--dir=/c/x/"),
+            ("{dir}{file}", "/c/x/c/x/config.yaml"),
+            ("{file}s {files} {di}", "/c/x/config.yamls {files} {di}"),
+            ("plain", "plain"),
+            ("", ""),
+        ] {
+            assert_eq!(substitute(OsStr::new(arg), file, dir), want, "{arg:?}");
+        }
+        let odd = OsStr::from_bytes(b"\xff{file}");
+        assert_eq!(
+            substitute(odd, file, dir).as_bytes(),
+            b"\xff/c/x/config.yaml"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod sys;
 mod writer;
 
 pub use consumer::{ConsumerArgs, consumer_main};
-pub use container::{ContainerSpec, LabContainer, Open, cgroup2_mount};
+pub use container::{ContainerSpec, LabContainer, Open, cgroup2_mount, example_bin};
 pub use node::{LabNode, LabPod};
 pub use run::{LabArgs, run};
 pub use strategy::Strategy;

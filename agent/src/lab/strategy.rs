@@ -28,6 +28,13 @@ pub enum Strategy {
     NaiveModify,
     /// inotify on the user-visible file with IN_DONT_FOLLOW: never fires.
     DontFollow,
+    /// Resolves `..data` once and watches the timestamped dir it names (IN_MODIFY |
+    /// IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO); never re-adds the watch: it dies with
+    /// the next update, which nothing in it announces.
+    TimestampedDirWatcher,
+    /// inotify on the file (following symlinks) for IN_MODIFY | IN_DELETE_SELF; reopens
+    /// on IN_DELETE_SELF but never adds a watch again: gets the first update only.
+    FileWatcherNoRewatch,
     /// Re-reads every `--period` (default 1 s).
     TimerPoller,
     /// Reads once at start, never again.
@@ -35,11 +42,13 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 8] = [
         Strategy::DataDirWatcher,
         Strategy::FileRewatcher,
         Strategy::NaiveModify,
         Strategy::DontFollow,
+        Strategy::TimestampedDirWatcher,
+        Strategy::FileWatcherNoRewatch,
         Strategy::TimerPoller,
         Strategy::ReadOnce,
     ];
@@ -51,13 +60,17 @@ impl Strategy {
             Strategy::FileRewatcher => "file-rewatcher",
             Strategy::NaiveModify => "naive-modify",
             Strategy::DontFollow => "dont-follow",
+            Strategy::TimestampedDirWatcher => "timestamped-dir-watcher",
+            Strategy::FileWatcherNoRewatch => "file-watcher-no-rewatch",
             Strategy::TimerPoller => "timer-poller",
             Strategy::ReadOnce => "read-once",
         }
     }
 
-    /// Whether an application doing this picks up a ConfigMap or Secret update on a
-    /// whole-volume mount (DOMAIN.md 5). No strategy does on a subPath mount.
+    /// Whether an application doing this picks up ConfigMap or Secret updates on a
+    /// whole-volume mount (DOMAIN.md 5): every one, not just the first (the file watcher
+    /// that never re-adds its watch gets the first update only: false). No strategy
+    /// does on a subPath mount.
     pub fn gets_updates(self) -> bool {
         matches!(
             self,
@@ -73,6 +86,8 @@ impl Strategy {
             Strategy::FileRewatcher => file_rewatcher(c),
             Strategy::NaiveModify => naive_modify(c),
             Strategy::DontFollow => dont_follow(c),
+            Strategy::TimestampedDirWatcher => timestamped_dir_watcher(c),
+            Strategy::FileWatcherNoRewatch => file_watcher_no_rewatch(c),
             Strategy::TimerPoller => timer_poller(c),
             Strategy::ReadOnce => read_once(c),
         }
@@ -229,6 +244,75 @@ fn dont_follow(c: &mut Consumer) -> anyhow::Result<Infallible> {
         }
         for _ in read_events(&mut ino, &mut buf).context("read inotify events")? {
             c.open()?;
+        }
+    }
+}
+
+/// What the timestamped dir watcher asks for: writes and new entries in the dir.
+const TIMESTAMPED_DIR_EVENTS: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::CREATE)
+    .union(WatchMask::MOVED_TO);
+
+/// Watches the directory the file really is in: `..data` read once (readlink(2)) names
+/// the current `..<timestamp>` dir, and the watch goes on that. Reopens on any event it
+/// asked for. An update makes a new timestamped dir, moves `..data` to it and removes
+/// the old one: nothing it asked for happens in the watched dir, whose removal ends the
+/// watch with an IN_IGNORED (the kernel sends it whatever the mask), which this code,
+/// like its models, takes for no reason to reload. The watch is never added again, so
+/// no update is ever seen. (No `..data` on a subPath mount: it fails to start there.)
+fn timestamped_dir_watcher(c: &mut Consumer) -> anyhow::Result<Infallible> {
+    let mut ino = Inotify::init().context("inotify_init1")?;
+    let data = c.dir().join("..data");
+    let target = std::fs::read_link(&data).with_context(|| format!("readlink {data:?}"))?;
+    // Relative (`..2026_...`) as the kubelet makes it; joined to the dir the link is in.
+    let real = c.dir().join(target);
+    let wd = ino
+        .watches()
+        .add(&real, TIMESTAMPED_DIR_EVENTS)
+        .with_context(|| format!("inotify_add_watch {real:?}"))?;
+    c.open()?;
+    c.ready()?;
+    let mut buf = [0u8; EVENT_BUF];
+    let asked =
+        EventMask::MODIFY | EventMask::CLOSE_WRITE | EventMask::CREATE | EventMask::MOVED_TO;
+    loop {
+        if !c.wait(Some(ino.as_fd()), None)? {
+            continue;
+        }
+        for ev in read_events(&mut ino, &mut buf).context("read inotify events")? {
+            if ev.wd == wd && ev.mask.intersects(asked) {
+                c.open()?;
+            }
+        }
+    }
+}
+
+/// A file watcher that knows the file can be replaced but not that its watch goes with
+/// it: watches the file (following symlinks) for IN_MODIFY | IN_DELETE_SELF and
+/// reopens on either. The first update deletes the watched file: IN_DELETE_SELF, a
+/// reopen that reads the new content, and the watch is gone (IN_IGNORED, not looked
+/// at). It never adds one again: every later update is missed.
+fn file_watcher_no_rewatch(c: &mut Consumer) -> anyhow::Result<Infallible> {
+    let mut ino = Inotify::init().context("inotify_init1")?;
+    let file = c.file().to_path_buf();
+    ino.watches()
+        .add(&file, WatchMask::MODIFY | WatchMask::DELETE_SELF)
+        .with_context(|| format!("inotify_add_watch {file:?}"))?;
+    c.open()?;
+    c.ready()?;
+    let mut buf = [0u8; EVENT_BUF];
+    loop {
+        if !c.wait(Some(ino.as_fd()), None)? {
+            continue;
+        }
+        for ev in read_events(&mut ino, &mut buf).context("read inotify events")? {
+            if ev
+                .mask
+                .intersects(EventMask::MODIFY | EventMask::DELETE_SELF)
+            {
+                c.open()?;
+            }
         }
     }
 }
