@@ -244,6 +244,7 @@ fn lint(
     shared: &Shared,
     scan: &consumers::Scan,
     inodes: &HashMap<VolumeKey, (Option<String>, watches::VolumeInodes)>,
+    updated: &HashMap<VolumeKey, SystemTime>,
 ) {
     let now = SystemTime::now();
     let mut l = shared.linter.lock().expect("linter lock");
@@ -264,6 +265,7 @@ fn lint(
                 name: &f.name,
                 mount: f.mount,
                 current: current.as_deref(),
+                updated_at: updated.get(key).copied(),
                 inodes: vi,
                 watches: held,
             };
@@ -371,9 +373,13 @@ async fn consumer_loop(
         let volumes: Vec<_> = {
             let t = shared.tracker.lock().expect("tracker lock");
             t.volumes()
-                .map(|(k, v)| (k.clone(), v.dir.clone()))
+                .map(|(k, v)| (k.clone(), v.dir.clone(), v.last_update))
                 .collect()
         };
+        let updated: HashMap<VolumeKey, SystemTime> = (volumes.iter())
+            .filter_map(|(k, _, at)| Some((k.clone(), (*at)?)))
+            .collect();
+        let volumes: Vec<_> = volumes.into_iter().map(|(k, d, _)| (k, d)).collect();
         let (proc_root, logs) = (cfg.proc_root.clone(), cfg.container_logs_dir.clone());
         let keys: Vec<_> = volumes.iter().map(|(k, _)| k.clone()).collect();
         let scan = tokio::task::spawn_blocking(move || {
@@ -392,7 +398,7 @@ async fn consumer_loop(
         let Ok((mut scan, inodes)) = scan.await else {
             return;
         };
-        lint(&shared, &scan, &inodes);
+        lint(&shared, &scan, &inodes, &updated);
         {
             // Each consumer's own mount is marked once, when first found.
             for f in scan.consumers.values().flatten() {

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{collections::BTreeSet, ffi::OsString, path::Path, time::Duration};
 
 use reloadscope::{
     lab::{
@@ -13,6 +13,7 @@ use reloadscope::{
         scrape::Samples,
     },
     volumes::VolumeType,
+    watches,
 };
 use support::*;
 
@@ -64,6 +65,12 @@ fn expect(cases: &[(&str, &[&str])]) -> Vec<(String, BTreeSet<String>)> {
     v
 }
 
+/// A lab container: a strategy (subPath or not) or a real watcher program.
+enum Runs {
+    Strategy(Strategy, bool),
+    Program(Vec<OsString>),
+}
+
 async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
     let mut node = LabNode::temp().unwrap();
     let pod = node.add_pod("shop", "web").unwrap();
@@ -73,43 +80,118 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
         CallStyle::GoAt,
     )
     .unwrap();
-    let cases: [(&str, Strategy, bool, &[&str]); 7] = [
-        ("watcher", Strategy::DataDirWatcher, false, &["ok"]),
-        ("rewatcher", Strategy::FileRewatcher, false, &["ok"]),
-        ("naive", Strategy::NaiveModify, false, &["no_delete_self"]),
-        ("nofollow", Strategy::DontFollow, false, &["dont_follow"]),
-        ("poller", Strategy::TimerPoller, false, &[]),
-        ("once", Strategy::ReadOnce, false, &[]),
-        ("pinned", Strategy::TimerPoller, true, &["subpath"]),
+    let args = |a: &[&str]| Runs::Program(a.iter().map(OsString::from).collect());
+    let notify = reloadscope::lab::example_bin("notify_consumer").unwrap();
+    let notify = notify.to_str().unwrap();
+    // Name, what it runs, its findings before any update, and once an update and the
+    // grace period are over.
+    let cases: Vec<(&str, Runs, &[&str], &[&str])> = vec![
+        (
+            "watcher",
+            Runs::Strategy(Strategy::DataDirWatcher, false),
+            &["ok"],
+            &["ok"],
+        ),
+        (
+            "rewatcher",
+            Runs::Strategy(Strategy::FileRewatcher, false),
+            &["ok"],
+            &["ok"],
+        ),
+        (
+            "naive",
+            Runs::Strategy(Strategy::NaiveModify, false),
+            &["no_delete_self"],
+            &["no_delete_self"],
+        ),
+        (
+            "nofollow",
+            Runs::Strategy(Strategy::DontFollow, false),
+            &["dont_follow"],
+            &["dont_follow"],
+        ),
+        (
+            "tsdir",
+            Runs::Strategy(Strategy::TimestampedDirWatcher, false),
+            &["watches_timestamped_dir"],
+            &["watches_timestamped_dir"],
+        ),
+        (
+            "norewatch",
+            Runs::Strategy(Strategy::FileWatcherNoRewatch, false),
+            &["ok"],
+            &["not_rewatched"],
+        ),
+        (
+            "poller",
+            Runs::Strategy(Strategy::TimerPoller, false),
+            &[],
+            &[],
+        ),
+        ("once", Runs::Strategy(Strategy::ReadOnce, false), &[], &[]),
+        (
+            "pinned",
+            Runs::Strategy(Strategy::TimerPoller, true),
+            &["subpath"],
+            &["subpath"],
+        ),
+        // Real watchers: inotifywait on the file, and the notify crate (fdinfo shows
+        // it watching the file with IN_DELETE_SELF, never again after it fires).
+        (
+            "inotifywait",
+            args(&["inotifywait", "-m", "-e", "modify,delete_self", "{file}"]),
+            &["ok"],
+            &["not_rewatched"],
+        ),
+        (
+            "notify",
+            args(&[notify, "{file}"]),
+            &["ok"],
+            &["not_rewatched"],
+        ),
     ];
-    let ctrs: Vec<_> = cases
-        .iter()
-        .map(|(n, s, sub, _)| container(&node, &pod, &w, n, *s, *sub))
-        .collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let mut ctrs = Vec::new();
+    for (name, runs, _, _) in &cases {
+        let c = match runs {
+            Runs::Strategy(s, sub) => container(&node, &pod, &w, name, *s, *sub),
+            Runs::Program(cmd) => {
+                let spec = ContainerSpec::program(name, w.dir(), KEY, cmd);
+                let c = LabContainer::start(bin, &node, &pod, &spec).unwrap();
+                // Running is not watching yet: wait for its watch.
+                let pid = c.pid;
+                wait_for("the program's watch", || async move {
+                    let w = watches::fdinfo::of_process(Path::new("/proc"), pid).ok()?;
+                    (!w.is_empty()).then_some(())
+                })
+                .await;
+                c
+            }
+        };
+        ctrs.push(c);
+    }
     let agent = start_with(reloadscope::agent::Config {
         rewatch_grace: Duration::from_millis(500),
         ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
-    let want: Vec<(&str, &[&str])> = cases.iter().map(|(n, _, _, f)| (*n, *f)).collect();
-    let want = expect(&want);
-    // Before any update.
+    let before: Vec<(&str, &[&str])> = cases.iter().map(|(n, _, b, _)| (*n, *b)).collect();
+    let before = expect(&before);
     let m = wait_metrics(agent.addr, "every finding before the update", |m| {
-        findings(m) == want
+        findings(m) == before
     })
     .await;
     let observed = m.sum(
         "reloadscope_inotify_watches_observed",
         &[("namespace", "shop")],
     );
-    assert!(observed >= 4.0, "{observed} watches observed");
+    assert!(observed >= 8.0, "{observed} watches observed");
 
-    // After an update and the grace period: the same, the rewatcher having re-added.
-    w.write(
-        &payload(&[(KEY, "revision: 1"), (SUB_KEY, "ca 1")]),
-        CallStyle::GoAt,
-    )
-    .unwrap();
+    let update = payload(&[(KEY, "revision: 1"), (SUB_KEY, "ca 1")]);
+    let swapped_at = match w.write(&update, CallStyle::GoAt).unwrap() {
+        reloadscope::lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
+        other => panic!("{other:?}"),
+    };
     wait_metrics(agent.addr, "the rewatcher's reload", |m| {
         m.get(
             "reloadscope_consumer_last_reload_timestamp_seconds",
@@ -119,7 +201,8 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
     })
     .await;
     // An inventory taken once the grace is over, then what /metrics says.
-    let grace_over = std::time::SystemTime::now() + Duration::from_millis(500);
+    // The grace runs from the swap.
+    let grace_over = swapped_at + Duration::from_millis(500);
     let linter = &agent.shared.linter;
     wait_for("an inventory after the grace", || async {
         let at = linter.lock().unwrap().last_inventory;
@@ -127,7 +210,8 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
     })
     .await;
     let m = metrics(agent.addr).await;
-    assert_eq!(findings(&m), want);
+    let after: Vec<(&str, &[&str])> = cases.iter().map(|(n, _, _, a)| (*n, *a)).collect();
+    assert_eq!(findings(&m), expect(&after));
     agent.stop().await;
     for c in ctrs {
         c.stop().unwrap();

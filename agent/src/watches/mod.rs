@@ -41,8 +41,10 @@ pub struct Seen<'a> {
     pub id: &'a str,
     pub name: &'a str,
     pub mount: MountKind,
-    /// The volume's data dir now.
+    /// The volume's data dir now, and when the update that made it was swapped in
+    /// (None: before the agent).
     pub current: Option<&'a str>,
+    pub updated_at: Option<SystemTime>,
     pub inodes: &'a VolumeInodes,
     /// Every inotify watch of the container's processes.
     pub watches: &'a [Watch],
@@ -104,7 +106,10 @@ impl Linter {
             if !st.file_watch {
                 return;
             }
-            let by = *st.rewatch_by.get_or_insert(now + self.grace);
+            // The grace runs from the swap.
+            let by = *st
+                .rewatch_by
+                .get_or_insert(s.updated_at.unwrap_or(now) + self.grace);
             if now >= by {
                 st.rewatch_by = None;
                 st.file_watch = false;
@@ -164,6 +169,7 @@ mod tests {
             name: "app",
             mount: MountKind::Volume,
             current: Some(ts),
+            updated_at: None,
             inodes: &i,
             watches,
         };
