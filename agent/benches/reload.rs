@@ -1,9 +1,11 @@
 //! Benchmark `reload`: what measuring consumers' reloads costs a node, and how exact
 //! the measurement is.
 //!
-//! 1. Cost: open+close loops on unrelated files and on watched volume files, with and
-//!    without the agent (in-process, `ebpf: false`; optionally `ebpf: true` too), on a
-//!    lab node with 1,000 volumes, each consumed by a lab container.
+//! 1. Cost: open+close loops on unrelated files and on watched volume files, without
+//!    the agent, with the agent for detection only, and with the agent measuring reloads
+//!    (in-process, `ebpf: false`; optionally `ebpf: true` too), on a lab node with 1,000
+//!    volumes, each consumed by a lab container: every volume settled, then two of them
+//!    while their consumers are stale after an update.
 //! 2. Accuracy: over 1,000 updates, the agent's reload time of each reloading lab
 //!    container against the container's own log of its open; reloads missed.
 //!
@@ -16,6 +18,10 @@ mod accuracy;
 mod common;
 #[path = "reload/cost.rs"]
 mod cost;
+#[path = "reload/cost_fleet.rs"]
+mod cost_fleet;
+#[path = "reload/cost_report.rs"]
+mod cost_report;
 #[path = "reload/openloop.rs"]
 mod openloop;
 #[path = "reload/util.rs"]

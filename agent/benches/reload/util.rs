@@ -3,7 +3,7 @@
 
 pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
 
-use std::{fs, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
 /// Nearest-rank percentile of `values` (any order).
 pub fn pct(values: &[f64], p: f64) -> f64 {
@@ -81,27 +81,97 @@ pub struct Marks {
     pub mount: usize,
     /// `fanotify sdev:...`: filesystem marks.
     pub filesystem: usize,
+    /// Marks of any kind whose `ignored_mask:` is not zero (the agent's ignore on a
+    /// settled volume's data dir; an inode mark can be ignore-only, `mask:0`).
+    pub ignored: usize,
 }
 
-pub fn own_fanotify_marks() -> Marks {
-    let mut m = Marks::default();
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkKind {
+    Inode,
+    Mount,
+    Filesystem,
+}
+
+/// One mark line of a fanotify group's fdinfo, as this kernel prints it (hex fields):
+/// `fanotify ino:9ae0a3 sdev:fe00000 mflags:440 mask:8000020 ignored_mask:8000020
+/// fhandle-bytes:8 ...`, `fanotify mnt_id:3e3 mflags:0 mask:8000020 ignored_mask:0`,
+/// `fanotify sdev:103 mflags:0 mask:8000020 ignored_mask:0`. The group's own line
+/// (`fanotify flags:c03 event-flags:88000`) is not a mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkLine {
+    pub kind: MarkKind,
+    /// Inode marks: the inode number and the kernel's `dev_t` (major << 20 | minor).
+    pub ino: u64,
+    pub sdev: u64,
+    pub mask: u64,
+    pub ignored: u64,
+}
+
+impl MarkLine {
+    pub fn parse(line: &str) -> Option<MarkLine> {
+        let rest = line.strip_prefix("fanotify ")?;
+        let field = |name: &str| {
+            rest.split_whitespace()
+                .find_map(|t| t.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        let kind = match rest.split(':').next()? {
+            "ino" => MarkKind::Inode,
+            "mnt_id" => MarkKind::Mount,
+            "sdev" => MarkKind::Filesystem,
+            _ => return None,
+        };
+        Some(MarkLine {
+            kind,
+            ino: field("ino").unwrap_or(0),
+            sdev: field("sdev").unwrap_or(0),
+            mask: field("mask")?,
+            ignored: field("ignored_mask")?,
+        })
+    }
+
+    /// Whether this is an inode mark on the inode [`inode_id`] gave.
+    pub fn is_on(&self, id: (u64, u64)) -> bool {
+        self.kind == MarkKind::Inode && (self.sdev, self.ino) == id
+    }
+}
+
+/// `path`'s device as the kernel prints it in fdinfo (`major << 20 | minor`) and its
+/// inode number, to find its marks among [`MarkLine`]s.
+pub fn inode_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).ok()?;
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+    Some(((u64::from(major) << 20) | u64::from(minor), m.ino()))
+}
+
+/// The mark lines of every fanotify group this process holds, and how many groups.
+pub fn own_fanotify_mark_lines() -> (usize, Vec<MarkLine>) {
+    let (mut groups, mut lines) = (0, Vec::new());
     for fd in own_fds("anon_inode:[fanotify]") {
         let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
             continue;
         };
-        m.groups += 1;
-        for l in info.lines() {
-            let Some(rest) = l.strip_prefix("fanotify ") else {
-                continue;
-            };
-            if rest.starts_with("ino:") {
-                m.inode += 1;
-            } else if rest.starts_with("mnt_id:") {
-                m.mount += 1;
-            } else if rest.starts_with("sdev:") {
-                m.filesystem += 1;
-            }
+        groups += 1;
+        lines.extend(info.lines().filter_map(MarkLine::parse));
+    }
+    (groups, lines)
+}
+
+pub fn own_fanotify_marks() -> Marks {
+    let (groups, lines) = own_fanotify_mark_lines();
+    let mut m = Marks {
+        groups,
+        ..Marks::default()
+    };
+    for l in lines {
+        match l.kind {
+            MarkKind::Inode => m.inode += 1,
+            MarkKind::Mount => m.mount += 1,
+            MarkKind::Filesystem => m.filesystem += 1,
         }
+        m.ignored += usize::from(l.ignored != 0);
     }
     m
 }
