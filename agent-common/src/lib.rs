@@ -6,3 +6,4 @@
 
 pub mod stats;
 pub mod swap;
+pub mod watch;

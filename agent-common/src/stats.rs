@@ -10,5 +10,9 @@ pub const LOST: u32 = 2;
 pub const FAILED: u32 = 3;
 /// Entries that could not be parked until the syscall's exit (in-flight map full).
 pub const INFLIGHT_FULL: u32 = 4;
+/// Watch events (`inotify_add_watch` / `inotify_rm_watch` calls) written.
+pub const WATCH_EMITTED: u32 = 5;
+/// Watch events lost because their ring buffer was full.
+pub const WATCH_LOST: u32 = 6;
 /// Number of counters.
-pub const COUNT: u32 = 5;
+pub const COUNT: u32 = 7;

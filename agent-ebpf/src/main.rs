@@ -1,4 +1,5 @@
-//! The swap probe: syscall tracepoints on the rename and symlink family.
+//! The swap probe: syscall tracepoints on the rename and symlink family, and on
+//! `inotify_add_watch` / `inotify_rm_watch` for the watch linter.
 //!
 //! At entry each call's destination path is read and kept only when its last component
 //! is `..data` or `..data_tmp` (the kubelet's AtomicWriter names, DOMAIN.md 1); the call
@@ -14,6 +15,7 @@ mod probe {
         swap::{
             AT_FDCWD, COMM_LEN, DATA_NAME, DATA_TMP_NAME, SwapEvent, Syscall, last_component_is,
         },
+        watch::{WatchCall, WatchEvent},
     };
     use aya_ebpf::{
         helpers::{
@@ -213,6 +215,82 @@ mod probe {
     #[tracepoint]
     pub fn sys_exit_swap(ctx: TracePointContext) -> u32 {
         exit(&ctx)
+    }
+
+    /// `inotify_add_watch` / `inotify_rm_watch` calls to user space (the watch linter):
+    /// rare calls, so small.
+    #[map]
+    static WATCH_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
+
+    #[map]
+    static WATCH_INFLIGHT: LruHashMap<u64, WatchEvent> = LruHashMap::with_max_entries(1024, 0);
+
+    #[map]
+    static WATCH_SCRATCH: PerCpuArray<WatchEvent> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Parks a watch call until its exit. `path_at`: where an add's path is.
+    #[inline(always)]
+    fn watch_enter(ctx: &TracePointContext, call: WatchCall, path_at: Option<usize>) -> u32 {
+        let Some(ev) = WATCH_SCRATCH.get_ptr_mut(0) else {
+            return 0;
+        };
+        // SAFETY: the per-CPU scratch slot is ours until this program returns.
+        let ev = unsafe { &mut *ev };
+        let pid_tgid = bpf_get_current_pid_tgid();
+        ev.tgid = (pid_tgid >> 32) as u32;
+        ev.pid = pid_tgid as u32;
+        // SAFETY: helpers without arguments; offsets from the tracepoints' formats.
+        ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+        ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        ev.call = call as u32;
+        ev.fd = unsafe { ctx.read_at::<u64>(arg(0)) }.map_or(-1, |v| v as i32);
+        ev.path[0] = 0;
+        (ev.wd, ev.mask) = (-1, 0);
+        match path_at {
+            Some(off) => {
+                if let Ok(ptr) = unsafe { ctx.read_at::<u64>(off) } {
+                    let _ = unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut ev.path) };
+                }
+                ev.mask = unsafe { ctx.read_at::<u64>(arg(2)) }.map_or(0, |v| v as u32);
+            }
+            None => ev.wd = unsafe { ctx.read_at::<u64>(arg(1)) }.map_or(-1, |v| v as i32),
+        }
+        ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        let _ = WATCH_INFLIGHT.insert(&pid_tgid, ev, 0);
+        0
+    }
+
+    #[tracepoint]
+    pub fn sys_enter_inotify_add_watch(ctx: TracePointContext) -> u32 {
+        watch_enter(&ctx, WatchCall::Add, Some(arg(1)))
+    }
+
+    #[tracepoint]
+    pub fn sys_enter_inotify_rm_watch(ctx: TracePointContext) -> u32 {
+        watch_enter(&ctx, WatchCall::Remove, None)
+    }
+
+    /// Both exits: a successful call reaches user space, with the wd an add returned.
+    #[tracepoint]
+    pub fn sys_exit_watch(ctx: TracePointContext) -> u32 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let Some(ev) = WATCH_INFLIGHT.get_ptr_mut(&pid_tgid) else {
+            return 0;
+        };
+        let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1);
+        // SAFETY: the entry stays valid until removed below, by this thread only.
+        let ev = unsafe { &mut *ev };
+        if ret >= 0 {
+            if ev.call == WatchCall::Add as u32 {
+                ev.wd = ret as i32;
+            }
+            match WATCH_EVENTS.output(ev, 0) {
+                Ok(()) => count(stats::WATCH_EMITTED),
+                Err(_) => count(stats::WATCH_LOST),
+            }
+        }
+        let _ = WATCH_INFLIGHT.remove(&pid_tgid);
+        0
     }
 
     #[panic_handler]

@@ -137,10 +137,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (tx, rx) = events::channel();
     let mut tasks = Vec::new();
 
+    let rescan = Arc::new(Notify::new());
     if cfg.ebpf {
         match Probe::load(cfg.ring_bytes) {
-            Ok((probe, ring)) => {
+            Ok((mut probe, ring)) => {
                 info!("eBPF swap probe attached (syscall tracepoints)");
+                if cfg.reloads {
+                    match probe.watch_calls() {
+                        Ok(calls) => {
+                            let (proc_root, rescan) = (cfg.proc_root.clone(), rescan.clone());
+                            let stop = stopped(stop_rx.clone());
+                            let calls = probe::watches::read_calls(calls, proc_root, rescan, stop);
+                            tasks.push(tokio::spawn(calls));
+                        }
+                        Err(e) => warn!("inotify watch calls not traced (scans only): {e}"),
+                    }
+                }
                 *shared.probe.lock().expect("probe lock") = Some(probe);
                 shared.tracker.lock().expect("tracker lock").set_ebpf(true);
                 let (roots, proc_root, tx, stats) = (
@@ -178,7 +190,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             Err(e) => approximate(&shared, &mut tasks, &tx, e),
         }
     };
-    let rescan = Arc::new(Notify::new());
     if cfg.reloads {
         let followed =
             consumers::follow::Follower::start(consumers::follow::cgroup_base(&cfg.proc_root));

@@ -229,3 +229,58 @@ async fn configmap_watchers_get_their_findings() {
 async fn secret_watchers_get_their_findings() {
     each_watcher_gets_exactly_its_finding(VolumeType::Secret).await;
 }
+
+/// With the periodic scan an hour away and no container starting, a watch added by a
+/// running container is seen when it is added: the probe traces inotify_add_watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn a_watch_added_later_is_seen_when_it_is_added() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node
+        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
+        .unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let go = tempfile::tempdir().unwrap();
+    let go = go.path().join("go");
+    // Waits for `go` to exist, then watches its file for IN_MODIFY only.
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; exec inotifywait -m -e modify {{file}}",
+        go.display()
+    );
+    let cmd: Vec<OsString> = ["sh", "-c", &script].iter().map(OsString::from).collect();
+    let agent = start_with(reloadscope::agent::Config {
+        rescan: Some(Duration::from_secs(3600)),
+        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let spec = ContainerSpec::program("late", w.dir(), KEY, &cmd);
+    let late = LabContainer::start(bin, &node, &pod, &spec).unwrap();
+    wait_metrics(agent.addr, "the new container", |m| {
+        m.get("reloadscope_consumer_info", &[("container", "late")])
+            .is_some()
+    })
+    .await;
+    // The scans its cgroup woke (at once and a second later) are over once none has
+    // run for longer than that second: no scan is due any more.
+    let linter = &agent.shared.linter;
+    wait_for("the scans of the container's start to be over", || async {
+        let at = linter.lock().unwrap().last_inventory?;
+        let quiet = at.elapsed().ok()?;
+        (quiet > Duration::from_millis(1200)).then_some(())
+    })
+    .await;
+    let m = metrics(agent.addr).await;
+    assert!(findings(&m).is_empty(), "no watch yet: {:?}", findings(&m));
+
+    std::fs::write(&go, "").unwrap();
+    let m = wait_metrics(agent.addr, "the finding of the watch just added", |m| {
+        !findings(m).is_empty()
+    })
+    .await;
+    assert_eq!(findings(&m), expect(&[("late", &["no_delete_self"][..])]));
+    agent.stop().await;
+    late.stop().unwrap();
+}

@@ -21,9 +21,9 @@ impl core::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             DecodeError::Size { got, want } => {
-                write!(f, "swap event of {got} bytes, expected {want}")
+                write!(f, "event record of {got} bytes, expected {want}")
             }
-            DecodeError::Syscall(n) => write!(f, "unknown syscall number {n} in swap event"),
+            DecodeError::Syscall(n) => write!(f, "unknown call number {n} in event record"),
         }
     }
 }

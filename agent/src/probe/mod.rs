@@ -5,6 +5,7 @@
 //! tracepoints); the rest of the agent sees `Probe::start` and detections.
 
 mod resolve;
+pub mod watches;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -120,6 +121,21 @@ impl Probe {
         let stats =
             PerCpuArray::try_from(ebpf.take_map("STATS").ok_or(ProbeError::Missing("STATS"))?)?;
         Ok((Probe { _ebpf: ebpf, stats }, ring))
+    }
+
+    /// Attaches the `inotify_add_watch` / `inotify_rm_watch` programs and hands over
+    /// their ring buffer, for [`watches::read_calls`]. Once.
+    pub fn watch_calls(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        for call in ["inotify_add_watch", "inotify_rm_watch"] {
+            let name = format!("sys_enter_{call}");
+            attach(&mut self._ebpf, &name, &[&name])?;
+        }
+        let exits = ["sys_exit_inotify_add_watch", "sys_exit_inotify_rm_watch"];
+        attach(&mut self._ebpf, "sys_exit_watch", &exits)?;
+        let map = self._ebpf.take_map("WATCH_EVENTS");
+        Ok(RingBuf::try_from(
+            map.ok_or(ProbeError::Missing("WATCH_EVENTS"))?,
+        )?)
     }
 
     pub fn stats(&self) -> ProbeStats {
