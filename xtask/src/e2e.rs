@@ -136,6 +136,11 @@ impl E2e {
             bail!("names the agent does not export:\n{}", problems.join("\n"));
         }
         println!("the rules and the dashboard name only metrics and labels the agent exports");
+        let missing = mixin::families_without_panel(cfg, &metrics);
+        if !missing.is_empty() {
+            bail!("exported but on no dashboard panel: {}", missing.join(", "));
+        }
+        println!("every reloadscope_ family the agent exports has a panel");
         self.dashboard_queries_return_data(cfg)
     }
 

@@ -9,7 +9,7 @@ use super::panels::{Grid, With, panel, table, target, timeseries, variable};
 /// The dashboard's stable uid: links and provisioning refer to it.
 pub const UID: &str = "reloadscope";
 
-const RATE: &str = "$__rate_interval";
+pub(super) const RATE: &str = "$__rate_interval";
 
 pub fn dashboard(cfg: &Config) -> Value {
     let mut grid = Grid::default();
@@ -19,8 +19,8 @@ pub fn dashboard(cfg: &Config) -> Value {
     for p in reloads(cfg) {
         panels.push(grid.place(12, 8, p));
     }
-    panels.push(grid.row("Watch findings"));
-    for p in findings(cfg) {
+    panels.push(grid.row("Details"));
+    for p in super::details::panels(cfg) {
         panels.push(grid.place(12, 8, p));
     }
     panels.push(grid.row("Agent health"));
@@ -64,7 +64,7 @@ pub fn dashboard(cfg: &Config) -> Value {
 }
 
 /// The selector of the chosen namespaces and pods.
-fn pods(cfg: &Config) -> String {
+pub(super) fn pods(cfg: &Config) -> String {
     cfg.select(r#"namespace=~"$namespace", pod=~"$pod""#)
 }
 
@@ -148,35 +148,6 @@ fn reloads(cfg: &Config) -> Vec<Value> {
         "Updates",
     );
     vec![heatmap, percentiles, stale, subpath]
-}
-
-fn findings(cfg: &Config) -> Vec<Value> {
-    let broken = table(
-        "Watch findings",
-        "Containers whose inotify watches on a volume will miss its updates, by finding: \
-         dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, subpath. \
-         `reloadscope inspect` on the node gives the fix for each.",
-        "short",
-        format!(
-            "reloadscope_consumer_watch_findings{}",
-            cfg.select(r#"namespace=~"$namespace", pod=~"$pod", finding!="ok""#)
-        ),
-        "Holds",
-    );
-    let observed = timeseries(
-        "inotify watches of consumers",
-        "inotify watches held by the processes of containers that consume a volume, per \
-         namespace, at the agent's last inventory.",
-        "short",
-        vec![target(
-            format!(
-                "sum by (namespace) (reloadscope_inotify_watches_observed{})",
-                cfg.select(r#"namespace=~"$namespace""#)
-            ),
-            "{{namespace}}",
-        )],
-    );
-    vec![broken, observed]
 }
 
 fn health(cfg: &Config) -> Vec<Value> {

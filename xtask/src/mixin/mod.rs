@@ -6,6 +6,7 @@
 
 mod alerts;
 mod dashboard;
+mod details;
 mod panels;
 pub mod promql;
 mod yaml;
@@ -187,6 +188,19 @@ pub fn unexported_names(cfg: &Config, metrics: &str) -> Vec<String> {
     problems
 }
 
+/// Each `reloadscope_` family in `metrics` (an agent's /metrics, by its `# TYPE`
+/// lines) that no dashboard query for `cfg` shows: every metric gets its panel.
+pub fn families_without_panel(cfg: &Config, metrics: &str) -> Vec<String> {
+    let queries = dashboard_queries(cfg);
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+        .filter(|name| name.starts_with("reloadscope_"))
+        .filter(|name| !queries.iter().any(|q| q.expr.contains(name)))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// `value` with every object's keys sorted, so the output is the same whether or
 /// not another crate of the build turns on serde_json's `preserve_order`.
 fn canonical(value: Value) -> Value {
@@ -209,6 +223,18 @@ fn canonical(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_family_no_panel_shows_is_named() {
+        let metrics = "# HELP reloadscope_volume_updates_total x\n\
+            # TYPE reloadscope_volume_updates_total counter\n\
+            # TYPE reloadscope_not_on_any_panel gauge\n\
+            # TYPE process_cpu_seconds_total counter\n";
+        assert_eq!(
+            families_without_panel(&Config::default(), metrics),
+            ["reloadscope_not_on_any_panel"]
+        );
+    }
 
     fn alert_names() -> Vec<String> {
         let file = rule_file(&Config::default());
