@@ -249,7 +249,8 @@ mod probe {
         match path_at {
             Some(off) => {
                 if let Ok(ptr) = unsafe { ctx.read_at::<u64>(off) } {
-                    let _ = unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut ev.path) };
+                    let _ =
+                        unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut ev.path) };
                 }
                 ev.mask = unsafe { ctx.read_at::<u64>(arg(2)) }.map_or(0, |v| v as u32);
             }

@@ -90,7 +90,10 @@ mod tests {
             )
         };
         let d = DecodedWatch::decode(bytes).unwrap();
-        assert_eq!((d.call, d.fd, d.wd, d.mask), (WatchCall::Add, 5, 6, 0x0200_0002));
+        assert_eq!(
+            (d.call, d.fd, d.wd, d.mask),
+            (WatchCall::Add, 5, 6, 0x0200_0002)
+        );
         assert_eq!(d.path, "config.yaml");
         assert!(DecodedWatch::decode(&bytes[1..]).is_err());
         ev.call = 9;
