@@ -81,6 +81,8 @@ struct Volume {
     /// in (None: before the agent).
     current: Option<(String, Option<Instant>)>,
     burst: Option<Burst>,
+    /// A data dir watched only once it was already swapped in.
+    late: Option<String>,
 }
 
 enum Watched {
@@ -133,6 +135,7 @@ impl Approx {
                     dir,
                     current,
                     burst: None,
+                    late: None,
                 };
                 self.volumes.insert(key, v);
             }
@@ -186,16 +189,35 @@ impl Approx {
                     let (Some(ts), path) = (name.to_str(), v.dir.join(&name)) else {
                         return Vec::new();
                     };
-                    let late = read_target(&v.dir.join(DATA)).as_deref() == Some(ts);
-                    if late {
+                    let (ts, data) = (ts.to_owned(), v.dir.join(DATA));
+                    self.watch(&path, DATA_MASK, Watched::Data(key.clone(), ts.clone()));
+                    // Placed after the swap: opens in between were not seen.
+                    if read_target(&data).as_deref() == Some(ts.as_str()) {
                         self.shared.late_marks.fetch_add(1, Relaxed);
+                        if let Some(v) = self.volumes.get_mut(&key) {
+                            v.late = Some(ts);
+                        }
                     }
-                    let ts = ts.to_owned();
-                    self.watch(&path, DATA_MASK, Watched::Data(key, ts));
                     Vec::new()
                 } else if ev.mask.contains(EventMask::MOVED_TO) && name == DATA {
-                    let out = flush(&key, v);
+                    let mut out = flush(&key, v);
                     v.current = read_target(&v.dir.join(DATA)).map(|ts| (ts, Some(now)));
+                    // Its watch came late: a read before it shows in the files' atime.
+                    let late = v.late.take();
+                    if let Some((ts, _)) = v
+                        .current
+                        .as_ref()
+                        .filter(|(ts, _)| late.as_ref() == Some(ts))
+                        && let Some(at) = first_read(&v.dir.join(ts))
+                    {
+                        let (key, ts_dir) = (key.clone(), ts.clone());
+                        out.push(Event::Opened {
+                            opener: Opener::Unattributed,
+                            key,
+                            ts_dir,
+                            at,
+                        });
+                    }
                     out
                 } else {
                     Vec::new()
@@ -324,6 +346,22 @@ fn flush(key: &VolumeKey, v: &mut Volume) -> Vec<Event> {
     }]
 }
 
+/// When a file of `dir` was first read after it was written, if one was: with the
+/// default `relatime`, a read moves a file's atime once it is not after its mtime, so
+/// an atime past the mtime is the first read's time (to the kernel's timestamp
+/// granularity). `stat` only: nothing is opened. Mounts with `noatime` show nothing.
+fn first_read(dir: &Path) -> Option<SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let files = std::fs::read_dir(dir).ok()?.flatten();
+    let read = files.filter_map(|e| {
+        let m = e.metadata().ok().filter(|m| m.is_file())?;
+        let t = |s: i64, ns: i64| SystemTime::UNIX_EPOCH + Duration::new(s as u64, ns as u32);
+        let (atime, mtime) = (t(m.atime(), m.atime_nsec()), t(m.mtime(), m.mtime_nsec()));
+        (atime > mtime).then_some(atime)
+    });
+    read.min()
+}
+
 /// The names of the regular files in `dir` (entries only: nothing is opened).
 fn files(dir: &Path) -> HashSet<OsString> {
     std::fs::read_dir(dir)
@@ -413,6 +451,28 @@ mod tests {
             })
             .collect();
         assert_eq!(ts, [(Opener::Unattributed, "..2".to_owned())]);
+
+        // The next update, read before this source even saw its dir created: its watch
+        // comes late, and the read shows in the file's atime.
+        fs::create_dir(vol.join("..3")).unwrap();
+        fs::write(vol.join("..3/k"), "v3").unwrap();
+        symlink("..3", vol.join("..data_tmp")).unwrap();
+        fs::rename(vol.join("..data_tmp"), vol.join(DATA)).unwrap();
+        let before = SystemTime::now();
+        fs::read(vol.join("k")).unwrap();
+        let after = SystemTime::now();
+        let mut out = Vec::new();
+        drain(&mut a, &mut out).await;
+        let [
+            Event::Opened {
+                opener, ts_dir, at, ..
+            },
+        ] = &out[..]
+        else {
+            panic!("{out:?}");
+        };
+        assert_eq!((opener, ts_dir.as_str()), (&Opener::Unattributed, "..3"));
+        assert!(before <= *at && *at <= after, "{at:?} not within the read");
     }
 
     #[test]
