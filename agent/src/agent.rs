@@ -191,8 +191,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
     };
     if cfg.reloads {
-        let followed =
-            consumers::follow::Follower::start(consumers::follow::cgroup_base(&cfg.proc_root));
+        let followed = consumers::follow::Follower::start(
+            consumers::follow::cgroup_base(&cfg.proc_root),
+            shared.cgroup_watches.clone(),
+        );
         // A tree that appears later (the kubelet starting after the agent) is
         // followed too, but the periodic scan stays frequent.
         let follows_pods = followed.as_ref().is_some_and(|(f, _)| f.has_pods_tree());

@@ -114,6 +114,7 @@ impl Approx {
         match self.watches.add(path, mask) {
             Ok(wd) => {
                 self.wds.insert(wd, what);
+                self.shared.open_watches.store(self.wds.len(), Relaxed);
             }
             Err(e) => debug!(path = %path.display(), error = %e, "cannot watch for opens (gone?)"),
         }
@@ -149,6 +150,7 @@ impl Approx {
                     .collect();
                 for wd in gone {
                     self.wds.remove(&wd);
+                    self.shared.open_watches.store(self.wds.len(), Relaxed);
                     let _ = self.watches.remove(wd);
                 }
             }
@@ -172,6 +174,7 @@ impl Approx {
         }
         if ev.mask.contains(EventMask::IGNORED) {
             self.wds.remove(&ev.wd);
+            self.shared.open_watches.store(self.wds.len(), Relaxed);
             return Vec::new();
         }
         let (Some(name), Some(what)) = (ev.name, self.wds.get(&ev.wd)) else {

@@ -12,7 +12,10 @@ use std::{
     collections::HashMap,
     ffi::OsStr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -94,12 +97,17 @@ fn is_pod_dir(name: &OsStr) -> bool {
 pub struct Follower {
     watches: Watches,
     dirs: HashMap<WatchDescriptor, (PathBuf, Level)>,
+    /// Where the number of watches held is published.
+    count: Arc<AtomicUsize>,
 }
 
 impl Follower {
     /// Watches the kubepods trees under `base`, and for them to appear; None without a
     /// base or an inotify instance.
-    pub fn start(base: Option<PathBuf>) -> Option<(Follower, inotify::EventStream<Vec<u8>>)> {
+    pub fn start(
+        base: Option<PathBuf>,
+        count: Arc<AtomicUsize>,
+    ) -> Option<(Follower, inotify::EventStream<Vec<u8>>)> {
         let base = base?;
         let stream = match Inotify::init().and_then(|i| i.into_event_stream(vec![0u8; 16 * 1024])) {
             Ok(s) => s,
@@ -111,8 +119,10 @@ impl Follower {
         let mut f = Follower {
             watches: stream.watches(),
             dirs: HashMap::new(),
+            count,
         };
         f.add(base.clone(), Level::Base);
+        f.count.store(f.dirs.len(), Relaxed);
         if f.dirs.is_empty() {
             return None;
         }
@@ -203,10 +213,13 @@ impl Follower {
             };
             tokio::select! {
                 ev = stream.next() => match ev {
-                    Some(Ok(ev)) => if self.handle(ev) {
-                        rescan.notify_one();
-                        again = Some(tokio::time::Instant::now() + SETTLE);
-                    },
+                    Some(Ok(ev)) => {
+                        if self.handle(ev) {
+                            rescan.notify_one();
+                            again = Some(tokio::time::Instant::now() + SETTLE);
+                        }
+                        self.count.store(self.dirs.len(), Relaxed);
+                    }
                     Some(Err(e)) => {
                         warn!(error = %e, "reading cgroup events failed; consumers are found by periodic scans");
                         return;
@@ -249,7 +262,7 @@ mod tests {
             Some(cg.as_path()),
             "through the host's init"
         );
-        let (mut f, mut stream) = Follower::start(base).unwrap();
+        let (mut f, mut stream) = Follower::start(base, Arc::default()).unwrap();
         assert_eq!(f.dirs.len(), 2, "the base and system.slice");
         assert!(!f.has_pods_tree());
 
@@ -280,9 +293,9 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_cgroup_dir_nothing_is_followed() {
-        assert!(Follower::start(None).is_none());
+        assert!(Follower::start(None, Arc::default()).is_none());
         let gone = tempfile::tempdir().unwrap().path().join("gone");
-        assert!(Follower::start(Some(gone)).is_none());
+        assert!(Follower::start(Some(gone), Arc::default()).is_none());
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Shared {
     pub reader: Arc<ReaderStats>,
     pub overflows: AtomicU64,
     pub watches: Arc<AtomicUsize>,
+    /// inotify watches on the cgroup tree (containers starting and stopping) and on data
+    /// dirs (approximate opens).
+    pub cgroup_watches: Arc<AtomicUsize>,
+    pub open_watches: AtomicUsize,
     pub ready: AtomicBool,
     /// Milliseconds on the monotonic clock of the state loop's last turn (liveness).
     pub heartbeat_ms: AtomicU64,
@@ -61,6 +65,8 @@ impl Shared {
             reader: Arc::default(),
             overflows: AtomicU64::new(0),
             watches: Arc::default(),
+            cgroup_watches: Arc::default(),
+            open_watches: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
         }
@@ -194,7 +200,9 @@ impl StateCollector {
         f.overflows
             .with_label_values(&[] as &[&str])
             .inc_by(s.overflows.load(Relaxed));
-        f.watches.set(s.watches.load(Relaxed) as i64);
+        let watches = [&*s.watches, &*s.cgroup_watches, &s.open_watches];
+        f.watches
+            .set(watches.iter().map(|w| w.load(Relaxed)).sum::<usize>() as i64);
         let t = s.tracker.lock().expect("tracker lock");
         for src in Source::ALL {
             let i = src as usize;
