@@ -321,8 +321,9 @@ fn approximate(
 /// How often the state file is written (and once more at shutdown).
 const SAVE_EVERY: Duration = Duration::from_secs(10);
 
-/// Loads the checkpoint into the reload state; an entry counts only while its volume
-/// still points at the data dir it names (else an update came while the agent was down).
+/// Loads the checkpoint: each volume's data dir then (a volume found pointing elsewhere
+/// was updated while no agent ran), and the pending reload measurements of the volumes
+/// that still point at the data dir they name.
 fn restore(shared: &Shared, path: &std::path::Path) {
     let cp = match checkpoint::read(path) {
         Ok(Some(cp)) => cp,
@@ -332,13 +333,15 @@ fn restore(shared: &Shared, path: &std::path::Path) {
             return;
         }
     };
+    let mut t = shared.tracker.lock().expect("tracker lock");
     let mut r = shared.reloads.lock().expect("reloads lock");
     let mut restored = 0;
     for v in cp.volumes {
         let Some(key) = v.key() else { continue };
-        if probe::read_target(&v.dir.join(crate::volumes::DATA)).as_deref()
-            != Some(v.ts_dir.as_str())
-        {
+        t.saved(key.clone(), v.ts_dir.clone());
+        // No update known then (swap 0): nothing pending to restore.
+        let current = probe::read_target(&v.dir.join(crate::volumes::DATA));
+        if v.swap_unix_ns == 0 || current.as_deref() != Some(v.ts_dir.as_str()) {
             continue;
         }
         let swap = v.swap();
@@ -481,14 +484,22 @@ impl StateLoop {
         let volumes = {
             let t = self.shared.tracker.lock().expect("tracker lock");
             let r = self.shared.reloads.lock().expect("reloads lock");
-            r.snapshot()
-                .into_iter()
-                .filter_map(|(key, ts_dir, swap, consumers)| {
+            let mut newest: HashMap<_, _> = (r.snapshot().into_iter())
+                .map(|(key, ts, swap, consumers)| (key, (ts, swap, consumers)))
+                .collect();
+            // Every volume with its data dir, so that the next run sees updates made
+            // while none ran; with its newest update and who is stale, when known.
+            t.volumes()
+                .filter_map(|(key, v)| {
+                    let (ts_dir, swap, consumers) = match newest.remove(key) {
+                        Some(n) => n,
+                        None => (v.current.clone()?, SystemTime::UNIX_EPOCH, Vec::new()),
+                    };
                     Some(checkpoint::SavedVolume {
-                        dir: t.volume(&key)?.dir.clone(),
-                        pod_uid: key.pod_uid,
+                        dir: v.dir.clone(),
+                        pod_uid: key.pod_uid.clone(),
                         volume_type: key.volume_type.label().to_owned(),
-                        name: key.name,
+                        name: key.name.clone(),
                         ts_dir,
                         swap_unix_ns: swap
                             .duration_since(SystemTime::UNIX_EPOCH)
@@ -579,7 +590,23 @@ impl StateLoop {
                 };
                 self.mark(cmd);
                 shared.reloads.lock().expect("reloads lock").touch(&key);
-                t.volume_found(key, dir, current, now, SystemTime::now());
+                let data = dir.join(crate::volumes::DATA);
+                let swapped = || {
+                    std::fs::symlink_metadata(&data)
+                        .and_then(|m| m.modified())
+                        .ok()
+                };
+                let while_down =
+                    t.volume_found(key.clone(), dir, current, now, SystemTime::now(), swapped);
+                if let Some((ts, at)) = while_down {
+                    info!(volume = %key, data_dir = %ts, "updated while no agent ran");
+                    shared
+                        .reloads
+                        .lock()
+                        .expect("reloads lock")
+                        .update(&key, &ts, at);
+                    self.rescan.notify_one();
+                }
             }
             Event::VolumeGone(key) => {
                 self.settled.remove(&key);

@@ -2,10 +2,12 @@
 //!
 //! Rebuilt from the node alone: volumes, their current data dir, consumers, their start.
 //! Not rebuildable: which consumers had not reloaded the newest update yet (a stale
-//! consumer looks exactly like one that reloaded and closed its file). So each volume's
-//! newest update (data dir, swap time) and, per consumer known then, whether it was still
-//! pending are saved. On start an entry is used only while the volume still points at
-//! the same data dir.
+//! consumer looks exactly like one that reloaded and closed its file), and whether a
+//! volume was updated while no agent ran. So every volume's data dir is saved, with its
+//! newest update's swap time (0 when none was seen) and, per consumer known then,
+//! whether it was still pending. On start a volume found pointing elsewhere was updated
+//! meanwhile; the pending measurements are used only while it still points at the same
+//! data dir.
 
 use std::{
     io::{self, Write as _},

@@ -94,6 +94,9 @@ pub struct Tracker {
     pub gaps: [u64; 2],
     /// Reports dropped because their volume was never found.
     pub unmatched: u64,
+    /// Each volume's data dir when a previous run of the agent last saved its state:
+    /// found pointing elsewhere, the volume was updated while no agent ran.
+    saved: HashMap<VolumeKey, String>,
 }
 
 impl Tracker {
@@ -108,7 +111,13 @@ impl Tracker {
             detections: [0; 2],
             gaps: [0; 2],
             unmatched: 0,
+            saved: HashMap::new(),
         }
+    }
+
+    /// A previous run's last known data dir of `key` (from `--state-file`).
+    pub fn saved(&mut self, key: VolumeKey, ts_dir: String) {
+        self.saved.insert(key, ts_dir);
     }
 
     pub fn set_ebpf(&mut self, on: bool) {
@@ -133,6 +142,10 @@ impl Tracker {
 
     /// The directory walk found a volume; `current` is its `..data` target at that time.
     /// Found again (a rescan) with another target: inotify missed the swap, record it now.
+    /// A volume found by the walk. First found pointing elsewhere than a previous run
+    /// saved, it was updated while no agent ran: that counts as one update (several
+    /// count as one), swapped at `swapped` (the `..data` symlink's mtime: the kubelet
+    /// makes it right before the rename), which is returned.
     pub fn volume_found(
         &mut self,
         key: VolumeKey,
@@ -140,7 +153,10 @@ impl Tracker {
         current: Option<String>,
         now: Instant,
         wall: SystemTime,
-    ) {
+        swapped: impl FnOnce() -> Option<SystemTime>,
+    ) -> Option<(String, SystemTime)> {
+        let saved = self.saved.remove(&key);
+        let mut while_down = None;
         match self.volumes.get(&key) {
             Some(v) if v.current == current || current.is_none() => {}
             Some(_) => {
@@ -154,11 +170,16 @@ impl Tracker {
                 self.detect(det, now);
             }
             None => {
+                if let (Some(saved), Some(cur)) = (saved, &current)
+                    && saved != *cur
+                {
+                    while_down = Some((cur.clone(), swapped().unwrap_or(wall)));
+                }
                 let v = VolumeState {
                     dir,
                     current,
-                    updates: 0,
-                    last_update: None,
+                    updates: u64::from(while_down.is_some()),
+                    last_update: while_down.as_ref().map(|(_, at)| *at),
                     last_seen_by: [false; 2],
                     open: Vec::new(),
                     closed: VecDeque::new(),
@@ -172,6 +193,7 @@ impl Tracker {
                 }
             }
         }
+        while_down
     }
 
     pub fn volume_gone(&mut self, key: &VolumeKey) {
@@ -324,6 +346,7 @@ mod tests {
             current.map(Into::into),
             t0,
             SystemTime::UNIX_EPOCH,
+            || None,
         );
         t
     }
@@ -379,6 +402,7 @@ mod tests {
             Some("..1".into()),
             t0,
             SystemTime::UNIX_EPOCH,
+            || None,
         );
         assert_eq!(t.volume(&key("a")).unwrap().updates, 0);
         // A real update reported early, volume found with the old target: it counts.
@@ -390,6 +414,7 @@ mod tests {
             Some("..1".into()),
             t0,
             SystemTime::UNIX_EPOCH,
+            || None,
         );
         assert_eq!(u.volume(&key("a")).unwrap().updates, 1);
         // Never found: dropped after the window.
@@ -424,6 +449,34 @@ mod tests {
     }
 
     #[test]
+    fn a_volume_found_elsewhere_than_a_previous_run_saved_was_updated_meanwhile() {
+        let t0 = Instant::now();
+        let swapped = SystemTime::UNIX_EPOCH + Duration::from_secs(42);
+        let mut t = Tracker::new(W, true);
+        t.saved(key("a"), "..1".into());
+        t.saved(key("b"), "..1".into());
+        let found = |t: &mut Tracker, v: &str, ts: &str| {
+            let cur = Some(ts.into());
+            t.volume_found(key(v), "/x".into(), cur, t0, SystemTime::UNIX_EPOCH, || {
+                Some(swapped)
+            })
+        };
+        assert_eq!(found(&mut t, "a", "..3"), Some(("..3".into(), swapped)));
+        assert_eq!(
+            found(&mut t, "b", "..1"),
+            None,
+            "unchanged: nothing happened"
+        );
+        assert_eq!(found(&mut t, "c", "..1"), None, "not saved: a new volume");
+        let a = t.volume(&key("a")).unwrap();
+        assert_eq!((a.updates, a.last_update), (1, Some(swapped)));
+        assert_eq!(t.volume(&key("b")).unwrap().updates, 0);
+        assert_eq!(t.detections, [0, 0], "no source saw it");
+        // Found again (a rescan): the saved state is used once.
+        assert_eq!(found(&mut t, "a", "..3"), None);
+    }
+
+    #[test]
     fn rescan_with_a_new_target_records_the_missed_swap() {
         let t0 = Instant::now();
         let mut t = tracker_with("a", Some("..1"), t0);
@@ -433,6 +486,7 @@ mod tests {
             Some("..1".into()),
             t0,
             SystemTime::UNIX_EPOCH,
+            || None,
         );
         assert_eq!(t.volume(&key("a")).unwrap().updates, 0);
         t.volume_found(
@@ -441,6 +495,7 @@ mod tests {
             Some("..2".into()),
             t0,
             SystemTime::UNIX_EPOCH,
+            || None,
         );
         assert_eq!(t.volume(&key("a")).unwrap().updates, 1);
     }
@@ -454,7 +509,9 @@ mod tests {
             ("b", "/r1/pods/y"),
             ("c", "/r2/pods/z"),
         ] {
-            t.volume_found(key(v), dir.into(), None, t0, SystemTime::UNIX_EPOCH);
+            t.volume_found(key(v), dir.into(), None, t0, SystemTime::UNIX_EPOCH, || {
+                None
+            });
         }
         let found = [key("a")].into_iter().collect();
         t.retain_found_under(std::path::Path::new("/r1/pods"), &found);

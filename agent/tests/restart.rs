@@ -1,0 +1,177 @@
+//! An agent killed (SIGKILL) in the middle of an update burst and started again with
+//! the same `--state-file`: every volume updated while it was down is recorded as
+//! updated (several updates as one, swapped when its `..data` symlink was made), and
+//! a consumer that was stale is stale still. The real binary. Needs root.
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use reloadscope::{
+    checkpoint,
+    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload},
+    probe::read_target,
+    volumes::VolumeType,
+};
+use support::*;
+
+const KEY: &str = "config.yaml";
+
+fn agent(node: &LabNode, port: u16, state: &Path) -> Child {
+    let mut cmd = agent_command(node, &format!("127.0.0.1:{port}"), &[]);
+    cmd.arg("--state-file").arg(state).stderr(Stdio::null());
+    cmd.spawn().expect("the agent")
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn updates_made_while_the_agent_was_down_are_recorded() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let names = ["stuck", "busy", "quiet"];
+    let ws: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let ty = if *n == "busy" {
+                VolumeType::Secret
+            } else {
+                VolumeType::ConfigMap
+            };
+            let w = node.add_volume(&pod, ty, n).unwrap();
+            w.write(&payload(&[(KEY, "0")]), CallStyle::GoAt).unwrap();
+            w
+        })
+        .collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let spec = ContainerSpec::new("naive", ws[0].dir(), KEY, Strategy::NaiveModify);
+    let naive = LabContainer::start(bin, &node, &pod, &spec).unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("state.json");
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut first = agent(&node, port, &state);
+    wait_ready(addr).await;
+
+    // "stuck" is updated and its consumer never reloads.
+    ws[0]
+        .write(&payload(&[(KEY, "1")]), CallStyle::GoAt)
+        .unwrap();
+    let stale = [("container", "naive")];
+    wait_metrics(addr, "the naive consumer stale", |m| {
+        m.get("reloadscope_consumer_stale_seconds", &stale)
+            .is_some_and(|s| s > 0.0)
+    })
+    .await;
+    // A checkpoint that knows it (written every 10 s).
+    let stuck_ts = read_target(&ws[0].dir().join("..data")).unwrap();
+    wait_for("a checkpoint with the stale consumer", || {
+        let (state, stuck_ts) = (state.clone(), stuck_ts.clone());
+        async move {
+            let cp = checkpoint::read(&state).ok()??;
+            let v = cp.volumes.iter().find(|v| v.name == "stuck")?;
+            (v.ts_dir == stuck_ts && v.consumers.iter().any(|(_, s)| *s) && cp.volumes.len() == 3)
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A burst on "busy", during which the agent is killed; it goes on after the kill.
+    let writing = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while writing.load(Relaxed) || i < 20 {
+                ws[1]
+                    .write(&payload(&[(KEY, &format!("busy {i}"))]), CallStyle::GoAt)
+                    .unwrap();
+                i += 1;
+            }
+        });
+        // SAFETY: our child's pid.
+        unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+        first.wait().unwrap();
+        writing.store(false, Relaxed);
+    });
+    let saved = checkpoint::read(&state).unwrap().unwrap();
+    let saved_ts = |n: &str| {
+        saved
+            .volumes
+            .iter()
+            .find(|v| v.name == n)
+            .unwrap()
+            .ts_dir
+            .clone()
+    };
+
+    let second = agent(&node, port, &state);
+    wait_ready(addr).await;
+    let m = wait_metrics(addr, "every volume again", |m| {
+        m.sum("reloadscope_watched_volumes", &[]) == 3.0
+    })
+    .await;
+    for (n, w) in names.iter().zip(&ws) {
+        let vol = [("volume", *n)];
+        let now = read_target(&w.dir().join("..data")).unwrap();
+        let updated = now != saved_ts(n);
+        assert_eq!(
+            m.get("reloadscope_volume_updates_total", &vol),
+            Some(f64::from(u8::from(updated))),
+            "{n}: checkpoint {}, now {now}",
+            saved_ts(n)
+        );
+        if updated {
+            let made = std::fs::symlink_metadata(w.dir().join("..data"))
+                .unwrap()
+                .modified()
+                .unwrap();
+            let seen = m
+                .get("reloadscope_volume_last_update_timestamp_seconds", &vol)
+                .unwrap();
+            assert!(
+                (seen - unix(made)).abs() < 1e-6,
+                "{n}: {seen} vs {}",
+                unix(made)
+            );
+        }
+    }
+    assert!(
+        read_target(&ws[1].dir().join("..data")).unwrap() != saved_ts("busy"),
+        "the burst went on"
+    );
+    // The stale consumer is stale still, since the update before the kill.
+    let m = wait_metrics(addr, "the naive consumer found again", |m| {
+        m.get("reloadscope_consumer_stale_seconds", &stale)
+            .is_some()
+    })
+    .await;
+    let swap = saved
+        .volumes
+        .iter()
+        .find(|v| v.name == "stuck")
+        .unwrap()
+        .swap();
+    let stale_for = m.get("reloadscope_consumer_stale_seconds", &stale).unwrap();
+    let since = SystemTime::now()
+        .duration_since(swap)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        stale_for > 0.0 && stale_for <= since,
+        "{stale_for} s stale, swap {since} s ago"
+    );
+
+    // SAFETY: our child's pid.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    let out = blocking(move || second.wait_with_output().unwrap()).await;
+    assert!(out.status.success(), "{:?}", out.status);
+    naive.stop().unwrap();
+}
