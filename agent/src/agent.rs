@@ -50,6 +50,8 @@ pub struct Config {
     pub proc_root: PathBuf,
     pub listen: SocketAddr,
     pub ebpf: bool,
+    /// Which probe variant (with `ebpf`).
+    pub probe: probe::Choice,
     /// Measure reloads (fanotify and /proc scans); off: detection only.
     pub reloads: bool,
     pub ring_bytes: u32,
@@ -76,6 +78,7 @@ impl Config {
             proc_root: PathBuf::from("/proc"),
             listen: SocketAddr::from(([0, 0, 0, 0], 9741)),
             ebpf: true,
+            probe: probe::Choice::Auto,
             reloads: true,
             ring_bytes: probe::DEFAULT_RING_BYTES,
             state_file: None,
@@ -138,10 +141,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
 
     let rescan = Arc::new(Notify::new());
-    if cfg.ebpf {
-        match Probe::load(cfg.ring_bytes) {
-            Ok((mut probe, ring)) => {
-                info!("eBPF swap probe attached (syscall tracepoints)");
+    let choice = if cfg.ebpf {
+        cfg.probe
+    } else {
+        probe::Choice::Off
+    };
+    if choice != probe::Choice::Off {
+        match Probe::load_choice(choice, cfg.ring_bytes) {
+            Ok(((mut probe, ring), tried)) => {
+                for (v, e) in tried {
+                    info!("eBPF {} probe unavailable, trying the next: {e}", v.label());
+                }
+                info!(probe = probe.variant().label(), "eBPF swap probe attached");
                 if cfg.reloads {
                     match probe.watch_calls() {
                         Ok(calls) => {
@@ -167,10 +178,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                     }
                 }));
             }
-            Err(e) => warn!("eBPF swap probe unavailable, running on inotify alone: {e}"),
+            Err(failed) => {
+                let why: Vec<String> = (failed.iter())
+                    .map(|(v, e)| format!("{}: {e}", v.label()))
+                    .collect();
+                warn!(
+                    "eBPF swap probe unavailable, running on inotify alone: {}",
+                    why.join("; ")
+                );
+            }
         }
     } else {
-        info!("eBPF disabled by --no-ebpf; running on inotify alone");
+        info!("eBPF disabled (--probe off or --no-ebpf); running on inotify alone");
     }
 
     let mut marker = None;

@@ -68,9 +68,15 @@ struct AgentArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9741")]
     listen: SocketAddr,
-    /// Do not load the eBPF probe; detect updates with inotify alone.
+    /// Do not load the eBPF probe; detect updates with inotify alone (as --probe off).
     #[arg(long)]
     no_ebpf: bool,
+    /// The eBPF probe variant: fentry (fentry/fexit on the syscalls' functions: only
+    /// the hooked calls pay; needs BTF, x86_64), tracepoint (syscall tracepoints: every
+    /// syscall on the node takes the slow path), auto (fentry, else tracepoint, else
+    /// none), off (inotify alone).
+    #[arg(long, value_enum, value_name = "VARIANT", default_value = "auto")]
+    probe: reloadscope::probe::Choice,
     /// Detect updates only: no fanotify group, no /proc scans, no reload metrics.
     /// Needs no CAP_SYS_ADMIN and costs openers of volume files nothing.
     #[arg(long)]
@@ -134,6 +140,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         proc_root: args.proc_root,
         listen: args.listen,
         ebpf: !args.no_ebpf,
+        probe: args.probe,
         reloads: !args.no_reloads,
         ring_bytes: args.ring_bytes,
         histogram_labels: args.histogram_labels,

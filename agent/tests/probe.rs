@@ -8,7 +8,16 @@ use std::{
     path::Path,
 };
 
-use reloadscope::probe::{DEFAULT_RING_BYTES, Probe, ProbeStats};
+use reloadscope::probe::{Choice, DEFAULT_RING_BYTES, Probe, ProbeStats, Variant};
+
+/// The probe, in the variant `RELOADSCOPE_PROBE` names (the kernel matrix runs these
+/// tests once per variant), else the first that loads.
+fn load() -> (Probe, aya::maps::RingBuf<aya::maps::MapData>) {
+    let choice = Choice::from_env().unwrap_or_default();
+    let ((probe, ring), _) = Probe::load_choice(choice, DEFAULT_RING_BYTES)
+        .unwrap_or_else(|e| panic!("no probe of {choice:?} loads as root: {e:?}"));
+    (probe, ring)
+}
 
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -46,7 +55,7 @@ fn delta(probe: &Probe, f: impl FnOnce()) -> ProbeStats {
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
 fn unrelated_renames_and_symlinks_send_nothing_to_user_space() {
-    let (probe, _ring) = Probe::load(DEFAULT_RING_BYTES).expect("probe loads as root");
+    let (probe, _ring) = load();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     fs::write(&a, "x").unwrap();
@@ -78,7 +87,7 @@ fn unrelated_renames_and_symlinks_send_nothing_to_user_space() {
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
 fn failed_rename_over_data_is_counted_as_failed_not_emitted() {
-    let (probe, _ring) = Probe::load(DEFAULT_RING_BYTES).expect("probe loads as root");
+    let (probe, _ring) = load();
     let dir = tempfile::tempdir().unwrap();
     let (tmp, data) = (dir.path().join("..data_tmp"), dir.path().join("..data"));
     symlink("..1", &data).unwrap();
@@ -91,4 +100,23 @@ fn failed_rename_over_data_is_counted_as_failed_not_emitted() {
     let d = delta(&probe, || assert_eq!(renameat2(&tmp, &data, 0), 0));
     assert_eq!((d.matched, d.emitted, d.failed), (1, 1, 0));
     assert_eq!(fs::read_link(&data).unwrap(), Path::new("..2"));
+}
+
+#[test]
+#[ignore = "needs root: run cargo xtask test"]
+fn auto_takes_fentry_where_the_kernel_allows_it_else_tracepoints() {
+    let fentry = Probe::load_variant(Variant::Fentry, DEFAULT_RING_BYTES).map(drop);
+    let ((probe, _ring), tried) = Probe::load_choice(Choice::Auto, DEFAULT_RING_BYTES).unwrap();
+    match fentry {
+        Ok(()) => assert_eq!((probe.variant(), tried.len()), (Variant::Fentry, 0)),
+        Err(e) => {
+            assert_eq!(probe.variant(), Variant::Tracepoint, "fentry refused: {e}");
+            assert!(matches!(tried[..], [(Variant::Fentry, _)]), "{tried:?}");
+        }
+    }
+    let off = Probe::load_choice(Choice::Off, DEFAULT_RING_BYTES);
+    assert!(
+        matches!(off, Err(tried) if tried.is_empty()),
+        "off loads nothing"
+    );
 }

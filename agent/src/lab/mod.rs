@@ -39,6 +39,8 @@ pub fn agent_config(
         container_logs_dir: node.container_logs_dir(),
         listen,
         ebpf,
+        // The kernel matrix runs the same tests once per variant.
+        probe: crate::probe::Choice::from_env().unwrap_or_default(),
         ..crate::agent::Config::node_defaults()
     }
 }

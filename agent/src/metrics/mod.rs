@@ -86,7 +86,7 @@ struct Families {
     gaps: IntCounterVec,
     lost: IntCounterVec,
     overflows: IntCounterVec,
-    ebpf_loaded: IntGauge,
+    ebpf_loaded: IntGaugeVec,
     watched: IntGaugeVec,
     watches: IntGauge,
 }
@@ -147,9 +147,12 @@ impl StateCollector {
                 ),
                 &[],
             )?,
-            ebpf_loaded: IntGauge::new(
-                "reloadscope_ebpf_loaded",
-                "1 when the eBPF swap probe is loaded and attached, 0 when the agent runs on inotify alone.",
+            ebpf_loaded: IntGaugeVec::new(
+                opts(
+                    "reloadscope_ebpf_loaded",
+                    "1 when the eBPF swap probe is loaded and attached (probe: fentry or tracepoint), 0 when the agent runs on inotify alone (probe=\"none\").",
+                ),
+                &["probe"],
             )?,
             watched: IntGaugeVec::new(
                 opts(
@@ -187,13 +190,12 @@ impl StateCollector {
 
     fn fill(&self, f: &Families) {
         let s = &self.shared;
-        let probe_lost = s
-            .probe
-            .lock()
-            .expect("probe lock")
-            .as_ref()
-            .map(|p| p.stats().lost);
-        f.ebpf_loaded.set(i64::from(probe_lost.is_some()));
+        let probe = s.probe.lock().expect("probe lock");
+        let probe_lost = probe.as_ref().map(|p| p.stats().lost);
+        let variant = probe.as_ref().map_or("none", |p| p.variant().label());
+        drop(probe);
+        f.ebpf_loaded.reset();
+        (f.ebpf_loaded.with_label_values(&[variant])).set(i64::from(probe_lost.is_some()));
         f.lost
             .with_label_values(&[] as &[&str])
             .inc_by(probe_lost.unwrap_or(0));

@@ -4,23 +4,21 @@
 //! This is the one place that knows which probe variant runs (today: syscall
 //! tracepoints); the rest of the agent sees `Probe::start` and detections.
 
+mod attach;
 mod resolve;
 pub mod watches;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use agent_common::{
-    stats,
-    swap::{DecodedSwap, Syscall},
-};
+use agent_common::{stats, swap::DecodedSwap};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
+pub use attach::{Choice, Variant};
 pub use resolve::{Resolver, Skip, read_target};
 
 use crate::{events::Event, events::Sender, volumes::Roots};
@@ -44,10 +42,22 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "hooking {what} with fentry/fexit: {source} (some kernels refuse fentry programs: --probe tracepoint)"
+    )]
+    Hook {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF object lacks {0}")]
     Missing(&'static str),
     #[error("eBPF map: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error("the fentry variant is built for x86_64 only")]
+    Arch,
 }
 
 /// Kernel-side counters, summed over CPUs (`agent_common::stats`).
@@ -60,9 +70,14 @@ pub struct ProbeStats {
     pub inflight_full: u64,
 }
 
+/// The variants that did not load, and why.
+pub type Tried = Vec<(Variant, ProbeError)>;
+
 /// A loaded, attached probe. Dropping it detaches everything.
 pub struct Probe {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    btf: Option<aya::Btf>,
+    variant: Variant,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -98,41 +113,62 @@ impl ReaderStats {
 }
 
 impl Probe {
-    /// Loads and attaches the programs. The returned ring buffer goes to [`read_events`].
+    /// Loads and attaches the tracepoint variant. The returned ring buffer goes to
+    /// [`read_events`].
     pub fn load(ring_bytes: u32) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", ring_bytes)
-            .load(OBJECT)
-            .map_err(ProbeError::Load)?;
-        for sc in Syscall::ALL {
-            let name = format!("sys_enter_{}", sc.name());
-            attach(&mut ebpf, &name, &[&name])?;
+        Self::load_variant(Variant::Tracepoint, ring_bytes)
+    }
+
+    /// Loads and attaches `variant`.
+    pub fn load_variant(
+        variant: Variant,
+        ring_bytes: u32,
+    ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
+        if variant == Variant::Fentry && !cfg!(target_arch = "x86_64") {
+            return Err(ProbeError::Arch);
         }
-        let exits: Vec<String> = Syscall::ALL
-            .iter()
-            .map(|s| format!("sys_exit_{}", s.name()))
-            .collect();
-        let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
-        attach(&mut ebpf, "sys_exit_swap", &exits)?;
+        let (mut ebpf, btf) = attach::load(variant, ring_bytes)?;
+        attach::swaps(&mut ebpf, btf.as_ref())?;
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or(ProbeError::Missing("EVENTS"))?,
         )?;
         let stats =
             PerCpuArray::try_from(ebpf.take_map("STATS").ok_or(ProbeError::Missing("STATS"))?)?;
-        Ok((Probe { _ebpf: ebpf, stats }, ring))
+        let probe = Probe {
+            ebpf,
+            btf,
+            variant,
+            stats,
+        };
+        Ok((probe, ring))
     }
 
-    /// Attaches the `inotify_add_watch` / `inotify_rm_watch` programs and hands over
-    /// their ring buffer, for [`watches::read_calls`]. Once.
-    pub fn watch_calls(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        for call in ["inotify_add_watch", "inotify_rm_watch"] {
-            let name = format!("sys_enter_{call}");
-            attach(&mut self._ebpf, &name, &[&name])?;
+    /// The first of `choice`'s variants that loads, with why each one before it did
+    /// not; `Err` with every failure when none does.
+    pub fn load_choice(
+        choice: Choice,
+        ring_bytes: u32,
+    ) -> Result<((Probe, RingBuf<MapData>), Tried), Tried> {
+        let mut failed = Vec::new();
+        for &v in choice.variants() {
+            match Self::load_variant(v, ring_bytes) {
+                Ok(p) => return Ok((p, failed)),
+                Err(e) => failed.push((v, e)),
+            }
         }
-        let exits = ["sys_exit_inotify_add_watch", "sys_exit_inotify_rm_watch"];
-        attach(&mut self._ebpf, "sys_exit_watch", &exits)?;
-        let map = self._ebpf.take_map("WATCH_EVENTS");
+        Err(failed)
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Attaches the `inotify_add_watch` / `inotify_rm_watch` programs of the same
+    /// variant and hands over their ring buffer, for [`watches::read_calls`]. Once.
+    pub fn watch_calls(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        attach::watch_calls(&mut self.ebpf, self.btf.as_ref())?;
+        let map = self.ebpf.take_map("WATCH_EVENTS");
         Ok(RingBuf::try_from(
             map.ok_or(ProbeError::Missing("WATCH_EVENTS"))?,
         )?)
@@ -153,23 +189,6 @@ impl Probe {
             inflight_full: get(stats::INFLIGHT_FULL),
         }
     }
-}
-
-fn attach(ebpf: &mut Ebpf, program: &str, tracepoints: &[&str]) -> Result<(), ProbeError> {
-    let attach_err = |what: &str, source| ProbeError::Attach {
-        what: what.to_owned(),
-        source,
-    };
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::Missing("a program"))?
-        .try_into()
-        .map_err(|e| attach_err(program, e))?;
-    prog.load().map_err(|e| attach_err(program, e))?;
-    for tp in tracepoints {
-        prog.attach("syscalls", tp).map_err(|e| attach_err(tp, e))?;
-    }
-    Ok(())
 }
 
 /// Reads the ring buffer until `tx` closes: decodes each record, resolves it to a

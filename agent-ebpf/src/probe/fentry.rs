@@ -1,0 +1,103 @@
+//! The fentry/fexit variant, on the syscalls' own functions: `__x64_sys_<name>(const
+//! struct pt_regs *regs)` exists, with that signature, on every x86_64 kernel since
+//! 4.17, so one program fits 5.10 to 6.18 with no kernel struct but `pt_regs`, whose
+//! layout is the x86_64 ABI. Its cost falls on the hooked calls only. Each program is
+//! bound to its function at load time, hence one per syscall and side. Other
+//! architectures use the tracepoint variant.
+
+use agent_common::{swap::Syscall, watch::WatchCall};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{fentry, fexit},
+    programs::{FEntryContext, FExitContext},
+};
+
+use super::{Args, swap, watch};
+
+/// Offsets in x86_64 `struct pt_regs` of the syscall argument registers, in argument
+/// order: di, si, dx, r10, r8.
+const REGS: [usize; 5] = [112, 104, 96, 56, 72];
+
+#[inline(always)]
+fn args(ctx: &FEntryContext) -> Args {
+    let regs: *const u8 = ctx.arg(0);
+    let mut a = [0u64; 5];
+    let mut i = 0;
+    while i < 5 {
+        // SAFETY: `regs` is the syscall's pt_regs, read with the kernel-read helper.
+        a[i] = unsafe { bpf_probe_read_kernel(regs.add(REGS[i]).cast::<u64>()) }.unwrap_or(0);
+        i += 1;
+    }
+    a
+}
+
+/// The return value: fexit's arguments are the function's, then what it returned.
+#[inline(always)]
+fn ret(ctx: &FExitContext) -> i64 {
+    ctx.arg(1)
+}
+
+macro_rules! swap_call {
+    ($entry:ident, $exit:ident, $function:literal, $syscall:expr) => {
+        #[fentry(function = $function)]
+        pub fn $entry(ctx: FEntryContext) -> u32 {
+            swap::enter(&args(&ctx), swap::Layout::of($syscall))
+        }
+
+        #[fexit(function = $function)]
+        pub fn $exit(ctx: FExitContext) -> u32 {
+            swap::exit(ret(&ctx))
+        }
+    };
+}
+
+swap_call!(
+    fentry_rename,
+    fexit_rename,
+    "__x64_sys_rename",
+    Syscall::Rename
+);
+swap_call!(
+    fentry_renameat,
+    fexit_renameat,
+    "__x64_sys_renameat",
+    Syscall::Renameat
+);
+swap_call!(
+    fentry_renameat2,
+    fexit_renameat2,
+    "__x64_sys_renameat2",
+    Syscall::Renameat2
+);
+swap_call!(
+    fentry_symlink,
+    fexit_symlink,
+    "__x64_sys_symlink",
+    Syscall::Symlink
+);
+swap_call!(
+    fentry_symlinkat,
+    fexit_symlinkat,
+    "__x64_sys_symlinkat",
+    Syscall::Symlinkat
+);
+
+#[fentry(function = "__x64_sys_inotify_add_watch")]
+pub fn fentry_inotify_add_watch(ctx: FEntryContext) -> u32 {
+    watch::enter(&args(&ctx), WatchCall::Add)
+}
+
+#[fexit(function = "__x64_sys_inotify_add_watch")]
+pub fn fexit_inotify_add_watch(ctx: FExitContext) -> u32 {
+    watch::exit(ret(&ctx))
+}
+
+#[fentry(function = "__x64_sys_inotify_rm_watch")]
+pub fn fentry_inotify_rm_watch(ctx: FEntryContext) -> u32 {
+    watch::enter(&args(&ctx), WatchCall::Remove)
+}
+
+#[fexit(function = "__x64_sys_inotify_rm_watch")]
+pub fn fexit_inotify_rm_watch(ctx: FExitContext) -> u32 {
+    watch::exit(ret(&ctx))
+}

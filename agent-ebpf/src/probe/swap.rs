@@ -1,0 +1,130 @@
+//! The rename and symlink family: filter at entry, park, report successes at exit.
+
+use agent_common::{
+    stats,
+    swap::{AT_FDCWD, COMM_LEN, DATA_NAME, DATA_TMP_NAME, SwapEvent, Syscall, last_component_is},
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+
+use super::{Args, count};
+
+/// Events to user space. Its size can be changed by the loader.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Calls that passed the filter, parked from entry to exit, by pid_tgid.
+/// LRU so a thread killed inside the syscall cannot leak an entry forever.
+#[map]
+static INFLIGHT: LruHashMap<u64, SwapEvent> = LruHashMap::with_max_entries(4096, 0);
+
+/// The event is larger than the 512-byte BPF stack: it is built here.
+#[map]
+static SCRATCH: PerCpuArray<SwapEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which argument is which; `None` dfd means `AT_FDCWD`.
+pub struct Layout {
+    pub syscall: Syscall,
+    pub old: usize,
+    pub old_dfd: Option<usize>,
+    pub new: usize,
+    pub new_dfd: Option<usize>,
+    pub flags: Option<usize>,
+}
+
+impl Layout {
+    pub const fn of(syscall: Syscall) -> Layout {
+        let (old, old_dfd, new, new_dfd, flags) = match syscall {
+            Syscall::Rename => (0, None, 1, None, None),
+            Syscall::Renameat => (1, Some(0), 3, Some(2), None),
+            Syscall::Renameat2 => (1, Some(0), 3, Some(2), Some(4)),
+            Syscall::Symlink => (0, None, 1, None, None),
+            Syscall::Symlinkat => (0, None, 2, Some(1), None),
+        };
+        Layout {
+            syscall,
+            old,
+            old_dfd,
+            new,
+            new_dfd,
+            flags,
+        }
+    }
+}
+
+/// Argument `i` (the layouts' constant indexes, so no bounds check remains).
+#[inline(always)]
+fn arg(args: &Args, i: usize) -> u64 {
+    match i {
+        0 => args[0],
+        1 => args[1],
+        2 => args[2],
+        3 => args[3],
+        _ => args[4],
+    }
+}
+
+#[inline(always)]
+pub fn enter(args: &Args, l: Layout) -> u32 {
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU scratch slot is ours until this program returns.
+    let ev = unsafe { &mut *ev };
+    let new_ptr = arg(args, l.new);
+    let new_len =
+        match unsafe { bpf_probe_read_user_str_bytes(new_ptr as *const u8, &mut ev.new_path) } {
+            Ok(s) => s.len(),
+            Err(_) => return 0,
+        };
+    if !last_component_is(&ev.new_path, new_len, DATA_NAME)
+        && !last_component_is(&ev.new_path, new_len, DATA_TMP_NAME)
+    {
+        return 0;
+    }
+    count(stats::MATCHED);
+    ev.old_path[0] = 0;
+    let old_ptr = arg(args, l.old);
+    let _ = unsafe { bpf_probe_read_user_str_bytes(old_ptr as *const u8, &mut ev.old_path) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.pid = pid_tgid as u32;
+    // SAFETY: helpers without arguments.
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.syscall = l.syscall as u32;
+    let dfd = |at: Option<usize>| at.map_or(AT_FDCWD, |i| arg(args, i) as i32);
+    ev.old_dfd = dfd(l.old_dfd);
+    ev.new_dfd = dfd(l.new_dfd);
+    ev.flags = l.flags.map_or(0, |i| arg(args, i) as u32);
+    ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if INFLIGHT.insert(&pid_tgid, ev, 0).is_err() {
+        count(stats::INFLIGHT_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+pub fn exit(ret: i64) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(ev) = INFLIGHT.get_ptr(&pid_tgid) else {
+        return 0;
+    };
+    if ret == 0 {
+        // SAFETY: the entry stays valid until removed below, by this thread only.
+        match EVENTS.output(unsafe { &*ev }, 0) {
+            Ok(()) => count(stats::EMITTED),
+            Err(_) => count(stats::LOST),
+        }
+    } else {
+        count(stats::FAILED);
+    }
+    let _ = INFLIGHT.remove(&pid_tgid);
+    0
+}

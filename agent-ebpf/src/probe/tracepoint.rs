@@ -1,0 +1,76 @@
+//! The tracepoint variant: `syscalls:sys_enter_*` / `sys_exit_*`. Any syscall
+//! tracepoint puts every task on the syscall slow path (DOMAIN.md 7).
+
+use agent_common::{swap::Syscall, watch::WatchCall};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use super::{Args, swap, watch};
+
+/// The arguments of a `sys_enter_*` record: each 8 bytes, after the common header
+/// and `__syscall_nr`.
+#[inline(always)]
+fn args(ctx: &TracePointContext) -> Args {
+    let mut a = [0u64; 5];
+    let mut i = 0;
+    while i < 5 {
+        // SAFETY: offsets from the tracepoints' format; a short record reads as 0.
+        a[i] = unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0);
+        i += 1;
+    }
+    a
+}
+
+/// `ret` of a `sys_exit_*` record.
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: offset from the tracepoints' format.
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+#[tracepoint]
+pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
+    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Rename))
+}
+
+#[tracepoint]
+pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
+    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Renameat))
+}
+
+#[tracepoint]
+pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
+    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Renameat2))
+}
+
+#[tracepoint]
+pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
+    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Symlink))
+}
+
+#[tracepoint]
+pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
+    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Symlinkat))
+}
+
+/// One exit program serves all five `sys_exit_*` tracepoints: their records share
+/// the layout, and the parked entry says which call it was.
+#[tracepoint]
+pub fn sys_exit_swap(ctx: TracePointContext) -> u32 {
+    swap::exit(ret(&ctx))
+}
+
+#[tracepoint]
+pub fn sys_enter_inotify_add_watch(ctx: TracePointContext) -> u32 {
+    watch::enter(&args(&ctx), WatchCall::Add)
+}
+
+#[tracepoint]
+pub fn sys_enter_inotify_rm_watch(ctx: TracePointContext) -> u32 {
+    watch::enter(&args(&ctx), WatchCall::Remove)
+}
+
+/// Both watch calls' exits.
+#[tracepoint]
+pub fn sys_exit_watch(ctx: TracePointContext) -> u32 {
+    watch::exit(ret(&ctx))
+}

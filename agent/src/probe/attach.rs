@@ -1,0 +1,165 @@
+//! Which programs of the object run, per probe variant. This is the one place that
+//! knows the variants; the rest of the agent sees a `Probe` and its `variant()`.
+
+use agent_common::swap::Syscall;
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{FEntry, FExit, TracePoint},
+};
+
+use super::{OBJECT, ProbeError};
+
+/// How the probe hooks the syscalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    /// fentry/fexit on the syscalls' functions (x86_64, BTF, BPF trampolines): the
+    /// hooked calls pay, nothing else.
+    Fentry,
+    /// Syscall tracepoints: any kernel with tracefs, but every syscall on the node
+    /// takes the slow path.
+    Tracepoint,
+}
+
+impl Variant {
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Fentry => "fentry",
+            Variant::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// `--probe`: a variant, the first that loads, or none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Choice {
+    /// fentry, else tracepoints, else inotify alone.
+    #[default]
+    Auto,
+    /// fentry/fexit only (else inotify alone).
+    Fentry,
+    /// Syscall tracepoints only (else inotify alone).
+    Tracepoint,
+    /// No probe: inotify alone (as --no-ebpf).
+    Off,
+}
+
+impl Choice {
+    /// `RELOADSCOPE_PROBE` (auto, fentry, tracepoint, off), for tests and the lab that
+    /// run on several kernels; `None` when unset or not one of those.
+    pub fn from_env() -> Option<Choice> {
+        use clap::ValueEnum;
+        let v = std::env::var("RELOADSCOPE_PROBE").ok()?;
+        Choice::from_str(&v, true).ok()
+    }
+
+    /// The variants to try, in order.
+    pub fn variants(self) -> &'static [Variant] {
+        match self {
+            Choice::Auto => &[Variant::Fentry, Variant::Tracepoint],
+            Choice::Fentry => &[Variant::Fentry],
+            Choice::Tracepoint => &[Variant::Tracepoint],
+            Choice::Off => &[],
+        }
+    }
+}
+
+/// The object, loaded for `variant` (with the kernel's BTF for fentry).
+pub fn load(variant: Variant, ring_bytes: u32) -> Result<(Ebpf, Option<Btf>), ProbeError> {
+    let btf = match variant {
+        Variant::Fentry => Some(Btf::from_sys_fs().map_err(ProbeError::Btf)?),
+        Variant::Tracepoint => None,
+    };
+    let mut loader = EbpfLoader::new();
+    if let Some(btf) = &btf {
+        loader.btf(btf);
+    }
+    let ebpf = (loader.map_max_entries("EVENTS", ring_bytes))
+        .load(OBJECT)
+        .map_err(ProbeError::Load)?;
+    Ok((ebpf, btf))
+}
+
+/// The swap programs of `variant`.
+pub fn swaps(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<(), ProbeError> {
+    match btf {
+        Some(btf) => {
+            for sc in Syscall::ALL {
+                fentry_pair(ebpf, btf, sc.name())?;
+            }
+            Ok(())
+        }
+        None => {
+            for sc in Syscall::ALL {
+                let name = format!("sys_enter_{}", sc.name());
+                tracepoint(ebpf, &name, &[&name])?;
+            }
+            let exits: Vec<String> = (Syscall::ALL.iter())
+                .map(|s| format!("sys_exit_{}", s.name()))
+                .collect();
+            let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
+            tracepoint(ebpf, "sys_exit_swap", &exits)
+        }
+    }
+}
+
+/// The `inotify_add_watch` / `inotify_rm_watch` programs of the same variant.
+pub fn watch_calls(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<(), ProbeError> {
+    let calls = ["inotify_add_watch", "inotify_rm_watch"];
+    match btf {
+        Some(btf) => calls.iter().try_for_each(|c| fentry_pair(ebpf, btf, c)),
+        None => {
+            for call in calls {
+                let name = format!("sys_enter_{call}");
+                tracepoint(ebpf, &name, &[&name])?;
+            }
+            let exits = ["sys_exit_inotify_add_watch", "sys_exit_inotify_rm_watch"];
+            tracepoint(ebpf, "sys_exit_watch", &exits)
+        }
+    }
+}
+
+fn attach_err(what: &str) -> impl Fn(aya::programs::ProgramError) -> ProbeError + '_ {
+    move |source| ProbeError::Attach {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn hook_err(what: &str) -> impl Fn(aya::programs::ProgramError) -> ProbeError + '_ {
+    move |source| ProbeError::Hook {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn tracepoint(ebpf: &mut Ebpf, program: &str, tracepoints: &[&str]) -> Result<(), ProbeError> {
+    let prog: &mut TracePoint = (ebpf.program_mut(program))
+        .ok_or(ProbeError::Missing("a tracepoint program"))?
+        .try_into()
+        .map_err(attach_err(program))?;
+    prog.load().map_err(attach_err(program))?;
+    for tp in tracepoints {
+        prog.attach("syscalls", tp).map_err(attach_err(tp))?;
+    }
+    Ok(())
+}
+
+/// `fentry_<call>` and `fexit_<call>` on `__x64_sys_<call>`.
+fn fentry_pair(ebpf: &mut Ebpf, btf: &Btf, call: &str) -> Result<(), ProbeError> {
+    let function = format!("__x64_sys_{call}");
+    let entry = format!("fentry_{call}");
+    let prog: &mut FEntry = (ebpf.program_mut(&entry))
+        .ok_or(ProbeError::Missing("an fentry program"))?
+        .try_into()
+        .map_err(hook_err(&entry))?;
+    prog.load(&function, btf).map_err(hook_err(&function))?;
+    prog.attach().map_err(hook_err(&function))?;
+    let exit = format!("fexit_{call}");
+    let prog: &mut FExit = (ebpf.program_mut(&exit))
+        .ok_or(ProbeError::Missing("an fexit program"))?
+        .try_into()
+        .map_err(hook_err(&exit))?;
+    prog.load(&function, btf).map_err(hook_err(&function))?;
+    prog.attach().map_err(hook_err(&function))?;
+    Ok(())
+}
