@@ -167,11 +167,15 @@ fn health(cfg: &Config) -> Vec<Value> {
     let probes = panel(
         "stat",
         "Probes loaded",
-        "Per agent: whether the eBPF probe is attached (else updates are detected by inotify \
-         alone) and whether fanotify is (else no reload is measured).",
+        "Per agent: whether the eBPF probe is attached, and in which variant (fentry or \
+         tracepoint; else updates are detected by inotify alone), and whether fanotify is \
+         (else reloads are measured approximately, per volume).",
         "none",
         vec![
-            loaded("reloadscope_ebpf_loaded", "eBPF"),
+            target(
+                format!("max by (instance, probe) (reloadscope_ebpf_loaded{job})"),
+                "eBPF ({{probe}}) {{instance}}",
+            ),
             loaded("reloadscope_fanotify_loaded", "fanotify"),
         ],
     )
