@@ -3,6 +3,7 @@
 //! late names all its series at once.
 
 mod consumers;
+mod process;
 mod watches;
 
 pub use consumers::histogram_labels;
@@ -285,8 +286,6 @@ pub fn registry(shared: Arc<Shared>, histogram_labels: Vec<usize>) -> prometheus
     )?;
     build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     r.register(Box::new(build))?;
-    r.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
+    r.register(Box::new(process::ProcessCollector::new()?))?;
     Ok(r)
 }
