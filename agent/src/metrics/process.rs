@@ -173,6 +173,9 @@ mod tests {
         let families = ProcessCollector::new().unwrap().collect();
         let cpu = families[0].get_metric()[0].get_counter().get_value();
         assert!(cpu > 0.0 && cpu.fract() != 0.0, "{cpu}");
-        assert!(families[1].get_metric()[0].get_gauge().get_value() > 0.0, "rss");
+        assert!(
+            families[1].get_metric()[0].get_gauge().get_value() > 0.0,
+            "rss"
+        );
     }
 }
