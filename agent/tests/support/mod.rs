@@ -39,7 +39,8 @@ pub async fn start_with(cfg: agent::Config) -> Running {
 }
 
 /// `reloadscope agent` on `node`, listening on `listen`, JSON logs on a piped stderr;
-/// behind `wrapper` (such as `setpriv ... --`) when one is given.
+/// behind `wrapper` (such as `setpriv ... --`) when one is given. It dies with the
+/// thread that spawns it.
 pub fn agent_command(node: &LabNode, listen: &str, wrapper: &[&str]) -> std::process::Command {
     let bin = env!("CARGO_BIN_EXE_reloadscope");
     let mut cmd = match wrapper {
@@ -59,6 +60,17 @@ pub fn agent_command(node: &LabNode, listen: &str, wrapper: &[&str]) -> std::pro
         .arg(node.container_logs_dir())
         .args(["--listen", listen, "--log-format", "json"])
         .stderr(std::process::Stdio::piped());
+    // Killed when the thread that started it ends, so that a test that fails before
+    // stopping it leaves no agent running on the machine.
+    // SAFETY: prctl only, async-signal-safe, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 
@@ -120,9 +132,10 @@ pub async fn wait_metrics(
             return m;
         }
         if start.elapsed() >= DEADLINE {
-            let (_, body) = blocking(move || scrape::get(addr, "/metrics"))
-                .await
-                .unwrap_or_default();
+            let body = match blocking(move || scrape::get(addr, "/metrics")).await {
+                Ok((_, body)) => body,
+                Err(e) => format!("reloadscope_ (the last scrape failed: {e})"),
+            };
             let ours: Vec<&str> = body
                 .lines()
                 .filter(|l| l.starts_with("reloadscope_"))
@@ -214,4 +227,99 @@ pub fn fanotify_ignores(path: &std::path::Path) -> bool {
                 .and_then(|m| u64::from_str_radix(m, 16).ok())
                 .is_some_and(|m| m & libc::FAN_OPEN != 0)
     })
+}
+
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Panics in this process so far (any thread, the agent's tasks included); the first
+/// call installs the counting hook, so call it before starting the agent.
+pub fn panics() -> usize {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            prev(info)
+        }));
+    });
+    PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log lines (JSON, as `--log-format json` writes them, level info) of the
+/// in-process agent from the moment of [`Logs::capture`] on.
+pub struct Logs(usize);
+
+impl Logs {
+    /// Installs the process's capturing subscriber on first use.
+    pub fn capture() -> Logs {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                .with_writer(|| LogWriter)
+                .try_init();
+        });
+        Logs(LOG.lock().unwrap().len())
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        let log = LOG.lock().unwrap();
+        String::from_utf8_lossy(&log[self.0..])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The WARN and ERROR lines.
+    pub fn warnings(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+            .collect()
+    }
+}
+
+/// The inotify watches, as the kernel has them, of the one inotify instance of this
+/// process that watches `dir` (given a kubelet `pods` dir: the agent's walker), or 0.
+/// Unlike [`kernel_inotify_watches`], it does not move with the node's cgroups.
+pub fn kernel_group_watches(dir: &std::path::Path) -> usize {
+    let Some(want) = fdinfo_inode(dir) else {
+        return 0;
+    };
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if !std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify")
+        {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let watches: Vec<&str> = info
+            .lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .collect();
+        if watches.iter().any(|l| l.contains(&want)) {
+            return watches.len();
+        }
+    }
+    0
 }
