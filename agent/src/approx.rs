@@ -475,7 +475,12 @@ mod tests {
             panic!("{out:?}");
         };
         assert_eq!((opener, ts_dir.as_str()), (&Opener::Unattributed, "..3"));
-        assert!(before <= *at && *at <= after, "{at:?} not within the read");
+        // atime may come from the kernel's coarse clock: up to a tick before the read.
+        let tick = Duration::from_millis(10);
+        assert!(
+            before - tick <= *at && *at <= after,
+            "{at:?} not within the read"
+        );
     }
 
     #[test]

@@ -145,7 +145,13 @@ impl Opens {
                 if key.volume_type.is_tmpfs()
                     && let Err(e) = self.fan.mark_filesystem(&dir)
                 {
-                    warn!(volume = %key, error = %e, "cannot mark volume for opens");
+                    // A volume removed meanwhile (a pod deleted at once): not a fault.
+                    let gone = e.kind() == std::io::ErrorKind::NotFound;
+                    if gone {
+                        debug!(volume = %key, error = %e, "volume gone before its mark");
+                    } else {
+                        warn!(volume = %key, error = %e, "cannot mark volume for opens");
+                    }
                 }
                 let Some(ts) = current else { return Vec::new() };
                 let ts_path = dir.join(&ts);

@@ -9,7 +9,7 @@
 //! The pod-logs dir is watched too, for pod names.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::OsStr,
     io,
     path::{Path, PathBuf},
@@ -69,6 +69,12 @@ pub struct Walker {
     found: Option<Vec<VolumeKey>>,
     /// tmpfs volumes found before their mount: (key, dir, device of the parent, deadline).
     unmounted: Vec<(VolumeKey, PathBuf, u64, Instant)>,
+    /// The watches the rescan after an overflow has added or found again, while it runs.
+    touched: Option<HashSet<WatchDescriptor>>,
+    /// By volume dir: the timestamped dir created last, whose `..data` swap is next.
+    created: HashMap<PathBuf, String>,
+    /// Kubelet roots that do not exist (yet): looked for again on each tick.
+    missing: HashSet<PathBuf>,
     /// Places the open-event mark on a disk volume's new data dir (when fanotify runs).
     marker: Option<Marker>,
     tx: Sender,
@@ -108,6 +114,9 @@ impl Walker {
             found: None,
             marker,
             unmounted: Vec::new(),
+            touched: None,
+            created: HashMap::new(),
+            missing: HashSet::new(),
             tx,
         };
         w.scan().await;
@@ -128,13 +137,7 @@ impl Walker {
     async fn scan(&mut self) {
         let roots: Vec<PathBuf> = self.roots.iter().map(Path::to_owned).collect();
         for root in roots {
-            let pods = root.join("pods");
-            if pods.is_dir() {
-                self.add_pods_dir(&pods).await;
-            } else {
-                info!(root = %root.display(), "kubelet root has no pods dir yet; waiting for it");
-                self.add(&root, Node::Root, TREE);
-            }
+            self.add_root(&root).await;
         }
         let logs = self.pod_logs.clone();
         if self.add(&logs, Node::PodLogs, TREE).is_some() {
@@ -144,9 +147,34 @@ impl Walker {
         }
     }
 
+    async fn add_root(&mut self, root: &Path) {
+        let pods = root.join("pods");
+        if pods.is_dir() {
+            return self.add_pods_dir(&pods).await;
+        }
+        if !root.is_dir() {
+            // Nothing to watch for its creation without watching outside the roots.
+            if self.missing.insert(root.to_owned()) {
+                info!(root = %root.display(), "kubelet root does not exist yet; looking for it every tick");
+            }
+            return;
+        }
+        info!(root = %root.display(), "kubelet root has no pods dir yet; waiting for it");
+        if let Some(wd) = self.add(root, Node::Root, TREE)
+            && pods.is_dir()
+        {
+            // Created between the check and the watch.
+            self.unwatch(&wd);
+            self.add_pods_dir(&pods).await;
+        }
+    }
+
     fn add(&mut self, path: &Path, node: Node, mask: WatchMask) -> Option<WatchDescriptor> {
         match self.watches.add(path, mask) {
             Ok(wd) => {
+                if let Some(t) = &mut self.touched {
+                    t.insert(wd.clone());
+                }
                 // A dir mounted over since its first watch: the old watch is on the covered inode.
                 if let Some(old) = self.by_path.insert(path.to_owned(), wd.clone())
                     && old != wd
@@ -189,6 +217,23 @@ impl Walker {
     }
 
     async fn add_pod(&mut self, pod: &Path) {
+        if let Some(Err(e)) = self.roots.classify(pod) {
+            warn!(error = %e, "pod not followed");
+            return;
+        }
+        // The watches below name paths through the pod dir: a symlink there would be
+        // followed (IN_DONT_FOLLOW covers a path's last component only).
+        match std::fs::symlink_metadata(pod) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                warn!(path = %pod.display(), "expected a directory, found something else; not followed");
+                return;
+            }
+            Err(e) => {
+                debug!(path = %pod.display(), error = %e, "gone before it could be watched");
+                return;
+            }
+        }
         let volumes = pod.join("volumes");
         if volumes.is_dir() {
             self.add_volumes_dir(&volumes).await;
@@ -266,6 +311,15 @@ impl Walker {
 
     /// Re-watches tmpfs volumes whose mount appeared since they were found.
     pub async fn tick(&mut self) {
+        let appeared: Vec<PathBuf> = (self.missing.iter())
+            .filter(|r| r.is_dir())
+            .cloned()
+            .collect();
+        for root in appeared {
+            info!(root = %root.display(), "kubelet root appeared");
+            self.missing.remove(&root);
+            self.add_root(&root).await;
+        }
         let now = Instant::now();
         let mut mounted = Vec::new();
         self.unmounted.retain(|(key, dir, parent_dev, deadline)| {
@@ -289,7 +343,11 @@ impl Walker {
         if ev.mask.contains(EventMask::Q_OVERFLOW) {
             warn!("inotify queue overflowed; rescanning every root");
             self.send(Event::InotifyOverflow).await;
+            // A swap whose dir's creation was dropped must not be credited to an older dir.
+            self.created.clear();
+            self.touched = Some(HashSet::new());
             self.scan().await;
+            self.sweep().await;
             return;
         }
         if ev.mask.contains(EventMask::IGNORED) {
@@ -304,7 +362,9 @@ impl Walker {
             return;
         };
         let Some(name) = ev.name.as_deref() else {
-            if ev.mask.contains(EventMask::DELETE_SELF) && node == Node::PodsDir {
+            if ev.mask.contains(EventMask::DELETE_SELF)
+                && matches!(node, Node::PodsDir | Node::Root)
+            {
                 self.scan().await;
             }
             return;
@@ -344,7 +404,11 @@ impl Walker {
             }
             Node::Volume(key) if ev.mask.contains(EventMask::MOVED_TO) && name == DATA => {
                 let at = SystemTime::now();
-                match read_target(&child) {
+                // The dir created last is the one this swap put in place. `..data` is
+                // read only when that creation was not seen: by now it may point to a
+                // later dir already (a reader behind by several swaps of this volume).
+                let created = self.created.remove(&path);
+                match created.or_else(|| read_target(&child)) {
                     Some(ts_dir) => {
                         let det = Detection {
                             source: Source::Inotify,
@@ -375,6 +439,7 @@ impl Walker {
                     late = read_target(&path.join(DATA)).as_deref() == Some(ts_dir);
                 }
                 let ts_dir = ts_dir.to_owned();
+                self.created.insert(path.clone(), ts_dir.clone());
                 self.send(Event::DataDirCreated {
                     key,
                     dir: path.clone(),
@@ -385,6 +450,46 @@ impl Walker {
             }
             Node::PodLogs if appeared => self.pod_log_dir(name).await,
             _ => {}
+        }
+    }
+
+    /// After an overflow's rescan: a watch the walk did not find again is on a dir
+    /// removed meanwhile, whose `IN_IGNORED` the overflow dropped. Forgets it, and tells
+    /// the state that its volume, or its pod, is gone.
+    async fn sweep(&mut self) {
+        let Some(touched) = self.touched.take() else {
+            return;
+        };
+        let stale: Vec<_> = (self.nodes.iter())
+            .filter(|(wd, _)| !touched.contains(wd))
+            .map(|(wd, (node, path))| (wd.clone(), node.clone(), path.clone()))
+            .collect();
+        let mut pods = HashSet::new();
+        for (wd, node, path) in stale {
+            debug!(path = %path.display(), "removed during the overflow; watch forgotten");
+            self.unwatch(&wd);
+            match node {
+                Node::Volume(key) => {
+                    self.unmounted.retain(|(_, d, _, _)| *d != path);
+                    self.created.remove(&path);
+                    self.send(Event::VolumeGone(key)).await;
+                }
+                Node::Pod => {
+                    pods.insert(path);
+                }
+                Node::VolumesDir => {
+                    pods.extend(path.parent().map(Path::to_owned));
+                }
+                _ => {}
+            }
+        }
+        for pod in pods {
+            if std::fs::symlink_metadata(&pod).is_err()
+                && let Some(uid) = pod.file_name().and_then(OsStr::to_str)
+            {
+                let uid = uid.to_owned();
+                self.send(Event::PodGone { uid }).await;
+            }
         }
     }
 
@@ -407,6 +512,7 @@ impl Walker {
             self.unwatch(&wd);
         }
         self.unmounted.retain(|(_, d, _, _)| !d.starts_with(dir));
+        self.created.retain(|d, _| !d.starts_with(dir));
     }
 }
 
@@ -485,6 +591,144 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn found(rx: &mut crate::events::Receiver) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let Event::VolumeFound { key, .. } = ev {
+                names.push(key.name);
+            }
+        }
+        names
+    }
+
+    /// A root missing at start, created later, removed and created again: followed
+    /// each time it is there.
+    #[tokio::test]
+    async fn a_root_that_appears_later_is_followed() {
+        let base = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let root = base.path().join("later/kubelet");
+        let vol = root.join("pods/u/volumes/kubernetes.io~configmap/cfg");
+        let (tx, mut rx) = crate::events::channel();
+        let roots = Roots::new([root.clone()]);
+        let (mut w, mut stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+            .await
+            .unwrap();
+        assert!(w.missing.contains(&root));
+        w.tick().await;
+        assert_eq!(w.watch_count(), 1, "the pod-logs dir only");
+        std::fs::create_dir_all(&vol).unwrap();
+        w.tick().await;
+        assert!(w.missing.is_empty());
+        assert_eq!(found(&mut rx), ["cfg"]);
+        std::fs::remove_dir_all(&root).unwrap();
+        while !w.missing.contains(&root) {
+            let next = tokio::time::timeout(Duration::from_secs(5), stream.next());
+            w.handle(next.await.unwrap().unwrap().unwrap()).await;
+        }
+        std::fs::create_dir_all(&vol).unwrap();
+        w.tick().await;
+        assert_eq!(found(&mut rx), ["cfg"]);
+    }
+
+    /// A pod dir that is a symlink out of the root: none of its volumes is watched.
+    #[tokio::test]
+    async fn a_symlinked_pod_dir_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let out_vol = outside.path().join("volumes/kubernetes.io~configmap/cfg");
+        std::fs::create_dir_all(out_vol).unwrap();
+        std::fs::create_dir(root.path().join("pods")).unwrap();
+        let link = root.path().join("pods/u");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        let (tx, mut rx) = crate::events::channel();
+        let roots = Roots::new([root.path().to_owned()]);
+        let (w, _stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+            .await
+            .unwrap();
+        assert!(found(&mut rx).is_empty());
+        assert_eq!(w.watch_count(), 2, "the pods and pod-logs dirs only");
+        assert!(w.by_path.keys().all(|p| !p.starts_with(&link)));
+    }
+
+    /// Two swaps of one volume read in one go: each is credited to its own data dir,
+    /// though `..data` points to the second by the time the first is read.
+    #[tokio::test]
+    async fn a_reader_behind_by_two_swaps_reports_both() {
+        let root = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let vol = root
+            .path()
+            .join("pods/u/volumes/kubernetes.io~configmap/cfg");
+        std::fs::create_dir_all(&vol).unwrap();
+        let (tx, mut rx) = crate::events::channel();
+        let roots = Roots::new([root.path().to_owned()]);
+        let (mut w, mut stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+            .await
+            .unwrap();
+        let swaps = ["..2026_01_01_00_00_00.1", "..2026_01_01_00_00_00.2"];
+        for ts in swaps {
+            std::fs::create_dir(vol.join(ts)).unwrap();
+            std::os::unix::fs::symlink(ts, vol.join("..data_tmp")).unwrap();
+            std::fs::rename(vol.join("..data_tmp"), vol.join(DATA)).unwrap();
+        }
+        let mut reported = Vec::new();
+        while reported.len() < swaps.len() {
+            let next = tokio::time::timeout(Duration::from_secs(5), stream.next());
+            w.handle(next.await.unwrap().unwrap().unwrap()).await;
+            while let Ok(ev) = rx.try_recv() {
+                if let Event::Detected(d) = ev {
+                    reported.push(d.ts_dir);
+                }
+            }
+        }
+        assert_eq!(reported, swaps);
+    }
+
+    /// A pod removed while the queue overflowed: its `IN_IGNORED`s are never read here
+    /// (the kernel drops them in an overflow); the rescan forgets its watches anyway.
+    #[tokio::test]
+    async fn an_overflow_rescan_forgets_what_was_removed_meanwhile() {
+        let root = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let pod = |uid: &str| root.path().join("pods").join(uid);
+        for uid in ["kept", "gone"] {
+            let vol = pod(uid).join("volumes/kubernetes.io~configmap/cfg");
+            std::fs::create_dir_all(vol).unwrap();
+        }
+        let (tx, mut rx) = crate::events::channel();
+        let roots = Roots::new([root.path().to_owned()]);
+        let (mut w, _stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+            .await
+            .unwrap();
+        // The pods dir, the pod-logs dir, and each pod's volumes, plugin and volume dirs.
+        assert_eq!(w.watch_count(), 8);
+        std::fs::remove_dir_all(pod("gone")).unwrap();
+        while rx.try_recv().is_ok() {}
+        let wd = w.nodes.keys().next().unwrap().clone();
+        let overflow = inotify::Event {
+            wd,
+            mask: EventMask::Q_OVERFLOW,
+            cookie: 0,
+            name: None,
+        };
+        w.handle(overflow).await;
+        assert_eq!(w.watch_count(), 5);
+        assert!(w.by_path.keys().all(|p| !p.starts_with(pod("gone"))));
+        let mut got = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            got.push(ev);
+        }
+        assert!(matches!(got[0], Event::InotifyOverflow), "{got:?}");
+        let gone = |uid: &str| {
+            (got.iter()).any(|e| matches!(e, Event::VolumeGone(k) if k.pod_uid == uid))
+                && (got.iter()).any(|e| matches!(e, Event::PodGone { uid: u } if u == uid))
+        };
+        assert!(gone("gone"), "{got:?}");
+        assert!(!gone("kept"), "{got:?}");
+    }
 
     #[test]
     fn pod_log_dir_names() {
