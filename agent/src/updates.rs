@@ -260,11 +260,15 @@ impl Tracker {
         }
         self.detections[s] += 1;
         v.updates += 1;
-        v.last_update = Some(det.at);
-        v.current = Some(det.ts_dir.clone());
         let mut seen = [false; 2];
         seen[s] = true;
-        v.last_seen_by = seen;
+        // A report of an update older than the newest one known (one source's reports
+        // arriving after the other's of later swaps): counted, but not the newest.
+        if v.last_update.is_none_or(|newest| det.at >= newest) {
+            v.last_update = Some(det.at);
+            v.current = Some(det.ts_dir.clone());
+            v.last_seen_by = seen;
+        }
         if !self.ebpf {
             seen[Source::Ebpf.index()] = true;
         }
@@ -446,6 +450,30 @@ mod tests {
         t.tick(t0 + W * 2);
         assert_eq!((t.gaps, t.detections), ([0, 0], [0, 1]));
         assert_eq!(t.volume(&key("a")).unwrap().updates, 1);
+    }
+
+    #[test]
+    fn a_late_report_of_an_older_swap_is_counted_but_not_the_newest() {
+        let t0 = Instant::now();
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let mut t = tracker_with("a", Some("..1"), t0);
+        let det = |source, ts: &str, s| Detection {
+            source,
+            key: key("a"),
+            ts_dir: ts.into(),
+            at: at(s),
+        };
+        // inotify saw only the last of two swaps (an overflow hid the first); the
+        // probe's reports of both come after it.
+        t.detect(det(Source::Inotify, "..3", 30), t0);
+        t.detect(det(Source::Ebpf, "..2", 19), t0);
+        t.detect(det(Source::Ebpf, "..3", 29), t0);
+        let v = t.volume(&key("a")).unwrap();
+        assert_eq!(v.updates, 2);
+        assert_eq!(
+            (v.current.as_deref(), v.last_update),
+            (Some("..3"), Some(at(29)))
+        );
     }
 
     #[test]
