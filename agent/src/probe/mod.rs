@@ -75,6 +75,8 @@ pub type Tried = Vec<(Variant, ProbeError)>;
 
 /// A loaded, attached probe. Dropping it detaches everything.
 pub struct Probe {
+    /// Attachments, detached all at once when the probe drops.
+    links: attach::Links,
     ebpf: Ebpf,
     btf: Option<aya::Btf>,
     variant: Variant,
@@ -112,6 +114,12 @@ impl ReaderStats {
     }
 }
 
+impl Drop for Probe {
+    fn drop(&mut self) {
+        attach::detach_all(std::mem::take(&mut self.links));
+    }
+}
+
 impl Probe {
     /// Loads and attaches the tracepoint variant. The returned ring buffer goes to
     /// [`read_events`].
@@ -128,7 +136,12 @@ impl Probe {
             return Err(ProbeError::Arch);
         }
         let (mut ebpf, btf) = attach::load(variant, ring_bytes)?;
-        attach::swaps(&mut ebpf, btf.as_ref())?;
+        let mut links = Vec::new();
+        let attached = attach::swaps(&mut ebpf, btf.as_ref(), &mut links);
+        if let Err(e) = attached {
+            attach::detach_all(links);
+            return Err(e);
+        }
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or(ProbeError::Missing("EVENTS"))?,
@@ -136,6 +149,7 @@ impl Probe {
         let stats =
             PerCpuArray::try_from(ebpf.take_map("STATS").ok_or(ProbeError::Missing("STATS"))?)?;
         let probe = Probe {
+            links,
             ebpf,
             btf,
             variant,
@@ -167,7 +181,7 @@ impl Probe {
     /// Attaches the `inotify_add_watch` / `inotify_rm_watch` programs of the same
     /// variant and hands over their ring buffer, for [`watches::read_calls`]. Once.
     pub fn watch_calls(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        attach::watch_calls(&mut self.ebpf, self.btf.as_ref())?;
+        attach::watch_calls(&mut self.ebpf, self.btf.as_ref(), &mut self.links)?;
         let map = self.ebpf.take_map("WATCH_EVENTS");
         Ok(RingBuf::try_from(
             map.ok_or(ProbeError::Missing("WATCH_EVENTS"))?,
