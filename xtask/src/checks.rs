@@ -63,19 +63,34 @@ pub const STEPS: &[Step] = &[
     Step::new("rule-tests", "promtool test rules dashboards/tests/alerts_test.yaml"),
     Step::new("test", "cargo test --workspace --exclude agent-ebpf -- --include-ignored --test-threads=1")
         .root("the integration tests load eBPF programs"),
+    KERNELS,
     Step::new("e2e", "cargo xtask e2e")
         .root("the lab mounts tmpfs and runs containers; the agent loads eBPF"),
 ];
 
-/// Runs every step in order and stops at the first failure.
-pub fn run() -> Result<()> {
+/// The eBPF integration tests on the kernels of the matrix, under QEMU (xtask/src/kernels.rs).
+const KERNELS: Step = Step::new("kernels", "cargo xtask vm-test");
+
+/// `cargo xtask test --kernels`: the eBPF integration tests on every kernel, nothing
+/// else, with the VMs' timing-bound tests even under TCG (where they may flake).
+#[rustfmt::skip]
+pub const KERNEL_STEPS: &[Step] = &[
+    Step::new("host-kernel", "cargo test --workspace --exclude agent-ebpf --test probe --test detect -- --include-ignored --test-threads=1")
+        .root("the integration tests load eBPF programs"),
+    Step::new("kernels", "cargo xtask vm-test --timed"),
+];
+
+/// Runs every step (with `kernels`, every kernel step) in order and stops at the
+/// first failure.
+pub fn run(kernels: bool) -> Result<()> {
     let start = Instant::now();
-    for step in STEPS {
+    let steps = if kernels { KERNEL_STEPS } else { STEPS };
+    for step in steps {
         run_step(step)?;
     }
     println!(
         "all {} checks passed ({:.1} s)",
-        STEPS.len(),
+        steps.len(),
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -112,17 +127,19 @@ mod tests {
 
     #[test]
     fn steps_are_named_uniquely_and_not_empty() {
-        for (i, step) in STEPS.iter().enumerate() {
-            assert!(
-                !step.command.trim().is_empty(),
-                "check {} has no command",
-                step.name
-            );
-            assert!(
-                STEPS[..i].iter().all(|other| other.name != step.name),
-                "duplicate check name {}",
-                step.name
-            );
+        for steps in [STEPS, KERNEL_STEPS] {
+            for (i, step) in steps.iter().enumerate() {
+                assert!(
+                    !step.command.trim().is_empty(),
+                    "check {} has no command",
+                    step.name
+                );
+                assert!(
+                    steps[..i].iter().all(|other| other.name != step.name),
+                    "duplicate check name {}",
+                    step.name
+                );
+            }
         }
     }
 

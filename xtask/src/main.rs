@@ -5,6 +5,7 @@ mod checks;
 mod cmd;
 mod deploy;
 mod e2e;
+mod kernels;
 mod mixin;
 mod prereqs;
 
@@ -32,7 +33,8 @@ enum Task {
     /// Install what building and testing need, if anything is missing
     ///
     /// Checks, and installs only when missing: the Debian packages (LLVM 22,
-    /// bpftool, prometheus, strace, inotify-tools, python3-pip), the pinned
+    /// bpftool, prometheus, strace, inotify-tools, python3-pip, and for the
+    /// kernel matrix qemu-system-x86 and busybox-static), the pinned
     /// nightly-2026-07-01 with rust-src, rustfmt and clippy, bpf-linker 0.13.0
     /// built against LLVM 22, tracefs mounted at /sys/kernel/tracing, and
     /// kubernetes-validate 1.37.0 (pip, for python3 on PATH).
@@ -48,10 +50,17 @@ enum Task {
     /// files up to date, deploy/ rendered and validated (kubernetes-validate),
     /// `promtool check rules` and `promtool test rules`,
     /// `cargo test` including the `#[ignore]`d root integration tests, one test
-    /// at a time (each loads the eBPF probe), then `cargo xtask e2e`. The tests
-    /// need root. `.ci/run` runs exactly this.
+    /// at a time (each loads the eBPF probe), the kernel matrix (the eBPF tests
+    /// on Debian's 6.1 and 6.12 cloud kernels under QEMU, and 6.12 without BTF;
+    /// skipped without /dev/kvm), then `cargo xtask e2e`. The tests need root.
+    /// `.ci/run` runs exactly this.
     #[command(verbatim_doc_comment)]
-    Test,
+    Test {
+        /// Only the kernel matrix: the eBPF integration tests (probe, detect) on
+        /// the host kernel, then on every VM kernel, timing-bound ones included
+        #[arg(long)]
+        kernels: bool,
+    },
 
     /// Build the agent and run its lab: `reloadscope lab [ARGS]...`
     ///
@@ -101,6 +110,10 @@ enum Task {
     #[command(hide = true)]
     CheckDeploy,
 
+    /// Boot the kernels of the matrix under QEMU and run the eBPF tests in each
+    #[command(hide = true)]
+    VmTest(kernels::VmTestArgs),
+
     /// End to end: the lab, the real agent and a real Prometheus with the alert rules (needs root)
     ///
     /// Builds the agent, runs `reloadscope lab` and /usr/bin/prometheus scraping
@@ -130,9 +143,9 @@ fn main() -> ExitCode {
 fn run(task: Task) -> Result<()> {
     match task {
         Task::Prereqs => prereqs::ensure(),
-        Task::Test => {
+        Task::Test { kernels } => {
             prereqs::ensure()?;
-            checks::run()
+            checks::run(kernels)
         }
         Task::Lab { args } => {
             prereqs::ensure()?;
@@ -155,6 +168,10 @@ fn run(task: Task) -> Result<()> {
         Task::E2e => {
             prereqs::ensure()?;
             e2e::run()
+        }
+        Task::VmTest(args) => {
+            prereqs::ensure()?;
+            kernels::run(&args)
         }
     }
 }

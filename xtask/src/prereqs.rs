@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker, bpftool, and the tools the tests use
-/// (prometheus provides the server and promtool).
+/// (prometheus provides the server and promtool; QEMU and a static busybox boot
+/// the kernel matrix's VMs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "strace",
     "inotify-tools",
     "python3-pip",
+    "qemu-system-x86",
+    "busybox-static",
 ];
 
 /// Must match `rust-toolchain.toml`; its LLVM major version matches bpf-linker's.
