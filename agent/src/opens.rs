@@ -92,6 +92,8 @@ pub struct Opens {
     fan: Fanotify,
     proc_root: PathBuf,
     dirs: HashMap<DirId, (VolumeKey, String)>,
+    /// Each volume's data dirs in `dirs`, oldest first.
+    recent: HashMap<VolumeKey, VecDeque<DirId>>,
     /// Opens in directories not registered (yet), already attributed.
     unknown: VecDeque<(Instant, DirId, Opener, SystemTime)>,
     /// Recent attributions by pid: a process that opens a file in a loop is looked up
@@ -111,6 +113,7 @@ impl Opens {
             fan,
             proc_root,
             dirs,
+            recent: HashMap::new(),
             unknown,
             openers: HashMap::new(),
             shared,
@@ -129,7 +132,20 @@ impl Opens {
         let (waited, rest): (Vec<_>, Vec<_>) =
             self.unknown.drain(..).partition(|(_, d, _, _)| *d == id);
         self.unknown = rest.into();
-        self.dirs.insert(id, (key.clone(), ts_dir.to_owned()));
+        self.dirs
+            .insert(id.clone(), (key.clone(), ts_dir.to_owned()));
+        // The newest two data dirs of a volume are enough (the current one, and the
+        // one an update is writing): older ones are deleted by the kubelet, and kept
+        // here they grew the agent by about 1.3 KiB per update.
+        let recent = self.recent.entry(key.clone()).or_default();
+        if !recent.contains(&id) {
+            recent.push_back(id);
+            if recent.len() > 2
+                && let Some(old) = recent.pop_front()
+            {
+                self.dirs.remove(&old);
+            }
+        }
         let opened = |(_, _, opener, at)| Event::Opened {
             opener,
             key: key.clone(),
@@ -182,6 +198,7 @@ impl Opens {
             }
             Command::Gone { key } => {
                 self.dirs.retain(|_, (k, _)| *k != key);
+                self.recent.remove(&key);
                 Vec::new()
             }
             Command::Settled { ts_path } => {

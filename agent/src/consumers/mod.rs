@@ -114,7 +114,6 @@ pub fn identities(volumes: &[(VolumeKey, PathBuf)]) -> HashMap<VolumeKey, Identi
 /// One pass over `<proc_root>`: every pod container's mounts, matched against the
 /// volumes of its own pod. Processes may vanish meanwhile: they are skipped.
 pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, PathBuf)]) -> Scan {
-    let ids = identities(volumes);
     let names = container_names(container_logs);
     let mut scan = Scan::default();
     // Per container: its pod, one pid to read mounts from, its oldest process's start,
@@ -148,6 +147,16 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
         }
     }
     scan.containers = containers.len();
+    // Only the volumes of pods with a container running: locating a volume costs a
+    // walk of the mount table, and a node has far more volumes than running pods
+    // with processes to match (measured: 10,000 volumes, 2 s per scan, all of them).
+    let pods: std::collections::HashSet<&str> =
+        containers.values().map(|(uid, ..)| uid.as_str()).collect();
+    let wanted: Vec<_> = (volumes.iter())
+        .filter(|(k, _)| pods.contains(k.pod_uid.as_str()))
+        .cloned()
+        .collect();
+    let ids = identities(&wanted);
     for (id, (pod_uid, pid, start)) in containers {
         let Ok(text) = std::fs::read(proc_root.join(pid.to_string()).join("mountinfo")) else {
             scan.unreadable += 1;
