@@ -5,7 +5,9 @@
 //!    eBPF probe, and with inotify alone as the baseline.
 //! 2. A burst of 1,000 updates/s across hundreds of volumes, agent as its own process:
 //!    updates counted and lost, gaps, ring buffer losses, agent CPU and memory.
-//! 3. Cost added to unrelated syscalls (`renameat`, `getppid`) by the attached probe.
+//! 3. Cost added to unrelated syscalls (`renameat`, `getppid`) by the attached probe,
+//!    and by its watch-call programs (`Probe::watch_calls`) to those and to the
+//!    `inotify_add_watch` / `inotify_rm_watch` calls they trace.
 //!
 //! Run as root: `cargo xtask bench detect [--quick] [--only latency|burst|overhead]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
@@ -20,6 +22,8 @@ mod disk;
 mod latency;
 #[path = "detect/overhead.rs"]
 mod overhead;
+#[path = "detect/overhead_loops.rs"]
+mod overhead_loops;
 #[path = "detect/util.rs"]
 mod util;
 
@@ -158,12 +162,14 @@ fn main() -> ExitCode {
                 rounds: 5,
                 renames: 20_000,
                 getppids: 200_000,
+                watch_pairs: 10_000,
             }
         } else {
             overhead::Params {
                 rounds: 10,
                 renames: 200_000,
                 getppids: 2_000_000,
+                watch_pairs: 100_000,
             }
         };
         overhead_out = Some(section("Probe overhead", overhead::run(&p)));

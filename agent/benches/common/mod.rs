@@ -1,6 +1,16 @@
 //! Shared by the benchmarks: machine facts for the report header, medians and number
 //! formatting. Included by each bench with `#[path = "common/mod.rs"] mod common;`.
+//!
+//! - [`agent_process`]: the agent binary as a process of its own, read over HTTP;
+//! - [`procfs`]: a process's CPU time, memory and inotify watches, the machine's busy
+//!   time;
+//! - [`revision`]: revisions written into a volume key, found again in a lab
+//!   consumer's open log.
 #![allow(dead_code)]
+
+pub mod agent_process;
+pub mod procfs;
+pub mod revision;
 
 use std::{fs, path::Path};
 
@@ -52,6 +62,32 @@ pub fn fs_type(path: &Path) -> &'static str {
     }
 }
 
+/// The file system of `path` for the report; for ext4, whether it has a journal
+/// (without one, ext4 skips inodes deleted in the last 30 s when it allocates, which
+/// slows a writer down after heavy create/delete churn). The detect benchmark's
+/// `fs_desc`, shared.
+pub fn fs_desc(path: &Path) -> String {
+    let t = fs_type(path);
+    if t != "ext4" {
+        return t.to_owned();
+    }
+    match ext4_journal(path) {
+        Some(true) => "ext4 with a journal".into(),
+        Some(false) => "ext4 without a journal".into(),
+        None => "ext4".into(),
+    }
+}
+
+fn ext4_journal(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).ok()?.dev();
+    let block = format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev));
+    let name = fs::read_link(block).ok()?.file_name()?.to_owned();
+    let task =
+        fs::read_to_string(Path::new("/sys/fs/ext4").join(name).join("journal_task")).ok()?;
+    Some(task.trim() != "<none>")
+}
+
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
@@ -73,6 +109,17 @@ pub fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// Nearest-rank percentile of `values` (any order); NaN when empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
 }
 
 pub fn nproc() -> i64 {

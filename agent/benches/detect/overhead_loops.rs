@@ -1,0 +1,220 @@
+//! The loops the overhead measure times, and the thread that drains the probe's
+//! watch-call ring buffer while they run, as the agent does.
+
+use std::{
+    ffi::CString,
+    hint::black_box,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use agent_common::watch::DecodedWatch;
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+
+use crate::util::thread_cpu;
+
+pub fn cstr(p: &Path) -> anyhow::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).context("path with a NUL byte")
+}
+
+/// ns per rename over `n` renames, alternating a→b and b→a.
+pub fn rename_loop(a: &CString, b: &CString, n: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    for _ in 0..n / 2 {
+        for (from, to) in [(a, b), (b, a)] {
+            // SAFETY: two valid NUL-terminated paths.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat,
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("renameat");
+            }
+        }
+    }
+    Ok(start.elapsed().as_nanos() as f64 / (n / 2 * 2) as f64)
+}
+
+/// ns per getppid over `n` calls.
+pub fn getppid_loop(n: u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getppid takes no arguments and cannot fail.
+        black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+    }
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// Pairs between two reads of the inotify fd's queue: each `inotify_rm_watch` queues
+/// an `IN_IGNORED` event, and the queue (16384 events by default) must not overflow.
+const PAIRS_PER_QUEUE_READ: u64 = 256;
+
+/// One inotify fd and the directory its watches go on.
+pub struct Inotify {
+    fd: OwnedFd,
+    dir: CString,
+}
+
+impl Inotify {
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        // SAFETY: no pointers; the returned fd is checked, then owned.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("inotify_init1");
+        }
+        // SAFETY: a fresh fd nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Inotify {
+            fd,
+            dir: cstr(dir)?,
+        })
+    }
+
+    /// ns per `inotify_add_watch` + `inotify_rm_watch` pair over `n` pairs. The queue
+    /// is read between batches, outside the timed spans.
+    pub fn pairs(&self, n: u64) -> anyhow::Result<f64> {
+        let fd = self.fd.as_raw_fd();
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_TO;
+        let mut timed = Duration::ZERO;
+        let mut done = 0;
+        while done < n {
+            let batch = PAIRS_PER_QUEUE_READ.min(n - done);
+            let start = Instant::now();
+            for _ in 0..batch {
+                // SAFETY: a valid inotify fd and NUL-terminated path.
+                let wd = unsafe { libc::inotify_add_watch(fd, self.dir.as_ptr(), mask) };
+                if wd < 0 {
+                    return Err(std::io::Error::last_os_error()).context("inotify_add_watch");
+                }
+                // SAFETY: the fd and the watch just added to it.
+                if unsafe { libc::inotify_rm_watch(fd, wd) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context("inotify_rm_watch");
+                }
+            }
+            timed += start.elapsed();
+            done += batch;
+            self.empty_queue()?;
+        }
+        Ok(timed.as_nanos() as f64 / n as f64)
+    }
+
+    fn empty_queue(&self) -> anyhow::Result<()> {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let got =
+                unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Ok(());
+                }
+                return Err(e).context("read the inotify fd");
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    /// Records of this process's calls.
+    own: AtomicU64,
+    /// Records of other processes' calls (the probe sees the whole node).
+    others: AtomicU64,
+    undecodable: AtomicU64,
+}
+
+/// What a [`WatchReader`] read over its life.
+pub struct ReaderTotals {
+    pub own: u64,
+    pub others: u64,
+    pub undecodable: u64,
+    /// The reader thread's CPU time (user + system).
+    pub cpu: Duration,
+}
+
+/// A thread that drains the watch-call ring buffer as the agent's `read_calls` does:
+/// wait for its fd to be readable, decode every record, wait again. (The agent then
+/// reads the caller's cgroup, once per process; not done here.)
+pub struct WatchReader {
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+    thread: JoinHandle<Duration>,
+}
+
+impl WatchReader {
+    pub fn start(mut ring: RingBuf<MapData>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Counts::default());
+        let (stop2, counts2) = (stop.clone(), counts.clone());
+        let thread = std::thread::spawn(move || {
+            let me = std::process::id();
+            loop {
+                while let Some(item) = ring.next() {
+                    let n = match DecodedWatch::decode(&item) {
+                        Ok(w) if w.tgid == me => &counts2.own,
+                        Ok(_) => &counts2.others,
+                        Err(_) => &counts2.undecodable,
+                    };
+                    n.fetch_add(1, Relaxed);
+                }
+                if stop2.load(Relaxed) {
+                    return thread_cpu();
+                }
+                let mut pfd = libc::pollfd {
+                    fd: ring.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd. A timeout so that `stop` is seen.
+                unsafe { libc::poll(&mut pfd, 1, 20) };
+            }
+        });
+        WatchReader {
+            stop,
+            counts,
+            thread,
+        }
+    }
+
+    /// Waits until `want` records of this process were read, or none came for 200 ms;
+    /// returns how many were.
+    pub fn wait_for(&self, want: u64) -> u64 {
+        let mut seen = self.counts.own.load(Relaxed);
+        let mut since = Instant::now();
+        while seen < want && since.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_millis(1));
+            let now = self.counts.own.load(Relaxed);
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            }
+        }
+        seen
+    }
+
+    pub fn stop(self) -> ReaderTotals {
+        self.stop.store(true, Relaxed);
+        let cpu = self.thread.join().expect("watch reader thread panicked");
+        ReaderTotals {
+            own: self.counts.own.load(Relaxed),
+            others: self.counts.others.load(Relaxed),
+            undecodable: self.counts.undecodable.load(Relaxed),
+            cpu,
+        }
+    }
+}
