@@ -10,18 +10,15 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+mod support;
+
 use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy,
-        WriteOutcome, payload,
-    },
+    lab::{CallStyle, LabContainer, LabNode, Strategy, WriteOutcome, payload},
     volumes::VolumeType,
 };
 use serde_json::Value;
+use support::{KEY, SUB_KEY, lab_container};
 
-const KEY: &str = "config.yaml";
-/// The subPath consumer binds another key, so that its bind does not pin `KEY`.
-const SUB_KEY: &str = "ca.crt";
 const SUBPATH_HINT: &str = "subPath mount: never receives updates; mount the volume as a directory and read the file through it";
 const OLD_DATA_HINT: &str = "still reading data from before the last update";
 
@@ -246,23 +243,6 @@ fn nothing_found_is_no_error_a_missing_root_is() {
 
 // ---- lab: real containers, needs root ----
 
-fn container(
-    node: &LabNode,
-    pod: &LabPod,
-    w: &AtomicWriter,
-    name: &str,
-    strategy: Strategy,
-    sub_path: bool,
-) -> LabContainer {
-    let key = if sub_path { SUB_KEY } else { KEY };
-    let spec = ContainerSpec {
-        period: Duration::from_millis(300),
-        sub_path,
-        ..ContainerSpec::new(name, w.dir(), key, strategy)
-    };
-    LabContainer::start(bin(), node, pod, &spec).unwrap()
-}
-
 /// A process of a container that opened the file once and keeps it open, as an
 /// application holding its config file does: `sleep` with the file as its stdin (open
 /// from its birth), moved into the container's cgroup. Killed on drop.
@@ -318,9 +298,9 @@ fn verdicts_after_an_update(ty: VolumeType) {
         CallStyle::GoAt,
     )
     .unwrap();
-    let watcher = container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
-    let stuck = container(&node, &pod, &w, "stuck", Strategy::ReadOnce, false);
-    let sub = container(&node, &pod, &w, "sub", Strategy::TimerPoller, true);
+    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    let stuck = lab_container(&node, &pod, &w, "stuck", Strategy::ReadOnce, false);
+    let sub = lab_container(&node, &pod, &w, "sub", Strategy::TimerPoller, true);
     let holder = Holder::start(&stuck, &w.dir().join(KEY));
 
     let before = SystemTime::now();
@@ -337,10 +317,10 @@ fn verdicts_after_an_update(ty: VolumeType) {
         other => panic!("{other:?}"),
     };
     past_the_tick_of(swapped_at);
-    let late = container(&node, &pod, &w, "late", Strategy::DataDirWatcher, false);
+    let late = lab_container(&node, &pod, &w, "late", Strategy::DataDirWatcher, false);
     // Its watch is on the current data: one made before the update went with the old
     // file, and only the running agent remembers what it was.
-    let naive = container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
+    let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
 
     let kubelet = node.kubelet_root();
     let (pod_logs, ctr_logs) = (node.pod_logs_dir(), node.container_logs_dir());

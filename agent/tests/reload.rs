@@ -4,61 +4,16 @@
 
 mod support;
 
-use std::{
-    path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy,
-        WriteOutcome, payload,
-    },
+    lab::{CallStyle, LabNode, Strategy, WriteOutcome, payload},
     volumes::VolumeType,
 };
 use support::*;
 
-const KEY: &str = "config.yaml";
-/// The subPath consumer binds another key: a subPath bind of `KEY` would pin the old
-/// file and keep a file re-watcher of `KEY` in the same pod from ever seeing
-/// IN_DELETE_SELF (see lab_containers.rs).
-const SUB_KEY: &str = "ca.crt";
-
 fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
-}
-
-fn container(
-    node: &LabNode,
-    pod: &LabPod,
-    w: &AtomicWriter,
-    name: &str,
-    strategy: Strategy,
-    sub_path: bool,
-) -> LabContainer {
-    let key = if sub_path { SUB_KEY } else { KEY };
-    let spec = ContainerSpec {
-        period: Duration::from_millis(300),
-        sub_path,
-        ..ContainerSpec::new(name, w.dir(), key, strategy)
-    };
-    LabContainer::start(
-        Path::new(env!("CARGO_BIN_EXE_reloadscope")),
-        node,
-        pod,
-        &spec,
-    )
-    .unwrap()
-}
-
-/// Reads every file of the volume from another host process, as the kubelet's sync does.
-fn host_reread(w: &AtomicWriter) {
-    let status = std::process::Command::new("cat")
-        .arg(w.dir().join(KEY))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
@@ -82,9 +37,9 @@ async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
     ];
     let mut ctrs = Vec::new();
     for (name, s) in reloading.iter().chain(&never) {
-        ctrs.push(container(&node, &pod, &w, name, *s, false));
+        ctrs.push(lab_container(&node, &pod, &w, name, *s, false));
     }
-    let sub = container(&node, &pod, &w, "subpath", Strategy::TimerPoller, true);
+    let sub = lab_container(&node, &pod, &w, "subpath", Strategy::TimerPoller, true);
     let agent = start(&node, true).await;
 
     let info = wait_metrics(agent.addr, "every consumer", |m| {
@@ -257,8 +212,8 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
         .unwrap();
     w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
         .unwrap();
-    let once = container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
-    let watcher = container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    let once = lab_container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
+    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     let state = tempfile::tempdir().unwrap();
     let cfg = reloadscope::agent::Config {
         state_file: Some(state.path().join("state.json")),
@@ -328,7 +283,7 @@ async fn a_container_started_after_the_update_has_it() {
     let w = node.add_volume(&pod, VolumeType::Secret, "tls").unwrap();
     w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
         .unwrap();
-    let old = container(&node, &pod, &w, "old", Strategy::ReadOnce, false);
+    let old = lab_container(&node, &pod, &w, "old", Strategy::ReadOnce, false);
     let agent = start(&node, true).await;
     wait_metrics(agent.addr, "the old container", |m| {
         m.matching("reloadscope_consumer_info", &[]).count() == 1
@@ -351,7 +306,7 @@ async fn a_container_started_after_the_update_has_it() {
     // tick counts as before it. A runtime restarts a container seconds later; make sure
     // the clock has left the swap's tick.
     past_the_tick_of(swapped);
-    let new = container(&node, &pod, &w, "new", Strategy::ReadOnce, false);
+    let new = lab_container(&node, &pod, &w, "new", Strategy::ReadOnce, false);
     let m = wait_metrics(agent.addr, "the new container, and the old one gone", |m| {
         m.matching("reloadscope_consumer_info", &[]).count() == 1
             && m.get("reloadscope_consumer_info", &[("container", "new")])

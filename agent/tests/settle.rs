@@ -6,47 +6,11 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
-
 use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, payload,
-    },
+    lab::{CallStyle, LabNode, Strategy, payload},
     volumes::VolumeType,
 };
 use support::*;
-
-const KEY: &str = "config.yaml";
-
-fn container(
-    node: &LabNode,
-    pod: &LabPod,
-    w: &AtomicWriter,
-    name: &str,
-    s: Strategy,
-) -> LabContainer {
-    let spec = ContainerSpec {
-        period: Duration::from_millis(300),
-        ..ContainerSpec::new(name, w.dir(), KEY, s)
-    };
-    LabContainer::start(
-        Path::new(env!("CARGO_BIN_EXE_reloadscope")),
-        node,
-        pod,
-        &spec,
-    )
-    .unwrap()
-}
-
-/// `cat`s the volume's file from a host process, as the kubelet's sync re-reads it.
-fn host_reread(w: &AtomicWriter) {
-    let status = std::process::Command::new("cat")
-        .arg(w.dir().join(KEY))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 fn host_opens(m: &reloadscope::lab::scrape::Samples) -> f64 {
     m.sum("reloadscope_foreign_opens_total", &[("opener", "host")])
@@ -58,8 +22,8 @@ async fn settled_data_is_ignored_and_the_next_update_measured(ty: VolumeType) {
     let w = node.add_volume(&pod, ty, "app-config").unwrap();
     w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
         .unwrap();
-    let watcher = container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher);
-    let naive = container(&node, &pod, &w, "naive", Strategy::NaiveModify);
+    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
     let agent = start(&node, true).await;
     wait_metrics(agent.addr, "both consumers", |m| {
         m.matching("reloadscope_consumer_info", &[]).count() == 2
@@ -134,7 +98,7 @@ async fn without_reloads_updates_count_and_no_open_is_watched() {
     let w = node.add_volume(&pod, VolumeType::Secret, "tls").unwrap();
     w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
         .unwrap();
-    let watcher = container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher);
+    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     assert_eq!(fanotify_groups(), 0);
     let agent = start_with(reloadscope::agent::Config {
         reloads: false,

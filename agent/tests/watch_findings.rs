@@ -8,41 +8,11 @@ mod support;
 use std::{collections::BTreeSet, ffi::OsString, path::Path, time::Duration};
 
 use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, payload,
-        scrape::Samples,
-    },
+    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape::Samples},
     volumes::VolumeType,
     watches,
 };
 use support::*;
-
-const KEY: &str = "config.yaml";
-/// The subPath consumer binds another key: a subPath bind of `KEY` would pin the old
-/// file, and the file re-watcher of `KEY` would never see it deleted (README, limits).
-const SUB_KEY: &str = "ca.crt";
-
-fn container(
-    node: &LabNode,
-    pod: &LabPod,
-    w: &AtomicWriter,
-    name: &str,
-    s: Strategy,
-    sub_path: bool,
-) -> LabContainer {
-    let spec = ContainerSpec {
-        period: Duration::from_millis(300),
-        sub_path,
-        ..ContainerSpec::new(name, w.dir(), if sub_path { SUB_KEY } else { KEY }, s)
-    };
-    LabContainer::start(
-        Path::new(env!("CARGO_BIN_EXE_reloadscope")),
-        node,
-        pod,
-        &spec,
-    )
-    .unwrap()
-}
 
 /// Each container's findings, as /metrics says.
 fn findings(m: &Samples) -> Vec<(String, BTreeSet<String>)> {
@@ -154,7 +124,7 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
     let mut ctrs = Vec::new();
     for (name, runs, _, _) in &cases {
         let c = match runs {
-            Runs::Strategy(s, sub) => container(&node, &pod, &w, name, *s, *sub),
+            Runs::Strategy(s, sub) => lab_container(&node, &pod, &w, name, *s, *sub),
             Runs::Program(cmd) => {
                 let spec = ContainerSpec::program(name, w.dir(), KEY, cmd);
                 let c = LabContainer::start(bin, &node, &pod, &spec).unwrap();

@@ -323,3 +323,39 @@ pub fn kernel_group_watches(dir: &std::path::Path) -> usize {
     }
     0
 }
+
+/// The file lab containers read, and the one a subPath container binds instead: a
+/// subPath bind of `KEY` would pin the old file, and a file re-watcher of `KEY` in the
+/// same pod would never see it deleted (README, limits).
+pub const KEY: &str = "config.yaml";
+pub const SUB_KEY: &str = "ca.crt";
+
+/// A lab container on `w`'s volume running `strategy` on `KEY` (on `SUB_KEY`, bound
+/// through subPath, when `sub_path`), re-reading every 300 ms where it polls.
+pub fn lab_container(
+    node: &LabNode,
+    pod: &lab::LabPod,
+    w: &lab::AtomicWriter,
+    name: &str,
+    strategy: lab::Strategy,
+    sub_path: bool,
+) -> lab::LabContainer {
+    let key = if sub_path { SUB_KEY } else { KEY };
+    let spec = lab::ContainerSpec {
+        period: Duration::from_millis(300),
+        sub_path,
+        ..lab::ContainerSpec::new(name, w.dir(), key, strategy)
+    };
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    lab::LabContainer::start(bin, node, pod, &spec).unwrap()
+}
+
+/// `cat`s `KEY` of `w`'s volume from a host process, as the kubelet's sync re-reads it.
+pub fn host_reread(w: &lab::AtomicWriter) {
+    let status = std::process::Command::new("cat")
+        .arg(w.dir().join(KEY))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
