@@ -84,21 +84,11 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("detect: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("detect: needs root (eBPF probe, tmpfs mounts)\n{USAGE}");
-        return ExitCode::from(2);
-    }
+    let args =
+        match common::checked_args("detect", USAGE, " (eBPF probe, tmpfs mounts)", parse_args()) {
+            Ok(a) => a,
+            Err(code) => return code,
+        };
     let wants = |m| args.only.is_empty() || args.only.contains(&m);
     let started = Instant::now();
     let binary = burst::agent_binary();

@@ -90,21 +90,10 @@ fn main() -> ExitCode {
     if raw.first().map(String::as_str) == Some(openloop::FLAG) {
         return openloop::child_main(&raw[1..]);
     }
-    let args = match parse_args(&raw) {
+    let args = match common::checked_args("reload", USAGE, "", parse_args(&raw)) {
         Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("reload: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("reload: needs root\n{USAGE}");
-        return ExitCode::from(2);
-    }
     let wants = |m| args.only.is_empty() || args.only.contains(&m);
     let started = Instant::now();
 

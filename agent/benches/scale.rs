@@ -188,21 +188,10 @@ fn main() -> ExitCode {
     if raw.first().map(String::as_str) == Some(poller::FLAG) {
         return poller::child_main(&raw[1..]);
     }
-    let args = match parse_args(&raw) {
+    let args = match common::checked_args("scale", USAGE, "", parse_args(&raw)) {
         Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("scale: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("scale: needs root\n{USAGE}");
-        return ExitCode::from(2);
-    }
     let found = match args.agent.clone() {
         Some(p) if p.is_file() => Ok(p),
         Some(p) => Err(anyhow::anyhow!("--agent {}: no such file", p.display())),

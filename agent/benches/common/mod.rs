@@ -165,6 +165,29 @@ pub fn tracepoint_prog_holders() -> Vec<String> {
 }
 
 /// The report's first lines: the command and the machine it ran on.
+/// A benchmark's parsed arguments; else, after printing why (their error and the usage,
+/// or that it needs root: `needs` says what for), the exit code to return.
+pub fn checked_args<A>(
+    bench: &str,
+    usage: &str,
+    needs: &str,
+    parsed: Result<A, String>,
+) -> Result<A, std::process::ExitCode> {
+    let args = parsed.map_err(|e| {
+        if !e.is_empty() {
+            eprintln!("{bench}: {e}");
+        }
+        eprintln!("{usage}");
+        std::process::ExitCode::from(2)
+    })?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("{bench}: needs root{needs}\n{usage}");
+        return Err(std::process::ExitCode::from(2));
+    }
+    Ok(args)
+}
+
 pub fn header(bench: &str, given: &[String], quick: bool) -> String {
     let mut cmd = format!("cargo xtask bench {bench}");
     for a in given {
