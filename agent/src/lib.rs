@@ -9,6 +9,7 @@ pub mod consumers;
 pub mod events;
 pub mod fanotify;
 pub mod inspect;
+pub mod kubeapi;
 pub mod lab;
 pub mod metrics;
 pub mod opens;

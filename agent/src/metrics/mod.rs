@@ -32,6 +32,8 @@ pub struct Shared {
     pub reloads: Mutex<crate::reloads::Reloads>,
     /// What each consumer's inotify watches will do at the next update.
     pub linter: Mutex<crate::watches::Linter>,
+    /// What the Kubernetes API says of this node's pods, when one is configured.
+    pub meta: crate::kubeapi::Meta,
     /// Updates whose new data dir was marked for open events only after the swap.
     pub late_marks: AtomicU64,
     pub fanotify_overflows: AtomicU64,
@@ -58,6 +60,7 @@ impl Shared {
             tracker: Mutex::new(tracker),
             reloads: Mutex::default(),
             linter: Mutex::default(),
+            meta: crate::kubeapi::Meta::default(),
             late_marks: AtomicU64::new(0),
             fanotify_overflows: AtomicU64::new(0),
             fanotify: AtomicBool::new(false),
