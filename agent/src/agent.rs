@@ -66,6 +66,10 @@ pub struct Config {
     /// [`consumers::RESCAN`], or [`consumers::RESCAN_FOLLOWED`] while container cgroups
     /// are followed.
     pub rescan: Option<Duration>,
+    /// The Kubernetes API, when one is configured.
+    pub kube: Option<crate::kubeapi::Settings>,
+    /// Which labels and series are exported.
+    pub labels: crate::metrics::LabelControls,
 }
 
 impl Config {
@@ -84,6 +88,8 @@ impl Config {
             state_file: None,
             rescan: None,
             rewatch_grace: watches::REWATCH_GRACE,
+            kube: None,
+            labels: crate::metrics::LabelControls::default(),
             histogram_labels: ["namespace", "pod", "container", "volume"]
                 .map(String::from)
                 .to_vec(),

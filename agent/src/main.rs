@@ -102,6 +102,118 @@ struct AgentArgs {
     /// to add one again before it is reported `not_rewatched`.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = seconds)]
     rewatch_grace: f64,
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    labels: LabelArgs,
+}
+
+/// The Kubernetes API: optional, names volumes' sources and pods' workloads and
+/// measures propagation delay.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Kubernetes API")]
+struct KubeArgs {
+    /// A kubeconfig file. Without it: the in-cluster config when running in a pod,
+    /// else $KUBECONFIG; with neither the agent runs on on-node names alone.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Do not use the Kubernetes API even where one is configured.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    no_kube: bool,
+    /// This node's name (the pods watched are those with this spec.nodeName). Default:
+    /// the host name.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// A ConfigMap or Secret change seen on the API and not swapped on this node within
+    /// this time is reported pending (reloadscope_propagation_pending).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = seconds)]
+    propagation_timeout: f64,
+    /// Post a `StaleVolumeReload` Event on a pod whose container stays stale past
+    /// --stale-after (rate-limited). Needs RBAC to create events.
+    #[arg(long)]
+    emit_events: bool,
+    /// How long a container may stay stale before an Event is posted.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0, value_parser = seconds)]
+    stale_after: f64,
+}
+
+/// Label and cardinality controls.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Labels and series")]
+struct LabelArgs {
+    /// Labels the per-consumer metrics keep, of namespace, workload, pod, container,
+    /// volume. Consumers sharing the kept labels share a series.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "namespace,workload,pod,container,volume"
+    )]
+    metric_labels: Vec<String>,
+    /// Export only these namespaces (comma-separated); default: all.
+    #[arg(long, value_delimiter = ',', value_name = "NS")]
+    namespaces: Vec<String>,
+    /// Never export these namespaces (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "NS")]
+    exclude_namespaces: Vec<String>,
+    /// Never export volumes whose name matches, e.g. 'kube-api-access-.*' (the
+    /// kubelet rewrites those about every 48 minutes). Matched against the whole name.
+    #[arg(long, value_name = "REGEX", value_parser = whole_regex)]
+    exclude_volumes: Option<regex::Regex>,
+}
+
+/// A regex matched against a whole name.
+fn whole_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| format!("{s:?}: {e}"))
+}
+
+impl KubeArgs {
+    /// The API settings, or None when no API is configured (or --no-kube).
+    fn settings(self, namespaces: &[String]) -> Option<reloadscope::kubeapi::Settings> {
+        let configured = self.kubeconfig.is_some()
+            || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            || std::env::var_os("KUBECONFIG").is_some();
+        if self.no_kube || !configured {
+            info!("no Kubernetes API configured: volumes and pods keep their on-node names");
+            return None;
+        }
+        let node_name = self.node_name.unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
+            info!(node = %host, "--node-name not set: using the host name");
+            host
+        });
+        Some(reloadscope::kubeapi::Settings {
+            kubeconfig: self.kubeconfig,
+            node_name,
+            propagation_timeout: std::time::Duration::from_secs_f64(self.propagation_timeout),
+            emit_events: self.emit_events,
+            stale_after: std::time::Duration::from_secs_f64(self.stale_after),
+            namespaces: namespaces.to_vec(),
+        })
+    }
+}
+
+impl LabelArgs {
+    fn controls(self) -> anyhow::Result<reloadscope::metrics::LabelControls> {
+        use reloadscope::metrics::CONSUMER_LABELS;
+        if let Some(bad) = self
+            .metric_labels
+            .iter()
+            .find(|l| !CONSUMER_LABELS.contains(&l.as_str()))
+        {
+            anyhow::bail!(
+                "--metric-labels: unknown label {bad:?}: choose from {}",
+                CONSUMER_LABELS.join(", ")
+            );
+        }
+        Ok(reloadscope::metrics::LabelControls {
+            consumer: self.metric_labels,
+            namespaces: self.namespaces,
+            exclude_namespaces: self.exclude_namespaces,
+            exclude_volumes: self.exclude_volumes,
+        })
+    }
 }
 
 /// A non-negative, finite number of seconds.
@@ -147,6 +259,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         state_file: args.state_file,
         rescan: None,
         rewatch_grace: std::time::Duration::from_secs_f64(args.rewatch_grace),
+        kube: args.kube.settings(&args.labels.namespaces),
+        labels: args.labels.controls()?,
     };
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     use tokio::signal::unix::{SignalKind, signal};

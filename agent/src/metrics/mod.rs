@@ -3,10 +3,12 @@
 //! late names all its series at once.
 
 mod consumers;
+mod labels;
 mod process;
 mod watches;
 
 pub use consumers::histogram_labels;
+pub use labels::{CONSUMER_LABELS, LabelControls};
 
 use std::sync::{
     Arc, Mutex,
