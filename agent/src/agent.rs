@@ -243,6 +243,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(consumers));
     }
 
+    if let Some(settings) = cfg.kube.clone() {
+        shared.meta.state.lock().expect("meta lock").configured = true;
+        tasks.push(crate::kubeapi::client::spawn(
+            settings,
+            shared.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
     // The state loop runs before the walk starts, so the walk can never fill the queue.
     let state = StateLoop {
         shared: shared.clone(),
