@@ -48,6 +48,7 @@ pub fn rule_file(cfg: &Config) -> Value {
     };
     json!({"groups": [
         group("reloadscope-consumers", consumer_alerts(cfg)),
+        group("reloadscope-propagation", propagation_alerts(cfg)),
         group("reloadscope-agent", agent_alerts(cfg)),
     ]})
 }
@@ -116,6 +117,46 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
                 "Container {{ $labels.container }} of pod {{ $labels.namespace }}/{{ $labels.pod }} \
                  watches volume {{ $labels.volume }} with inotify in a way that will miss its \
                  updates ({{ $labels.finding }}), and has for <finding_for>.",
+                &values,
+            ),
+        },
+    ]
+}
+
+fn propagation_alerts(cfg: &Config) -> Vec<Alert> {
+    let values = [
+        ("job", cfg.selector),
+        ("pending_for", cfg.pending_for),
+        ("api_down_for", cfg.api_down_for),
+    ];
+    vec![
+        // The gauge is 1 only once a change has waited the agent's
+        // --propagation-timeout (5m by default); `for` adds to that.
+        Alert {
+            name: "ReloadscopePropagationPending",
+            expr: fill("reloadscope_propagation_pending{<job>} == 1", &values),
+            r#for: cfg.pending_for,
+            severity: "warning",
+            summary: "A ConfigMap or Secret change has not reached a node.",
+            description: fill(
+                "Volume {{ $labels.volume }} of pod {{ $labels.namespace }}/{{ $labels.pod }} \
+                 holds a ConfigMap or Secret that changed on the API, and the kubelet on \
+                 {{ $labels.instance }} has not swapped the new data in past the agent's \
+                 --propagation-timeout and <pending_for> more: the pod's containers still \
+                 see the old data.",
+                &values,
+            ),
+        },
+        Alert {
+            name: "ReloadscopeKubeApiDown",
+            expr: fill("reloadscope_kube_api_up{<job>} == 0", &values),
+            r#for: cfg.api_down_for,
+            severity: "warning",
+            summary: "The agent cannot reach the Kubernetes API.",
+            description: fill(
+                "The agent on {{ $labels.instance }} has not been able to list or watch the \
+                 Kubernetes API for <api_down_for>: volumes and pods keep their on-node names \
+                 and no propagation delay is measured. It retries with backoff.",
                 &values,
             ),
         },

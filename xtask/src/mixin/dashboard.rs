@@ -19,6 +19,10 @@ pub fn dashboard(cfg: &Config) -> Value {
     for p in reloads(cfg) {
         panels.push(grid.place(12, 8, p));
     }
+    panels.push(grid.row("Propagation"));
+    for p in super::propagation::panels(cfg) {
+        panels.push(grid.place(8, 8, p));
+    }
     panels.push(grid.row("Details"));
     for p in super::details::panels(cfg) {
         panels.push(grid.place(12, 8, p));
@@ -30,6 +34,10 @@ pub fn dashboard(cfg: &Config) -> Value {
     let all = format!("reloadscope_volume_updates_total{}", cfg.select(""));
     let namespaced = format!(
         "reloadscope_volume_updates_total{}",
+        cfg.select(r#"namespace=~"$namespace""#)
+    );
+    let workloads = format!(
+        "reloadscope_consumer_info{}",
         cfg.select(r#"namespace=~"$namespace""#)
     );
     json!({
@@ -57,7 +65,9 @@ pub fn dashboard(cfg: &Config) -> Value {
                 "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "regex": "",
             },
             variable("namespace", &all),
+            variable("workload", &workloads),
             variable("pod", &namespaced),
+            variable("source_name", &namespaced).with("label", json!("source")),
         ]},
         "panels": panels,
     })
@@ -68,17 +78,31 @@ pub(super) fn pods(cfg: &Config) -> String {
     cfg.select(r#"namespace=~"$namespace", pod=~"$pod""#)
 }
 
+/// The selector of the chosen consumers: namespaces, workloads and pods.
+pub(super) fn consumers(cfg: &Config) -> String {
+    cfg.select(r#"namespace=~"$namespace", workload=~"$workload", pod=~"$pod""#)
+}
+
+/// The selector of the chosen volumes: namespaces, pods and sources.
+pub(super) fn volumes(cfg: &Config) -> String {
+    cfg.select(r#"namespace=~"$namespace", pod=~"$pod", source_name=~"$source_name""#)
+}
+
 fn updates(cfg: &Config) -> Value {
     let expr = format!(
-        "sum by (namespace, pod, volume) (increase(reloadscope_volume_updates_total{}[{RATE}]))",
-        pods(cfg)
+        "sum by (namespace, pod, volume, source_kind, source_name) \
+         (increase(reloadscope_volume_updates_total{}[{RATE}]))",
+        volumes(cfg)
     );
     timeseries(
         "Updates per volume",
         "Atomic updates (..data swaps) of each ConfigMap, Secret, projected and downwardAPI \
          volume; a pod's first population is not an update.",
         "short",
-        vec![target(expr, "{{namespace}}/{{pod}} {{volume}}")],
+        vec![target(
+            expr,
+            "{{namespace}}/{{pod}} {{volume}} ({{source_kind}} {{source_name}})",
+        )],
     )
     .with(
         "fieldConfig",
@@ -88,13 +112,52 @@ fn updates(cfg: &Config) -> Value {
 }
 
 fn reloads(cfg: &Config) -> Vec<Value> {
-    let pods = pods(cfg);
+    let pods = consumers(cfg);
     let buckets = format!("reloadscope_reload_latency_seconds_bucket{pods}[{RATE}]");
-    let heatmap = panel(
-        "heatmap",
+    let heatmap = heatmap(
         "Reload latency",
         "Time from a volume's swap to each consuming container's first open of the new \
          data: how many reloads fell in each latency bucket.",
+        &buckets,
+    );
+    let percentiles = percentiles(
+        "Reload latency p50 / p99",
+        "Median and 99th percentile of the time from a swap to a container's reload, over \
+         the selected pods' containers.",
+        &buckets,
+    );
+    let stale = table(
+        "Stale consumers",
+        "Containers that have not reloaded the newest update of a volume they mount, \
+         longest first. Stale for: time since that update's swap.",
+        "s",
+        format!("sort_desc(reloadscope_consumer_stale_seconds{pods} > 0)"),
+        "Stale for",
+    );
+    let subpath = table(
+        "subPath consumers",
+        "Containers that bind a file of a volume through subPath: they never receive its \
+         updates. Updates: the volume's updates since the agent started, all missed.",
+        "short",
+        format!(
+            "reloadscope_consumer_info{}\n  * on (namespace, pod, volume) group_left (volume_type)\n  \
+             max by (namespace, pod, volume, volume_type) (reloadscope_volume_updates_total{})",
+            cfg.select(
+                r#"namespace=~"$namespace", workload=~"$workload", pod=~"$pod", mount="subpath""#
+            ),
+            volumes(cfg),
+        ),
+        "Updates",
+    );
+    vec![heatmap, percentiles, stale, subpath]
+}
+
+/// A heatmap of a histogram's buckets: `buckets` is `<name>_bucket{..}[range]`.
+pub(super) fn heatmap(title: &str, description: &str, buckets: &str) -> Value {
+    panel(
+        "heatmap",
+        title,
+        description,
         "short",
         vec![
             target(format!("sum by (le) (increase({buckets}))"), "{{le}}")
@@ -113,41 +176,23 @@ fn reloads(cfg: &Config) -> Vec<Value> {
             "tooltip": {"mode": "single", "yHistogram": true},
             "legend": {"show": true},
         }),
-    );
+    )
+}
+
+/// p50 and p99 of a histogram in seconds: `buckets` as for [`heatmap`].
+pub(super) fn percentiles(title: &str, description: &str, buckets: &str) -> Value {
     let quantile = |q: &str, name: &str| {
         target(
             format!("histogram_quantile({q}, sum by (le) (rate({buckets})))"),
             name,
         )
     };
-    let percentiles = timeseries(
-        "Reload latency p50 / p99",
-        "Median and 99th percentile of the time from a swap to a container's reload, over \
-         the selected pods' containers.",
+    timeseries(
+        title,
+        description,
         "s",
         vec![quantile("0.5", "p50"), quantile("0.99", "p99")],
-    );
-    let stale = table(
-        "Stale consumers",
-        "Containers that have not reloaded the newest update of a volume they mount, \
-         longest first. Stale for: time since that update's swap.",
-        "s",
-        format!("sort_desc(reloadscope_consumer_stale_seconds{pods} > 0)"),
-        "Stale for",
-    );
-    let subpath = table(
-        "subPath consumers",
-        "Containers that bind a file of a volume through subPath: they never receive its \
-         updates. Updates: the volume's updates since the agent started, all missed.",
-        "short",
-        format!(
-            "reloadscope_consumer_info{}\n  * on (namespace, pod, volume) group_left (volume_type)\n  \
-             max by (namespace, pod, volume, volume_type) (reloadscope_volume_updates_total{pods})",
-            cfg.select(r#"namespace=~"$namespace", pod=~"$pod", mount="subpath""#)
-        ),
-        "Updates",
-    );
-    vec![heatmap, percentiles, stale, subpath]
+    )
 }
 
 fn health(cfg: &Config) -> Vec<Value> {
@@ -169,7 +214,8 @@ fn health(cfg: &Config) -> Vec<Value> {
         "Probes loaded",
         "Per agent: whether the eBPF probe is attached, and in which variant (fentry or \
          tracepoint; else updates are detected by inotify alone), and whether fanotify is \
-         (else reloads are measured approximately, per volume).",
+         (else reloads are measured approximately, per volume), and whether the Kubernetes \
+         API answers (else on-node names only, no propagation delays).",
         "none",
         vec![
             target(
@@ -177,6 +223,7 @@ fn health(cfg: &Config) -> Vec<Value> {
                 "eBPF ({{probe}}) {{instance}}",
             ),
             loaded("reloadscope_fanotify_loaded", "fanotify"),
+            loaded("reloadscope_kube_api_up", "Kubernetes API"),
         ],
     )
     .with(

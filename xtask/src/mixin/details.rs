@@ -5,18 +5,21 @@
 use serde_json::Value;
 
 use super::Config;
-use super::dashboard::{RATE, pods};
+use super::dashboard::{RATE, consumers, volumes};
 use super::panels::{table, target, timeseries};
 
 pub fn panels(cfg: &Config) -> Vec<Value> {
-    let pods = pods(cfg);
+    let pods = consumers(cfg);
     let job = cfg.select("");
     let last_update = table(
         "Last update per volume",
         "Time since each volume's last atomic update (..data swap), as the agent saw it \
          (the probe's clock when it caught the swap).",
         "s",
-        format!("time() - reloadscope_volume_last_update_timestamp_seconds{pods}"),
+        format!(
+            "time() - reloadscope_volume_last_update_timestamp_seconds{}",
+            volumes(cfg)
+        ),
         "Since update",
     );
     let last_reload = table(

@@ -9,6 +9,7 @@ mod dashboard;
 mod details;
 mod panels;
 pub mod promql;
+mod propagation;
 mod yaml;
 
 use std::fs;
@@ -38,6 +39,12 @@ pub struct Config {
     pub counter_window: &'static str,
     /// How long the probe or fanotify must be unloaded before alerting.
     pub not_loaded_for: &'static str,
+    /// How long a propagation must stay pending (past the agent's
+    /// --propagation-timeout) before ReloadscopePropagationPending fires.
+    pub pending_for: &'static str,
+    /// How long an agent must fail to reach the Kubernetes API before
+    /// ReloadscopeKubeApiDown fires.
+    pub api_down_for: &'static str,
     /// How long one agent must be unreachable before ReloadscopeAgentDown fires.
     pub down_for: &'static str,
     /// How long no agent at all may be up before ReloadscopeAgentAbsent fires.
@@ -59,6 +66,8 @@ impl Default for Config {
             finding_for: "15m",
             counter_window: "10m",
             not_loaded_for: "10m",
+            pending_for: "5m",
+            api_down_for: "10m",
             down_for: "5m",
             absent_for: "15m",
             runbook: "dashboards/runbook.md",
@@ -77,6 +86,8 @@ impl Config {
             finding_for: "5s",
             counter_window: "1m",
             not_loaded_for: "0s",
+            pending_for: "0s",
+            api_down_for: "0s",
             down_for: "0s",
             absent_for: "0s",
             ..Self::default()
