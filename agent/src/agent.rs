@@ -595,6 +595,12 @@ impl StateLoop {
         }
     }
 
+    /// An update of `key` swapped at `at`: ends a propagation pending for it.
+    fn swapped(&self, key: &VolumeKey, at: SystemTime) {
+        let mut meta = self.shared.meta.state.lock().expect("meta lock");
+        meta.propagation.swapped(&key.pod_uid, &key.name, at);
+    }
+
     fn apply(&mut self, ev: Event) {
         let shared = &self.shared;
         let now = Instant::now();
@@ -613,6 +619,7 @@ impl StateLoop {
                     && let Some(at) = v.last_update
                 {
                     r.update(&key, &ts, at);
+                    self.swapped(&key, at);
                     self.rescan.notify_one();
                 }
             }
@@ -639,6 +646,7 @@ impl StateLoop {
                         .lock()
                         .expect("reloads lock")
                         .update(&key, &ts, at);
+                    self.swapped(&key, at);
                     self.rescan.notify_one();
                 }
             }

@@ -34,6 +34,9 @@ pub struct Settings {
 }
 
 /// Shared between the API watchers, the state loop and the scrapes.
+///
+/// Lock order: `state` is taken last. The state loop takes it while holding the
+/// tracker and reloads locks, so code holding it never takes another lock.
 #[derive(Debug, Default)]
 pub struct Meta {
     pub state: Mutex<MetaState>,
