@@ -12,6 +12,7 @@
 //!   syscall flavour ([`CallStyle::GoAt`]) or the legacy one ([`CallStyle::Legacy`]).
 
 mod consumer;
+pub mod cluster;
 mod container;
 mod node;
 mod run;
