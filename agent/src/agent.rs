@@ -90,7 +90,7 @@ impl Config {
             rewatch_grace: watches::REWATCH_GRACE,
             kube: None,
             labels: crate::metrics::LabelControls::default(),
-            histogram_labels: ["namespace", "pod", "container", "volume"]
+            histogram_labels: ["namespace", "workload", "pod", "container", "volume"]
                 .map(String::from)
                 .to_vec(),
         }
@@ -137,7 +137,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(Tracker::new(PAIR_WINDOW, false)));
     let keep = metrics::histogram_labels(&cfg.histogram_labels).map_err(anyhow::Error::msg)?;
-    let registry = metrics::registry(shared.clone(), keep)?;
+    let registry = metrics::registry(shared.clone(), cfg.labels.clone(), &keep)?;
     *shared.linter.lock().expect("linter lock") = watches::Linter::new(cfg.rewatch_grace);
     if let Some(path) = &cfg.state_file {
         restore(&shared, path);

@@ -1,60 +1,55 @@
 //! The consumer families: reload latency, staleness, last reload, consumer info and
-//! foreign opens, rendered from [`Reloads`] at each scrape. The latency histogram is
-//! built from the state's bucket counts, so a consumer's series go with it.
+//! foreign opens, rendered from [`Reloads`](crate::reloads::Reloads) at each scrape. The
+//! latency histogram is built from the state's bucket counts, so a consumer's series go
+//! with it.
+//!
+//! The per-consumer families keep the labels `--metric-labels` chooses
+//! ([`Selection`]); consumers with the same kept values share a series: latency
+//! histograms add up, stale seconds and last reload take the largest, consumer info
+//! counts the consumers.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use prometheus::{
     core::{Collector, Desc},
-    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+    proto::{MetricFamily, MetricType},
 };
 
-use super::Shared;
+use super::{
+    LabelControls, Shared,
+    labels::{ConsumerValues, Selection, workloads},
+    render::{Family, counter, family, gauge, histogram},
+};
 use crate::{
     clock,
-    reloads::{BUCKETS, FOREIGN, MountKind},
+    reloads::{BUCKETS, FOREIGN, Histogram, MountKind},
 };
-
-const LABELS: [&str; 4] = ["namespace", "pod", "container", "volume"];
-
-pub(super) struct Family {
-    pub name: &'static str,
-    pub help: &'static str,
-    pub kind: MetricType,
-    pub labels: &'static [&'static str],
-}
 
 const LATENCY: Family = Family {
     name: "reloadscope_reload_latency_seconds",
-    help: "Time from a volume's swap to the consuming container's first open of the new data.",
+    help: "Time from a volume's swap to the consuming container's first open of the new data. Containers with the same values of the kept labels (--metric-labels, --histogram-labels) share one histogram of all their reloads.",
     kind: MetricType::HISTOGRAM,
-    labels: &LABELS,
+    labels: &[],
 };
 const STALE: Family = Family {
     name: "reloadscope_consumer_stale_seconds",
-    help: "Seconds since the swap of the newest update this container has not reloaded; 0 when it has it.",
+    help: "Seconds since the swap of the newest update this container has not reloaded; 0 when it has it (whole-volume consumers only). Containers with the same values of the kept labels (--metric-labels) share a series: the largest.",
     kind: MetricType::GAUGE,
-    labels: &LABELS,
+    labels: &[],
 };
 const LAST_RELOAD: Family = Family {
     name: "reloadscope_consumer_last_reload_timestamp_seconds",
-    help: "Time of the container's last reload of the volume, seconds since the epoch.",
+    help: "Time of the container's last reload of the volume, seconds since the epoch. Containers with the same values of the kept labels (--metric-labels) share a series: the latest.",
     kind: MetricType::GAUGE,
-    labels: &LABELS,
+    labels: &[],
 };
 const INFO: Family = Family {
     name: "reloadscope_consumer_info",
-    help: "1 for each container consuming a volume; mount says whether it binds the whole volume or one file through subPath; measurement how its reloads are seen: exact (fanotify, per process), approximate (inotify, per volume) or none.",
+    help: "Number of containers consuming a volume with these labels: 1 per container, more where --metric-labels drops the labels that tell them apart. workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none.",
     kind: MetricType::GAUGE,
-    labels: &[
-        "namespace",
-        "pod",
-        "container",
-        "volume",
-        "mount",
-        "measurement",
-    ],
+    labels: &[],
 };
+const INFO_LABELS: [&str; 2] = ["mount", "measurement"];
 const FOREIGN_OPENS: Family = Family {
     name: "reloadscope_foreign_opens_total",
     help: "Opens of volume files by processes outside the consuming containers (never reloads), by opener.",
@@ -79,131 +74,101 @@ const FANOTIFY_OVERFLOWS: Family = Family {
     kind: MetricType::COUNTER,
     labels: &[],
 };
-const FAMILIES: [&Family; 8] = [
-    &LATENCY,
-    &STALE,
-    &LAST_RELOAD,
-    &INFO,
-    &FOREIGN_OPENS,
-    &LATE_MARKS,
-    &FANOTIFY_LOADED,
-    &FANOTIFY_OVERFLOWS,
-];
 
 pub struct ConsumerCollector {
     shared: Arc<Shared>,
+    controls: LabelControls,
     descs: Vec<Desc>,
-    /// Which of [`LABELS`] the latency histogram keeps (indexes, in order).
-    keep: Vec<usize>,
-}
-
-/// The latency histogram's label names for `--histogram-labels`: a subset of
-/// namespace, pod, container, volume. An unknown name is an error naming the choices.
-pub fn histogram_labels(names: &[String]) -> Result<Vec<usize>, String> {
-    names
-        .iter()
-        .map(|n| {
-            LABELS.iter().position(|l| l == n).ok_or_else(|| {
-                format!(
-                    "unknown histogram label {n:?}: choose from {}",
-                    LABELS.join(", ")
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(|mut v| {
-            v.sort_unstable();
-            v.dedup();
-            v
-        })
+    /// Labels of the per-consumer families.
+    labels: Selection,
+    /// Labels of the latency histogram: those of [`Self::labels`] that
+    /// `--histogram-labels` lists.
+    histogram: Selection,
 }
 
 impl ConsumerCollector {
-    /// `keep`: the latency histogram's labels, from [`histogram_labels`].
-    pub fn new(shared: Arc<Shared>, keep: Vec<usize>) -> prometheus::Result<Self> {
-        let kept: Vec<String> = keep.iter().map(|&i| LABELS[i].to_string()).collect();
-        let descs = FAMILIES
-            .iter()
-            .map(|f| {
-                let labels = if f.name == LATENCY.name {
-                    kept.clone()
-                } else {
-                    f.labels.iter().map(|l| l.to_string()).collect()
-                };
-                Desc::new(f.name.into(), f.help.into(), labels, Default::default())
-            })
-            .collect::<Result<_, _>>()?;
+    /// `histogram`: the latency histogram's labels, from
+    /// [`histogram_labels`](super::histogram_labels).
+    pub fn new(
+        shared: Arc<Shared>,
+        controls: LabelControls,
+        histogram: &[usize],
+    ) -> prometheus::Result<Self> {
+        let labels = Selection::consumer(&controls);
+        let hist = labels.restricted(histogram);
+        let mut info = labels.names_with_kind();
+        info.extend(INFO_LABELS);
+        let descs = vec![
+            LATENCY.desc(&hist.names())?,
+            STALE.desc(&labels.names())?,
+            LAST_RELOAD.desc(&labels.names())?,
+            INFO.desc(&info)?,
+            FOREIGN_OPENS.fixed_desc()?,
+            LATE_MARKS.fixed_desc()?,
+            FANOTIFY_LOADED.fixed_desc()?,
+            FANOTIFY_OVERFLOWS.fixed_desc()?,
+        ];
         Ok(ConsumerCollector {
             shared,
+            controls,
             descs,
-            keep,
+            labels,
+            histogram: hist,
         })
     }
 }
 
-fn metric(labels: &[&str], values: &[&str]) -> Metric {
-    let mut m = Metric::default();
-    m.set_label(
-        labels
-            .iter()
-            .zip(values)
-            .map(|(k, v)| {
-                let mut p = LabelPair::default();
-                p.set_name(k.to_string());
-                p.set_value(v.to_string());
-                p
-            })
-            .collect(),
-    );
-    m
+/// The per-consumer series, by the kept label values: consumers sharing them merged.
+#[derive(Default)]
+struct Merged {
+    latency: BTreeMap<Vec<String>, Histogram>,
+    stale: BTreeMap<Vec<String>, f64>,
+    last: BTreeMap<Vec<String>, f64>,
+    /// With the workload's kind, mount and measurement.
+    info: BTreeMap<Vec<String>, u64>,
 }
 
-pub(super) fn gauge(labels: &[&str], values: &[&str], v: f64) -> Metric {
-    let mut m = metric(labels, values);
-    let mut g = Gauge::default();
-    g.set_value(v);
-    m.set_gauge(g);
-    m
+fn max_into(map: &mut BTreeMap<Vec<String>, f64>, key: Vec<String>, v: f64) {
+    let slot = map.entry(key).or_insert(v);
+    *slot = slot.max(v);
 }
 
-fn counter(labels: &[&str], values: &[&str], v: f64) -> Metric {
-    let mut m = metric(labels, values);
-    let mut c = Counter::default();
-    c.set_value(v);
-    m.set_counter(c);
-    m
-}
-
-fn histogram(labels: &[&str], values: &[&str], h: &crate::reloads::Histogram) -> Metric {
-    let mut m = metric(labels, values);
-    let mut out = Histogram::default();
-    let mut cumulative = 0;
-    out.set_bucket(
-        BUCKETS
-            .iter()
-            .zip(h.counts)
-            .map(|(&bound, n)| {
-                cumulative += n;
-                let mut b = Bucket::default();
-                b.set_upper_bound(bound);
-                b.set_cumulative_count(cumulative);
-                b
-            })
-            .collect(),
-    );
-    out.set_sample_count(h.count);
-    out.set_sample_sum(h.sum);
-    m.set_histogram(out);
-    m
-}
-
-pub(super) fn family(f: &Family, metrics: Vec<Metric>) -> MetricFamily {
-    let mut mf = MetricFamily::default();
-    mf.set_name(f.name.into());
-    mf.set_help(f.help.into());
-    mf.set_field_type(f.kind);
-    mf.set_metric(metrics);
-    mf
+impl ConsumerCollector {
+    /// Every exported consumer, merged; and the foreign open counts.
+    fn merged(&self, now: SystemTime, measurement: &str) -> (Merged, [u64; FOREIGN.len()]) {
+        let workloads = if self.labels.keeps_workload() {
+            workloads(&self.shared)
+        } else {
+            Default::default()
+        };
+        let mut m = Merged::default();
+        let tracker = self.shared.tracker.lock().expect("tracker lock");
+        let r = self.shared.reloads.lock().expect("reloads lock");
+        for (volume, _, c) in r.consumers() {
+            let (ns, values) =
+                ConsumerValues::new(&tracker, &workloads, &volume.pod_uid, &c.name, &volume.name);
+            if !self.controls.exports(ns, &volume.name) {
+                continue;
+            }
+            let mut info = self.labels.values_with_kind(&values);
+            info.extend([c.mount.label().to_owned(), measurement.to_owned()]);
+            *m.info.entry(info).or_default() += 1;
+            if c.mount == MountKind::Volume {
+                let kept = self.histogram.values(&values);
+                m.latency.entry(kept).or_default().merge(&c.latency);
+                max_into(
+                    &mut m.stale,
+                    self.labels.values(&values),
+                    c.stale_seconds(now),
+                );
+            }
+            if let Some(t) = c.last_reload {
+                let at = clock::unix_seconds(t);
+                max_into(&mut m.last, self.labels.values(&values), at);
+            }
+        }
+        (m, r.foreign)
+    }
 }
 
 impl Collector for ConsumerCollector {
@@ -221,35 +186,7 @@ impl Collector for ConsumerCollector {
         } else {
             "none"
         };
-        let (mut stale, mut last, mut info) = (Vec::new(), Vec::new(), Vec::new());
-        // Consumers that share the kept labels share one histogram.
-        let mut latency: std::collections::BTreeMap<Vec<String>, crate::reloads::Histogram> =
-            Default::default();
-        let foreign = {
-            let tracker = self.shared.tracker.lock().expect("tracker lock");
-            let r = self.shared.reloads.lock().expect("reloads lock");
-            for (volume, _, c) in r.consumers() {
-                let (ns, pod) = match tracker.pod_name(&volume.pod_uid) {
-                    Some(n) => (n.namespace.as_str(), n.name.as_str()),
-                    None => ("", volume.pod_uid.as_str()),
-                };
-                let v = [ns, pod, c.name.as_str(), volume.name.as_str()];
-                info.push(gauge(
-                    INFO.labels,
-                    &[ns, pod, &c.name, &volume.name, c.mount.label(), measurement],
-                    1.0,
-                ));
-                if c.mount == MountKind::Volume {
-                    let kept = self.keep.iter().map(|&i| v[i].to_owned()).collect();
-                    latency.entry(kept).or_default().merge(&c.latency);
-                    stale.push(gauge(&LABELS, &v, c.stale_seconds(now)));
-                }
-                if let Some(t) = c.last_reload {
-                    last.push(gauge(&LABELS, &v, clock::unix_seconds(t)));
-                }
-            }
-            r.foreign
-        };
+        let (m, foreign) = self.merged(now, measurement);
         let foreign = FOREIGN
             .iter()
             .zip(foreign)
@@ -258,121 +195,33 @@ impl Collector for ConsumerCollector {
         let late = self.shared.late_marks.load(Relaxed) as f64;
         let loaded = f64::from(u8::from(self.shared.fanotify.load(Relaxed)));
         let overflows = self.shared.fanotify_overflows.load(Relaxed) as f64;
-        let names: Vec<&str> = self.keep.iter().map(|&i| LABELS[i]).collect();
-        let latency = latency
+        let names = self.labels.names();
+        let hist_names = self.histogram.names();
+        let latency = m
+            .latency
             .iter()
-            .map(|(values, h)| {
-                histogram(
-                    &names,
-                    &values.iter().map(String::as_str).collect::<Vec<_>>(),
-                    h,
-                )
-            })
+            .map(|(v, h)| histogram(&hist_names, v, &BUCKETS, &h.counts, h.sum, h.count))
             .collect();
+        let gauges = |map: &BTreeMap<Vec<String>, f64>| {
+            map.iter().map(|(v, x)| gauge(&names, v, *x)).collect()
+        };
+        let mut info_names = self.labels.names_with_kind();
+        info_names.extend(INFO_LABELS);
+        let info = m
+            .info
+            .iter()
+            .map(|(v, n)| gauge(&info_names, v, *n as f64))
+            .collect();
+        let none: [&str; 0] = [];
         vec![
             family(&LATENCY, latency),
-            family(&STALE, stale),
-            family(&LAST_RELOAD, last),
+            family(&STALE, gauges(&m.stale)),
+            family(&LAST_RELOAD, gauges(&m.last)),
             family(&INFO, info),
             family(&FOREIGN_OPENS, foreign),
-            family(&LATE_MARKS, vec![counter(&[], &[], late)]),
-            family(&FANOTIFY_LOADED, vec![gauge(&[], &[], loaded)]),
-            family(&FANOTIFY_OVERFLOWS, vec![counter(&[], &[], overflows)]),
+            family(&LATE_MARKS, vec![counter(&[], &none, late)]),
+            family(&FANOTIFY_LOADED, vec![gauge(&[], &none, loaded)]),
+            family(&FANOTIFY_OVERFLOWS, vec![counter(&[], &none, overflows)]),
         ]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use super::*;
-    use crate::{
-        reloads::{Found, Reloads},
-        updates::Tracker,
-        volumes::{VolumeKey, VolumeType},
-    };
-
-    fn shared_with_two_reloads() -> Arc<Shared> {
-        let shared = Arc::new(Shared::new(Tracker::new(Duration::from_secs(2), false)));
-        let vol = VolumeKey {
-            pod_uid: "u".into(),
-            volume_type: VolumeType::Secret,
-            name: "tls".into(),
-        };
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        let mut r = Reloads::default();
-        let found = |id: &str| Found {
-            id: id.into(),
-            name: id.into(),
-            mount: MountKind::Volume,
-            started: t0,
-            start_ticks: 1,
-            mount_path: None,
-        };
-        r.set_consumers(&vol, vec![found("a"), found("b")]);
-        r.update(&vol, "..2", t0 + Duration::from_secs(1));
-        for (id, ms) in [("a", 20), ("b", 3000)] {
-            let opener = crate::reloads::Opener::Container {
-                pod_uid: "u".into(),
-                id: id.into(),
-            };
-            r.open(
-                opener,
-                &vol,
-                "..2",
-                t0 + Duration::from_secs(1) + Duration::from_millis(ms),
-            );
-        }
-        *shared.reloads.lock().unwrap() = r;
-        shared
-    }
-
-    fn latency_series(keep: &[&str]) -> Vec<Metric> {
-        let keep =
-            histogram_labels(&keep.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        let c = ConsumerCollector::new(shared_with_two_reloads(), keep).unwrap();
-        let mf = c
-            .collect()
-            .into_iter()
-            .find(|f| f.name() == LATENCY.name)
-            .unwrap();
-        mf.get_metric().to_vec()
-    }
-
-    #[test]
-    fn fewer_histogram_labels_merge_consumers_into_one_series() {
-        let all = latency_series(&["namespace", "pod", "container", "volume"]);
-        assert_eq!(all.len(), 2);
-        let merged = latency_series(&["volume", "namespace"]);
-        assert_eq!(merged.len(), 1);
-        let m = &merged[0];
-        let names: Vec<&str> = m.get_label().iter().map(|l| l.name()).collect();
-        assert_eq!(
-            names,
-            ["namespace", "volume"],
-            "kept labels, in the contract's order"
-        );
-        let h = m.get_histogram();
-        assert_eq!(h.get_sample_count(), 2);
-        assert!((h.get_sample_sum() - 3.02).abs() < 1e-9);
-        // 20 ms is in the 25 ms bucket, 3 s in the 5 s one.
-        let at = |le: f64| {
-            h.get_bucket()
-                .iter()
-                .find(|b| b.upper_bound() == le)
-                .unwrap()
-                .cumulative_count()
-        };
-        assert_eq!((at(0.025), at(2.5), at(5.0)), (1, 1, 2));
-    }
-
-    #[test]
-    fn unknown_histogram_labels_are_refused_with_the_choices() {
-        let err = histogram_labels(&["pod".into(), "node".into()]).unwrap_err();
-        assert!(
-            err.contains("\"node\"") && err.contains("namespace, pod, container, volume"),
-            "{err}"
-        );
     }
 }

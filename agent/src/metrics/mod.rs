@@ -1,14 +1,23 @@
 //! The Prometheus view of the agent's state. It only reads: every scrape renders the
 //! tracker's current volumes, so a pod's series vanish with it and a pod name learnt
 //! late names all its series at once.
+//!
+//! Which labels the per-consumer families keep, and which namespaces and volumes are
+//! exported at all, is [`LabelControls`]' (module `labels`). The Kubernetes API's names
+//! (volume sources, workloads) are read under the metadata lock alone, never while
+//! another lock is held.
 
 mod consumers;
+mod kube;
 mod labels;
 mod process;
+mod render;
 mod watches;
 
-pub use consumers::histogram_labels;
-pub use labels::{CONSUMER_LABELS, LabelControls};
+#[cfg(test)]
+mod tests;
+
+pub use labels::{CONSUMER_LABELS, LabelControls, histogram_labels};
 
 use std::sync::{
     Arc, Mutex,
@@ -83,7 +92,14 @@ impl Shared {
     }
 }
 
-const VOLUME_LABELS: [&str; 4] = ["namespace", "pod", "volume", "volume_type"];
+const VOLUME_LABELS: [&str; 6] = [
+    "namespace",
+    "pod",
+    "volume",
+    "volume_type",
+    "source_kind",
+    "source_name",
+];
 
 struct Families {
     updates: IntCounterVec,
@@ -100,6 +116,7 @@ struct Families {
 /// Renders [`Shared`] at each scrape.
 pub struct StateCollector {
     shared: Arc<Shared>,
+    controls: LabelControls,
     f: Mutex<Families>,
     descs: Vec<Desc>,
 }
@@ -109,12 +126,12 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl StateCollector {
-    pub fn new(shared: Arc<Shared>) -> prometheus::Result<Self> {
+    pub fn new(shared: Arc<Shared>, controls: LabelControls) -> prometheus::Result<Self> {
         let f = Families {
             updates: IntCounterVec::new(
                 opts(
                     "reloadscope_volume_updates_total",
-                    "Atomic updates (..data swaps) of the volume, initial population excluded.",
+                    "Atomic updates (..data swaps) of the volume, initial population excluded. source_kind and source_name: the ConfigMaps, Secrets and other sources its files come from, comma-separated (empty without the Kubernetes API).",
                 ),
                 &VOLUME_LABELS,
             )?,
@@ -189,6 +206,7 @@ impl StateCollector {
         .collect();
         Ok(StateCollector {
             shared,
+            controls,
             f: Mutex::new(f),
             descs,
         })
@@ -211,7 +229,23 @@ impl StateCollector {
         let watches = [&*s.watches, &*s.cgroup_watches, &s.open_watches];
         f.watches
             .set(watches.iter().map(|w| w.load(Relaxed)).sum::<usize>() as i64);
-        let t = s.tracker.lock().expect("tracker lock");
+        let rows = self.volume_rows(f);
+        // The volumes' sources, under the metadata lock alone.
+        let meta = s.meta.state.lock().expect("meta lock");
+        for row in rows {
+            let [ns, pod, volume, ty] = row.labels.each_ref().map(String::as_str);
+            let (kind, name) = meta.source_labels(&row.pod_uid, volume);
+            let labels = [ns, pod, volume, ty, kind.as_str(), name.as_str()];
+            f.updates.with_label_values(&labels).inc_by(row.updates);
+            if let Some(at) = row.last_update {
+                f.last_update.with_label_values(&labels).set(at);
+            }
+        }
+    }
+
+    /// The node-wide families from the tracker, and the exported volumes' values.
+    fn volume_rows(&self, f: &Families) -> Vec<VolumeRow> {
+        let t = self.shared.tracker.lock().expect("tracker lock");
         for src in Source::ALL {
             let i = src as usize;
             f.detections
@@ -224,20 +258,31 @@ impl StateCollector {
                 .with_label_values(&[ty.label()])
                 .set(t.watched(ty) as i64);
         }
-        for (key, v) in t.volumes() {
-            let (ns, pod) = match t.pod_name(&key.pod_uid) {
-                Some(n) => (n.namespace.as_str(), n.name.as_str()),
-                None => ("", key.pod_uid.as_str()),
-            };
-            let labels = [ns, pod, key.name.as_str(), key.volume_type.label()];
-            f.updates.with_label_values(&labels).inc_by(v.updates);
-            if let Some(at) = v.last_update {
-                f.last_update
-                    .with_label_values(&labels)
-                    .set(clock::unix_seconds(at));
-            }
-        }
+        t.volumes()
+            .filter_map(|(key, v)| {
+                let (ns, pod) = labels::pod_names(&t, &key.pod_uid);
+                if !self.controls.exports(ns, &key.name) {
+                    return None;
+                }
+                let labels = [ns.unwrap_or(""), pod, &key.name, key.volume_type.label()];
+                Some(VolumeRow {
+                    pod_uid: key.pod_uid.clone(),
+                    labels: labels.map(String::from),
+                    updates: v.updates,
+                    last_update: v.last_update.map(clock::unix_seconds),
+                })
+            })
+            .collect()
     }
+}
+
+/// An exported volume: its on-node labels and values.
+struct VolumeRow {
+    pod_uid: String,
+    /// namespace, pod, volume, volume_type.
+    labels: [String; 4],
+    updates: u64,
+    last_update: Option<f64>,
 }
 
 impl Collector for StateCollector {
@@ -273,15 +318,28 @@ impl Collector for StateCollector {
 }
 
 /// The registry served at /metrics: state, build info and the process metrics.
-/// `histogram_labels`: indexes from [`histogram_labels`].
-pub fn registry(shared: Arc<Shared>, histogram_labels: Vec<usize>) -> prometheus::Result<Registry> {
+/// `labels`: the per-consumer labels and the filters; `histogram_labels`: indexes from
+/// [`histogram_labels`], restricting the latency histogram's labels further.
+pub fn registry(
+    shared: Arc<Shared>,
+    labels: LabelControls,
+    histogram_labels: &[usize],
+) -> prometheus::Result<Registry> {
     let r = Registry::new();
-    r.register(Box::new(StateCollector::new(shared.clone())?))?;
+    r.register(Box::new(StateCollector::new(
+        shared.clone(),
+        labels.clone(),
+    )?))?;
     r.register(Box::new(consumers::ConsumerCollector::new(
         shared.clone(),
+        labels.clone(),
         histogram_labels,
     )?))?;
-    r.register(Box::new(watches::WatchCollector::new(shared)?))?;
+    r.register(Box::new(watches::WatchCollector::new(
+        shared.clone(),
+        labels.clone(),
+    )?))?;
+    r.register(Box::new(kube::KubeCollector::new(shared, labels)?))?;
     let build = IntGaugeVec::new(
         opts(
             "reloadscope_build_info",

@@ -1,6 +1,9 @@
 //! The watch linter's families: each consumer's findings, and how many inotify watches
 //! the consuming containers hold, rendered from [`crate::watches::Linter`] at each
 //! scrape. A consumer's series go with it.
+//!
+//! Findings keep the labels `--metric-labels` chooses, and `finding`: consumers with
+//! the same kept values share a series, the number of them with that finding.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -10,15 +13,16 @@ use prometheus::{
 };
 
 use super::{
-    Shared,
-    consumers::{Family, family, gauge},
+    LabelControls, Shared,
+    labels::{ConsumerValues, Selection, pod_names, workloads},
+    render::{Family, family, gauge},
 };
 
 const FINDINGS: Family = Family {
     name: "reloadscope_consumer_watch_findings",
-    help: "1 while a consuming container's inotify watches on the volume show this finding: ok, dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, subpath.",
+    help: "Number of consuming containers whose inotify watches on the volume show this finding (ok, dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, subpath): 1 per container, more where --metric-labels drops the labels that tell them apart.",
     kind: MetricType::GAUGE,
-    labels: &["namespace", "pod", "container", "volume", "finding"],
+    labels: &[],
 };
 const OBSERVED: Family = Family {
     name: "reloadscope_inotify_watches_observed",
@@ -29,19 +33,23 @@ const OBSERVED: Family = Family {
 
 pub struct WatchCollector {
     shared: Arc<Shared>,
+    controls: LabelControls,
+    labels: Selection,
     descs: Vec<Desc>,
 }
 
 impl WatchCollector {
-    pub fn new(shared: Arc<Shared>) -> prometheus::Result<Self> {
-        let descs = [&FINDINGS, &OBSERVED]
-            .iter()
-            .map(|f| {
-                let labels = f.labels.iter().map(|l| l.to_string()).collect();
-                Desc::new(f.name.into(), f.help.into(), labels, Default::default())
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(WatchCollector { shared, descs })
+    pub fn new(shared: Arc<Shared>, controls: LabelControls) -> prometheus::Result<Self> {
+        let labels = Selection::consumer(&controls);
+        let mut names = labels.names();
+        names.push("finding");
+        let descs = vec![FINDINGS.desc(&names)?, OBSERVED.fixed_desc()?];
+        Ok(WatchCollector {
+            shared,
+            controls,
+            labels,
+            descs,
+        })
     }
 }
 
@@ -51,24 +59,40 @@ impl Collector for WatchCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        let workloads = if self.labels.keeps_workload() {
+            workloads(&self.shared)
+        } else {
+            Default::default()
+        };
         let tracker = self.shared.tracker.lock().expect("tracker lock");
         let l = self.shared.linter.lock().expect("linter lock");
-        let pod = |uid: &str| match tracker.pod_name(uid) {
-            Some(n) => (n.namespace.clone(), n.name.clone()),
-            None => (String::new(), uid.to_owned()),
-        };
-        let mut findings = Vec::new();
+        let mut findings: BTreeMap<Vec<String>, u64> = BTreeMap::new();
         for (key, st) in l.consumers() {
-            let (ns, name) = pod(&key.pod_uid);
+            let (ns, values) =
+                ConsumerValues::new(&tracker, &workloads, &key.pod_uid, &st.name, &key.name);
+            if !self.controls.exports(ns, &key.name) {
+                continue;
+            }
+            let kept = self.labels.values(&values);
             for f in &st.findings {
-                let values = [ns.as_str(), &name, &st.name, &key.name, f.label()];
-                findings.push(gauge(FINDINGS.labels, &values, 1.0));
+                let mut k = kept.clone();
+                k.push(f.label().to_owned());
+                *findings.entry(k).or_default() += 1;
             }
         }
-        let mut by_ns: BTreeMap<String, usize> = BTreeMap::new();
+        let mut by_ns: BTreeMap<&str, usize> = BTreeMap::new();
         for (uid, n) in &l.observed {
-            *by_ns.entry(pod(uid).0).or_default() += n;
+            let (ns, _) = pod_names(&tracker, uid);
+            if self.controls.exports_namespace(ns) {
+                *by_ns.entry(ns.unwrap_or("")).or_default() += n;
+            }
         }
+        let mut names = self.labels.names();
+        names.push("finding");
+        let findings = findings
+            .iter()
+            .map(|(v, n)| gauge(&names, v, *n as f64))
+            .collect();
         let observed = by_ns
             .iter()
             .map(|(ns, n)| gauge(OBSERVED.labels, &[ns], *n as f64))

@@ -107,7 +107,7 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
         Alert {
             name: "ReloadscopeWatchFinding",
             expr: fill(
-                "reloadscope_consumer_watch_findings{<job>, finding!=\"ok\"} == 1",
+                "reloadscope_consumer_watch_findings{<job>, finding!=\"ok\"} > 0",
                 &values,
             ),
             r#for: cfg.finding_for,
