@@ -11,8 +11,9 @@
 //! - [`AtomicWriter`] is the kubelet's update of one volume, step by step, in Go's
 //!   syscall flavour ([`CallStyle::GoAt`]) or the legacy one ([`CallStyle::Legacy`]).
 
-mod consumer;
+pub mod apiserver;
 pub mod cluster;
+mod consumer;
 mod container;
 mod node;
 mod run;

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a lab node with the real agent attached.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
