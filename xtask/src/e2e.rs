@@ -27,12 +27,16 @@ const VARIABLES: &[(&str, &str)] = &[
     ("$__rate_interval", "20s"),
     ("$namespace", "lab"),
     ("$pod", "app-0"),
+    ("$workload", "app"),
+    ("$source_name", "app-0-app-config"),
 ];
 /// The lab consumers of app-0's app-config: `naive` never reloads, `watcher` and
 /// `poller` do (within a millisecond and a second), `pinned` binds it by subPath.
 const NEVER_RELOADS: &str = "naive";
 const RELOADERS: &[&str] = &["watcher", "poller"];
 const SUBPATH: &str = "pinned";
+/// The lab's volume whose ConfigMap changes on the API and is never swapped.
+const FROZEN: &str = "flags";
 
 pub fn run() -> Result<()> {
     if !cmd::is_root() {
@@ -181,6 +185,23 @@ impl E2e {
             }
         })?;
         println!("firing: {firing:?}");
+        let pending = format!(
+            r#"ALERTS{{alertname="ReloadscopePropagationPending", alertstate="firing", volume="{FROZEN}"}}"#
+        );
+        self.wait("ReloadscopePropagationPending to fire", 60, |e| {
+            e.prom.query(&pending).and_then(non_empty)
+        })?;
+        let others = format!(
+            r#"count_over_time(ALERTS{{alertname="ReloadscopePropagationPending", volume!="{FROZEN}"}}[1h])"#
+        );
+        match self.prom.query(&others) {
+            Ok(series) if series.is_empty() => {}
+            Ok(series) => {
+                bail!("ReloadscopePropagationPending fired for a swapped volume: {series:?}")
+            }
+            Err(err) => bail!("could not read ALERTS: {err}"),
+        }
+        println!("ReloadscopePropagationPending fires for the volume never swapped, and no other");
         // The reloading containers must have gone through several updates by now,
         // and ALERTS (every evaluation's alert states) must never have had them firing.
         for container in RELOADERS {

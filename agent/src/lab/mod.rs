@@ -11,6 +11,7 @@
 //! - [`AtomicWriter`] is the kubelet's update of one volume, step by step, in Go's
 //!   syscall flavour ([`CallStyle::GoAt`]) or the legacy one ([`CallStyle::Legacy`]).
 
+pub mod api;
 pub mod apiserver;
 pub mod cluster;
 mod consumer;

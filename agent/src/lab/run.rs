@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::{
-    AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, payload,
+    AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, api, payload,
 };
 use crate::{
     agent,
@@ -50,6 +50,10 @@ pub struct LabArgs {
     /// Run no consumer containers (volumes and updates only).
     #[arg(long)]
     pub no_containers: bool,
+    /// Run no test API server: the agent names volumes and pods from the node alone
+    /// and measures no propagation delays.
+    #[arg(long)]
+    pub no_api: bool,
 }
 
 /// A lab container and the volume it consumes.
@@ -99,8 +103,15 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     }
     .context("creating the lab node (needs root for its tmpfs mounts)")?;
     let mut vols = Vec::new();
+    let mut pods = Vec::new();
     for i in 0..args.pods {
         let pod = node.add_pod("lab", &format!("app-{i}"))?;
+        if !args.no_api {
+            let (ty, name) = api::FROZEN;
+            let frozen = node.add_volume(&pod, ty, name)?;
+            frozen.write(&payload(&[("config.yaml", "revision: 0")]), CallStyle::GoAt)?;
+        }
+        pods.push(pod.clone());
         for (ty, name) in VOLUMES {
             let writer = node.add_volume(&pod, ty, name)?;
             writer.write(&payload(&[("config.yaml", "revision: 0")]), CallStyle::GoAt)?;
@@ -139,7 +150,18 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let cfg = super::agent_config(&node, !args.no_ebpf, args.listen);
+    let mut cfg = super::agent_config(&node, !args.no_ebpf, args.listen);
+    let mut lab_api = None;
+    if !args.no_api {
+        let mut volumes = VOLUMES.to_vec();
+        volumes.push(api::FROZEN);
+        let a = api::LabApi::start(node.base(), &pods, &volumes).await?;
+        // Pending once three updates' time has passed; an Event for a container
+        // stale for two (the lab's never-reloading ones, rate-limited).
+        let at_least = |n: u32, min: u64| (interval * n).max(Duration::from_secs(min));
+        cfg.kube = Some(a.settings(at_least(3, 3), at_least(2, 2)));
+        lab_api = Some(a);
+    }
     let running = agent::start(cfg).await?;
     eprintln!(
         "lab node at {}; agent on http://{}/metrics; {} volumes; Ctrl-C to stop",
@@ -171,6 +193,17 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 let v = &mut vols[next % n];
                 next += 1;
                 let body = format!("revision: {}", v.written + 1);
+                if let Some(a) = lab_api.as_mut() {
+                    // After the agent's first lists: a change they find is not timed.
+                    let listed = next > 3 && running.shared.meta.state.lock().expect("meta lock").api_up;
+                    let frozen = if listed { a.change_frozen(&pods) } else { Ok(()) };
+                    let edited = frozen.and_then(|()| {
+                        a.edit(&v.pod, v.key.volume_type, &v.key.name, &body)
+                    });
+                    if let Err(e) = edited {
+                        break Err(e);
+                    }
+                }
                 match v.writer.write(&payload(&[("config.yaml", &body)]), CallStyle::GoAt) {
                     Ok(_) => v.written += 1,
                     Err(e) => break Err(e.context("lab writer")),
@@ -185,6 +218,9 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             }
             _ = draw.tick() => {
                 let mut table = render(&running, &vols);
+                if let Some(a) = &lab_api {
+                    table.push_str(&render_api(&running, a));
+                }
                 table.push_str(&render_consumers(&running, &ctrs));
                 if args.plain {
                     print!("{table}");
@@ -204,6 +240,20 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     }
     drop(node);
     result
+}
+
+/// The API's line: its state as the agent sees it, propagations and Events.
+fn render_api(running: &agent::Running, api: &api::LabApi) -> String {
+    let meta = running.shared.meta.state.lock().expect("meta lock");
+    let delays: u64 = meta.propagation.histograms().map(|(_, h)| h.count).sum();
+    let pending = meta.propagation.pending_past(SystemTime::now()).len();
+    format!(
+        "api {} {}  pods {}  propagations {delays} measured, {pending} pending  events {}\n",
+        api.url(),
+        if meta.api_up { "up" } else { "down" },
+        meta.pods.len(),
+        api.events_posted()
+    )
 }
 
 fn age(t: Option<SystemTime>) -> String {

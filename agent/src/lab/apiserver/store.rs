@@ -103,13 +103,16 @@ pub struct Change {
 }
 
 /// Why a write was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// 400: the object lacks a name, or is not an object.
+    #[error("invalid object: {0}")]
     Invalid(String),
     /// 404
+    #[error("not found: {0}")]
     NotFound(String),
     /// 409
+    #[error("already exists: {0}")]
     AlreadyExists(String),
 }
 
