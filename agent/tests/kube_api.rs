@@ -302,8 +302,12 @@ async fn forbidden_api_is_down_once_and_up_again_while_the_node_metrics_go_on() 
             .collect::<Vec<_>>()
     );
 
+    assert_eq!(m.get("reloadscope_kube_api_up", &[]), Some(0.0));
+
     api.server.forbid(false);
     wait_pods(&agent, &[&pod]).await;
+    let m = metrics(agent.addr).await;
+    assert_eq!(m.get("reloadscope_kube_api_up", &[]), Some(1.0));
 
     let lines = logs.lines();
     let down = api_lines(&lines, &api.server, "Kubernetes API down");
