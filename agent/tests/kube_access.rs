@@ -7,24 +7,15 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reloadscope::{
-    lab::{CallStyle, LabNode, LabPod, apiserver::Resource, payload},
+    lab::{LabNode, LabPod, apiserver::Resource},
     volumes::VolumeType,
 };
 use support::{kube::*, *};
 
 /// A lab node with `shop/web-0` and its ConfigMap volume, on the API too.
 async fn lab() -> (Api, LabNode, LabPod) {
-    let api = Api::start().await;
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web-0").unwrap();
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
-    api.add_pod(&pod, &[(VolumeType::ConfigMap, "app-config", "app-config")]);
-    api.add_object("ConfigMap", "shop", "app-config", &[(KEY, "revision: 0")]);
-    api.add_object("Secret", "shop", "web-tls", &[("tls.key", "k")]);
+    let (api, node, pod, _) =
+        shop_lab(&[(VolumeType::ConfigMap, "app-config", "app-config")]).await;
     (api, node, pod)
 }
 

@@ -7,7 +7,7 @@
 mod support;
 
 use reloadscope::{
-    lab::{CallStyle, LabNode, LabPod, apiserver::Resource, payload},
+    lab::{LabNode, LabPod, apiserver::Resource},
     volumes::VolumeType,
 };
 use support::{kube::*, *};
@@ -15,28 +15,11 @@ use support::{kube::*, *};
 /// A lab node with one pod `shop/web-0` and its ConfigMap volume `app-config`
 /// (written once), the same pod on the API with its ConfigMap and a Secret.
 async fn lab() -> (Api, LabNode, LabPod) {
-    let api = Api::start().await;
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web-0").unwrap();
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
-    api.add_pod(
-        &pod,
-        &[
-            (VolumeType::ConfigMap, "app-config", "app-config"),
-            (VolumeType::Secret, "tls", "web-tls"),
-        ],
-    );
-    api.add_object("ConfigMap", "shop", "app-config", &[(KEY, "revision: 0")]);
-    api.add_object(
-        "Secret",
-        "shop",
-        "web-tls",
-        &[("tls.key", "not for the agent")],
-    );
+    let (api, node, pod, _) = shop_lab(&[
+        (VolumeType::ConfigMap, "app-config", "app-config"),
+        (VolumeType::Secret, "tls", "web-tls"),
+    ])
+    .await;
     (api, node, pod)
 }
 

@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use reloadscope::{
-    lab::{CallStyle, LabNode, WriteOutcome, apiserver::Resource, payload},
+    lab::{CallStyle, WriteOutcome, apiserver::Resource, payload},
     volumes::VolumeType,
 };
 use support::{kube::*, *};
@@ -29,17 +29,12 @@ fn secs(d: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delay_from_the_change_on_the_api_to_the_swap_matches_the_test_clock() {
+    // The server's clock 90 s behind the node's: the delay must come from the
+    // agent's own clock, and managedFields times from the server's.
     let api = Api::start().await;
     api.server.shift_clock(Duration::from_secs(90), false);
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web-0").unwrap();
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
-    api.add_pod(&pod, &[(VolumeType::ConfigMap, "app-config", "app-config")]);
-    api.add_object("ConfigMap", "shop", "app-config", &[(KEY, "revision: 0")]);
+    let (api, node, pod, w) =
+        shop_lab_on(api, &[(VolumeType::ConfigMap, "app-config", "app-config")]);
     // Another pod of the namespace on this node that does not use it.
     let other = api_only_pod("shop", "web-1", 1);
     api.add_pod(&other, &[(VolumeType::ConfigMap, "other", "other")]);

@@ -12,15 +12,15 @@ use reloadscope::{
     agent::{self, Running},
     kubeapi::{MetaState, Settings},
     lab::{
-        self, LabNode, LabPod,
+        self, CallStyle, LabNode, LabPod,
         apiserver::{FakeApiServer, RequestRecord, Resource, SentEvent},
-        cluster,
+        cluster, payload,
     },
     volumes::VolumeType,
 };
 use serde_json::Value;
 
-use super::DEADLINE;
+use super::{DEADLINE, KEY};
 
 /// This node's name, as its pods' `spec.nodeName`.
 pub const NODE: &str = cluster::NODE_NAME;
@@ -163,4 +163,36 @@ pub fn api_lines(logs: &[String], server: &FakeApiServer, text: &str) -> Vec<Str
         .filter(|l| l.contains(&server.url()) && l.contains(text))
         .cloned()
         .collect()
+}
+
+/// A lab node with `shop/web-0` and its ConfigMap volume `app-config` (written once),
+/// the same pod on the API with `volumes` (type, volume, object), the ConfigMap
+/// `app-config` and the Secret `web-tls`; and the volume's writer.
+pub async fn shop_lab(
+    volumes: &[(VolumeType, &str, &str)],
+) -> (Api, LabNode, LabPod, lab::AtomicWriter) {
+    shop_lab_on(Api::start().await, volumes)
+}
+
+/// [`shop_lab`] on `api` as it is set up (its clock shifted, say).
+pub fn shop_lab_on(
+    api: Api,
+    volumes: &[(VolumeType, &str, &str)],
+) -> (Api, LabNode, LabPod, lab::AtomicWriter) {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web-0").unwrap();
+    let w = node
+        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
+        .unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    api.add_pod(&pod, volumes);
+    api.add_object("ConfigMap", "shop", "app-config", &[(KEY, "revision: 0")]);
+    api.add_object(
+        "Secret",
+        "shop",
+        "web-tls",
+        &[("tls.key", "not for the agent")],
+    );
+    (api, node, pod, w)
 }
