@@ -1,0 +1,213 @@
+//! The walker's inotify events: swaps, dirs created and removed, overflows, and the
+//! tick that re-watches roots and tmpfs mounts appearing late.
+
+// The walker's own imports and items: this is its second half.
+use super::*;
+
+impl Walker {
+    /// Re-watches tmpfs volumes whose mount appeared since they were found.
+    pub async fn tick(&mut self) {
+        let appeared: Vec<PathBuf> = (self.missing.iter())
+            .filter(|r| r.is_dir())
+            .cloned()
+            .collect();
+        for root in appeared {
+            info!(root = %root.display(), "kubelet root appeared");
+            self.missing.remove(&root);
+            self.add_root(&root).await;
+        }
+        let now = Instant::now();
+        let mut mounted = Vec::new();
+        self.unmounted.retain(|(key, dir, parent_dev, deadline)| {
+            if dev(dir).is_some_and(|d| d != *parent_dev) {
+                mounted.push(dir.clone());
+                return false;
+            }
+            if now >= *deadline {
+                debug!(volume = %key, "no tmpfs mount appeared; watching the dir as it is");
+                return false;
+            }
+            true
+        });
+        for dir in mounted {
+            self.add_volume(&dir).await;
+        }
+    }
+
+    /// Handles one inotify event.
+    pub async fn handle(&mut self, ev: inotify::Event<std::ffi::OsString>) {
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            warn!("inotify queue overflowed; rescanning every root");
+            self.send(Event::InotifyOverflow).await;
+            // A swap whose dir's creation was dropped must not be credited to an older dir.
+            self.created.clear();
+            self.touched = Some(HashSet::new());
+            self.scan().await;
+            self.sweep().await;
+            return;
+        }
+        if ev.mask.contains(EventMask::IGNORED) {
+            if let Some((_, path)) = self.nodes.remove(&ev.wd)
+                && self.by_path.get(&path) == Some(&ev.wd)
+            {
+                self.by_path.remove(&path);
+            }
+            return;
+        }
+        let Some((node, path)) = self.nodes.get(&ev.wd).cloned() else {
+            return;
+        };
+        let Some(name) = ev.name.as_deref() else {
+            if ev.mask.contains(EventMask::DELETE_SELF)
+                && matches!(node, Node::PodsDir | Node::Root)
+            {
+                self.scan().await;
+            }
+            return;
+        };
+        let child = path.join(name);
+        let appeared = ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
+        let vanished = ev
+            .mask
+            .intersects(EventMask::DELETE | EventMask::MOVED_FROM);
+        match node {
+            Node::Root if appeared && name == "pods" => {
+                self.unwatch(&ev.wd);
+                self.add_pods_dir(&child).await;
+            }
+            Node::PodsDir if appeared => self.add_pod(&child).await,
+            Node::PodsDir if vanished => {
+                self.forget_under(&child);
+                if let Some(uid) = name.to_str() {
+                    self.send(Event::PodGone {
+                        uid: uid.to_owned(),
+                    })
+                    .await;
+                }
+            }
+            Node::Pod if appeared && name == "volumes" => {
+                // The pod dir's watch was only waiting for this.
+                self.unwatch(&ev.wd);
+                self.add_volumes_dir(&child).await;
+            }
+            Node::VolumesDir if appeared => self.add_plugin_dir(&child).await,
+            Node::PluginDir if appeared => self.add_volume(&child).await,
+            Node::PluginDir if vanished => {
+                self.forget_under(&child);
+                if let Some(Ok(Place::Volume { key, rest: None })) = self.roots.classify(&child) {
+                    self.send(Event::VolumeGone(key)).await;
+                }
+            }
+            Node::Volume(key) if ev.mask.contains(EventMask::MOVED_TO) && name == DATA => {
+                let at = SystemTime::now();
+                // The dir created last is the one this swap put in place. `..data` is
+                // read only when that creation was not seen: by now it may point to a
+                // later dir already (a reader behind by several swaps of this volume).
+                let created = self.created.remove(&path);
+                match created.or_else(|| read_target(&child)) {
+                    Some(ts_dir) => {
+                        let det = Detection {
+                            source: Source::Inotify,
+                            key,
+                            ts_dir,
+                            at,
+                        };
+                        self.send(Event::Detected(det)).await;
+                    }
+                    None => debug!(volume = %key, "..data gone before it could be read"),
+                }
+            }
+            Node::Volume(key)
+                if ev.mask.contains(EventMask::CREATE | EventMask::ISDIR)
+                    && is_timestamped_dir(name) =>
+            {
+                let Some(ts_dir) = name.to_str() else { return };
+                // The kubelet swaps 0.1-0.5 ms after creating the dir (DOMAIN.md 7): the
+                // mark goes on here, before anything is queued. A tmpfs volume's
+                // filesystem mark covers it already.
+                let mut late = false;
+                if let Some(m) = &self.marker
+                    && !key.volume_type.is_tmpfs()
+                {
+                    if let Err(e) = m.mark_dir(&child) {
+                        debug!(volume = %key, error = %e, "cannot mark new data dir");
+                    }
+                    late = read_target(&path.join(DATA)).as_deref() == Some(ts_dir);
+                }
+                let ts_dir = ts_dir.to_owned();
+                self.created.insert(path.clone(), ts_dir.clone());
+                self.send(Event::DataDirCreated {
+                    key,
+                    dir: path.clone(),
+                    ts_dir,
+                    late,
+                })
+                .await;
+            }
+            Node::PodLogs if appeared => self.pod_log_dir(name).await,
+            _ => {}
+        }
+    }
+
+    /// After an overflow's rescan: a watch the walk did not find again is on a dir
+    /// removed meanwhile, whose `IN_IGNORED` the overflow dropped. Forgets it, and tells
+    /// the state that its volume, or its pod, is gone.
+    async fn sweep(&mut self) {
+        let Some(touched) = self.touched.take() else {
+            return;
+        };
+        let stale: Vec<_> = (self.nodes.iter())
+            .filter(|(wd, _)| !touched.contains(wd))
+            .map(|(wd, (node, path))| (wd.clone(), node.clone(), path.clone()))
+            .collect();
+        let mut pods = HashSet::new();
+        for (wd, node, path) in stale {
+            debug!(path = %path.display(), "removed during the overflow; watch forgotten");
+            self.unwatch(&wd);
+            match node {
+                Node::Volume(key) => {
+                    self.unmounted.retain(|(_, d, _, _)| *d != path);
+                    self.created.remove(&path);
+                    self.send(Event::VolumeGone(key)).await;
+                }
+                Node::Pod => {
+                    pods.insert(path);
+                }
+                Node::VolumesDir => {
+                    pods.extend(path.parent().map(Path::to_owned));
+                }
+                _ => {}
+            }
+        }
+        for pod in pods {
+            if std::fs::symlink_metadata(&pod).is_err()
+                && let Some(uid) = pod.file_name().and_then(OsStr::to_str)
+            {
+                let uid = uid.to_owned();
+                self.send(Event::PodGone { uid }).await;
+            }
+        }
+    }
+
+    pub(super) fn unwatch(&mut self, wd: &WatchDescriptor) {
+        let _ = self.watches.remove(wd.clone());
+        if let Some((_, path)) = self.nodes.remove(wd) {
+            self.by_path.remove(&path);
+        }
+    }
+
+    /// Drops the watches at and below `dir` (a moved-away dir keeps its watches).
+    fn forget_under(&mut self, dir: &Path) {
+        let gone: Vec<WatchDescriptor> = self
+            .nodes
+            .iter()
+            .filter(|(_, (_, p))| p.starts_with(dir))
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in gone {
+            self.unwatch(&wd);
+        }
+        self.unmounted.retain(|(_, d, _, _)| !d.starts_with(dir));
+        self.created.retain(|d, _| !d.starts_with(dir));
+    }
+}

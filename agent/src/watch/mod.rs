@@ -1,0 +1,387 @@
+//! The inotify source: follows pods and volumes appearing and disappearing under every
+//! kubelet root, and each volume's `..data` swap, without polling.
+//!
+//! Watches, all `IN_ONLYDIR | IN_DONT_FOLLOW` (a symlink planted in the tree is never
+//! followed out of it): the root until `pods` exists, `pods`, each pod dir until its
+//! `volumes` dir exists, `volumes`, each plugin dir, and each volume dir (`IN_MOVED_TO`
+//! only). Every dir is listed right after its watch is added, so nothing created in
+//! between is missed; what is found twice is harmless downstream.
+//! The pod-logs dir is watched too, for pod names.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsStr,
+    io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures_util::StreamExt;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use tracing::{debug, info, warn};
+
+mod handle;
+#[cfg(test)]
+mod tests;
+
+use crate::{
+    events::{Event, Sender},
+    fanotify::Marker,
+    probe::read_target,
+    updates::{Detection, PodName, Source},
+    volumes::{DATA, Place, Roots, VolumeKey, is_timestamped_dir},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    /// A kubelet root whose `pods` dir does not exist yet.
+    Root,
+    PodsDir,
+    /// A pod dir whose `volumes` dir does not exist yet.
+    Pod,
+    VolumesDir,
+    PluginDir,
+    Volume(VolumeKey),
+    PodLogs,
+}
+
+const TREE: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::DONT_FOLLOW);
+/// `IN_CREATE` too: a new timestamped dir is marked for opens before the swap.
+const VOLUME: WatchMask = WatchMask::MOVED_TO
+    .union(WatchMask::CREATE)
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::DONT_FOLLOW);
+
+/// How long a secret or projected volume dir is re-checked for its tmpfs mount: the
+/// kubelet creates the dir, then mounts over it; a watch taken before the mount sees
+/// the covered dir, never the swaps.
+const MOUNT_GRACE: Duration = Duration::from_secs(120);
+
+pub struct Walker {
+    roots: Roots,
+    pod_logs: PathBuf,
+    watches: Watches,
+    nodes: HashMap<WatchDescriptor, (Node, PathBuf)>,
+    by_path: HashMap<PathBuf, WatchDescriptor>,
+    /// Volumes found by the walk in progress, if one is.
+    found: Option<Vec<VolumeKey>>,
+    /// tmpfs volumes found before their mount: (key, dir, device of the parent, deadline).
+    unmounted: Vec<(VolumeKey, PathBuf, u64, Instant)>,
+    /// The watches the rescan after an overflow has added or found again, while it runs.
+    touched: Option<HashSet<WatchDescriptor>>,
+    /// By volume dir: the timestamped dir created last, whose `..data` swap is next.
+    created: HashMap<PathBuf, String>,
+    /// Kubelet roots that do not exist (yet): looked for again on each tick.
+    missing: HashSet<PathBuf>,
+    /// Places the open-event mark on a disk volume's new data dir (when fanotify runs).
+    marker: Option<Marker>,
+    tx: Sender,
+}
+
+fn dev(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).ok().map(|m| m.dev())
+}
+
+fn children(dir: &Path) -> Vec<std::ffi::OsString> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+        Err(e) => {
+            debug!(dir = %dir.display(), error = %e, "cannot list (gone meanwhile?)");
+            Vec::new()
+        }
+    }
+}
+
+impl Walker {
+    /// Walks every root and the pod-logs dir, sends what it finds, then `ScanDone`.
+    /// Returns the walker and the stream of its inotify events.
+    pub async fn start(
+        roots: Roots,
+        pod_logs: PathBuf,
+        marker: Option<Marker>,
+        tx: Sender,
+    ) -> io::Result<(Walker, inotify::EventStream<Vec<u8>>)> {
+        let stream = Inotify::init()?.into_event_stream(vec![0u8; 64 * 1024])?;
+        let mut w = Walker {
+            roots,
+            pod_logs,
+            watches: stream.watches(),
+            nodes: HashMap::new(),
+            by_path: HashMap::new(),
+            found: None,
+            marker,
+            unmounted: Vec::new(),
+            touched: None,
+            created: HashMap::new(),
+            missing: HashSet::new(),
+            tx,
+        };
+        w.scan().await;
+        w.send(Event::ScanDone).await;
+        Ok((w, stream))
+    }
+
+    pub fn watch_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    async fn send(&self, ev: Event) {
+        // Closed only at shutdown.
+        let _ = self.tx.send(ev).await;
+    }
+
+    /// (Re)walks everything; idempotent.
+    async fn scan(&mut self) {
+        let roots: Vec<PathBuf> = self.roots.iter().map(Path::to_owned).collect();
+        for root in roots {
+            self.add_root(&root).await;
+        }
+        let logs = self.pod_logs.clone();
+        if self.add(&logs, Node::PodLogs, TREE).is_some() {
+            for name in children(&logs) {
+                self.pod_log_dir(&name).await;
+            }
+        }
+    }
+
+    async fn add_root(&mut self, root: &Path) {
+        let pods = root.join("pods");
+        if pods.is_dir() {
+            return self.add_pods_dir(&pods).await;
+        }
+        if !root.is_dir() {
+            // Nothing to watch for its creation without watching outside the roots.
+            if self.missing.insert(root.to_owned()) {
+                info!(root = %root.display(), "kubelet root does not exist yet; looking for it every tick");
+            }
+            return;
+        }
+        info!(root = %root.display(), "kubelet root has no pods dir yet; waiting for it");
+        if let Some(wd) = self.add(root, Node::Root, TREE)
+            && pods.is_dir()
+        {
+            // Created between the check and the watch.
+            self.unwatch(&wd);
+            self.add_pods_dir(&pods).await;
+        }
+    }
+
+    fn add(&mut self, path: &Path, node: Node, mask: WatchMask) -> Option<WatchDescriptor> {
+        match self.watches.add(path, mask) {
+            Ok(wd) => {
+                if let Some(t) = &mut self.touched {
+                    t.insert(wd.clone());
+                }
+                // A dir mounted over since its first watch: the old watch is on the covered inode.
+                if let Some(old) = self.by_path.insert(path.to_owned(), wd.clone())
+                    && old != wd
+                {
+                    let _ = self.watches.remove(old.clone());
+                    self.nodes.remove(&old);
+                }
+                self.nodes.insert(wd.clone(), (node, path.to_owned()));
+                Some(wd)
+            }
+            Err(e) => {
+                match e.raw_os_error() {
+                    Some(libc::ENOENT) => {
+                        debug!(path = %path.display(), "gone before it could be watched")
+                    }
+                    Some(libc::ENOTDIR) => {
+                        warn!(path = %path.display(), "expected a directory, found something else; not followed")
+                    }
+                    _ => warn!(path = %path.display(), error = %e, "cannot watch"),
+                }
+                None
+            }
+        }
+    }
+
+    async fn add_pods_dir(&mut self, pods: &Path) {
+        if self.add(pods, Node::PodsDir, TREE).is_none() {
+            return;
+        }
+        let outer = self.found.replace(Vec::new());
+        for uid in children(pods) {
+            self.add_pod(&pods.join(&uid)).await;
+        }
+        let volumes = std::mem::replace(&mut self.found, outer).unwrap_or_default();
+        self.send(Event::RescanDone {
+            pods_dir: pods.to_owned(),
+            volumes,
+        })
+        .await;
+    }
+
+    async fn add_pod(&mut self, pod: &Path) {
+        if let Some(Err(e)) = self.roots.classify(pod) {
+            warn!(error = %e, "pod not followed");
+            return;
+        }
+        // The watches below name paths through the pod dir: a symlink there would be
+        // followed (IN_DONT_FOLLOW covers a path's last component only).
+        match std::fs::symlink_metadata(pod) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                warn!(path = %pod.display(), "expected a directory, found something else; not followed");
+                return;
+            }
+            Err(e) => {
+                debug!(path = %pod.display(), error = %e, "gone before it could be watched");
+                return;
+            }
+        }
+        let volumes = pod.join("volumes");
+        if volumes.is_dir() {
+            self.add_volumes_dir(&volumes).await;
+        } else {
+            self.add(pod, Node::Pod, TREE);
+            // Created between the check and the watch?
+            if volumes.is_dir() {
+                self.add_volumes_dir(&volumes).await;
+            }
+        }
+    }
+
+    async fn add_volumes_dir(&mut self, volumes: &Path) {
+        if self.add(volumes, Node::VolumesDir, TREE).is_none() {
+            return;
+        }
+        for plugin in children(volumes) {
+            self.add_plugin_dir(&volumes.join(plugin)).await;
+        }
+    }
+
+    async fn add_plugin_dir(&mut self, dir: &Path) {
+        if !matches!(self.roots.classify(dir), Some(Ok(Place::PluginDir { .. }))) {
+            return;
+        }
+        if self.add(dir, Node::PluginDir, TREE).is_none() {
+            return;
+        }
+        for vol in children(dir) {
+            self.add_volume(&dir.join(vol)).await;
+        }
+    }
+
+    async fn add_volume(&mut self, dir: &Path) {
+        let key = match self.roots.classify(dir) {
+            Some(Ok(Place::Volume { key, rest: None })) => key,
+            Some(Err(e)) => {
+                warn!(error = %e, "volume not followed");
+                return;
+            }
+            _ => return,
+        };
+        if key.volume_type.is_tmpfs() {
+            let parent = dir.parent().and_then(dev);
+            if parent.is_some() && parent == dev(dir) {
+                // Not mounted yet: check again on each tick.
+                self.unmounted.push((
+                    key.clone(),
+                    dir.to_owned(),
+                    parent.unwrap_or(0),
+                    Instant::now() + MOUNT_GRACE,
+                ));
+            }
+        }
+        if self.add(dir, Node::Volume(key.clone()), VOLUME).is_none() {
+            return;
+        }
+        if let Some(found) = &mut self.found {
+            found.push(key.clone());
+        }
+        let current = read_target(&dir.join(DATA));
+        self.send(Event::VolumeFound {
+            key,
+            dir: dir.to_owned(),
+            current,
+        })
+        .await;
+    }
+
+    async fn pod_log_dir(&mut self, name: &OsStr) {
+        if let Some((uid, name)) = name.to_str().and_then(parse_pod_log_dir) {
+            self.send(Event::PodNamed { uid, name }).await;
+        }
+    }
+}
+
+/// `<namespace>_<pod>_<uid>` (DOMAIN.md 2): namespace and pod names never hold `_`.
+pub fn parse_pod_log_dir(name: &str) -> Option<(String, PodName)> {
+    let mut it = name.split('_');
+    let (ns, pod, uid) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || ns.is_empty() || pod.is_empty() || uid.is_empty() {
+        return None;
+    }
+    Some((
+        uid.to_owned(),
+        PodName {
+            namespace: ns.to_owned(),
+            name: pod.to_owned(),
+        },
+    ))
+}
+
+/// `/proc/self/mountinfo` signals every mount and unmount in the agent's mount
+/// namespace as a priority event (proc(5)); with HostToContainer propagation the
+/// kubelet's tmpfs mounts reach it. Lets a volume be re-watched the moment its tmpfs
+/// is mounted instead of at the next tick.
+struct Mounts(tokio::io::unix::AsyncFd<std::fs::File>);
+
+impl Mounts {
+    fn open() -> io::Result<Mounts> {
+        let f = std::fs::File::open("/proc/self/mountinfo")?;
+        // SAFETY: the File owns its fd for the AsyncFd's whole life.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(f, tokio::io::Interest::PRIORITY)
+        }
+        .map_err(io::Error::from)?;
+        Ok(Mounts(fd))
+    }
+
+    async fn changed(this: &mut Option<Mounts>) {
+        match this {
+            Some(m) => match m.0.ready(tokio::io::Interest::PRIORITY).await {
+                Ok(mut g) => g.clear_ready(),
+                Err(_) => *this = None,
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Runs the walker until `tx` closes.
+pub async fn run(
+    mut walker: Walker,
+    mut stream: inotify::EventStream<Vec<u8>>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut mounts = Mounts::open()
+        .inspect_err(|e| warn!(error = %e, "cannot poll /proc/self/mountinfo; tmpfs mounts are noticed on the next tick"))
+        .ok();
+    loop {
+        tokio::select! {
+            _ = Mounts::changed(&mut mounts) => walker.tick().await,
+            ev = stream.next() => match ev {
+                Some(Ok(ev)) => walker.handle(ev).await,
+                Some(Err(e)) => {
+                    warn!(error = %e, "reading inotify events failed");
+                    return;
+                }
+                None => return,
+            },
+            _ = tick.tick() => walker.tick().await,
+            _ = walker.tx.closed() => return,
+        }
+        count.store(walker.watch_count(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
