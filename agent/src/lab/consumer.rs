@@ -46,7 +46,8 @@ use nix::{
     sched::CloneFlags,
 };
 
-use super::{Strategy, container::mountinfo};
+use super::Strategy;
+use super::container::mountinfo;
 
 /// How much of the file each open logs.
 const HEAD_BYTES: usize = 32;
