@@ -18,7 +18,11 @@
 //! Probe variants: each run of a boot sets `RELOADSCOPE_PROBE` (see [`Runs`]), which
 //! the tests read (`probe::Choice::from_env`) to load that variant; `--probe` on
 //! `vm-test` picks others.
+//!
+//! `cargo xtask bench overhead` ([`bench`]) boots the same kernels the same way, with
+//! the `overhead` benchmark in place of the test binaries.
 
+pub mod bench;
 mod console;
 mod cpio;
 mod image;
@@ -436,23 +440,18 @@ fn decide(
     }
 }
 
-/// How the VMs run here; `Ok(None)` (after saying so) when they cannot.
-fn accelerator(choice: AccelChoice) -> Result<Option<Accel>> {
+/// How the VMs can run here: the accelerator and what to say about it, or `Err`
+/// with why none runs (no /dev/kvm and no `--accel tcg`).
+type Usable = std::result::Result<(Accel, Option<&'static str>), &'static str>;
+
+fn usable_accel(choice: AccelChoice) -> Result<Usable> {
     let module = |name: &str| Path::new("/sys/module").join(name).exists();
     let pvm_only = module("kvm_pvm") && !module("kvm_intel") && !module("kvm_amd");
     let kvm_exists = Path::new(KVM).exists();
-    let accel = match decide(choice, kvm_exists, pvm_only) {
-        Ok((accel, note)) => {
-            if let Some(note) = note {
-                println!("{note}");
-            }
-            accel
-        }
+    let (accel, note) = match decide(choice, kvm_exists, pvm_only) {
+        Ok(decided) => decided,
         Err(_) if choice == AccelChoice::Kvm => bail!("--accel kvm, but there is no {KVM}"),
-        Err(skipped) => {
-            println!("{skipped}");
-            return Ok(None);
-        }
+        Err(skipped) => return Ok(Err(skipped)),
     };
     if accel == Accel::Kvm {
         std::fs::OpenOptions::new()
@@ -463,8 +462,27 @@ fn accelerator(choice: AccelChoice) -> Result<Option<Accel>> {
                 format!("{KVM} exists but cannot be opened: run as root or join the kvm group")
             })?;
     }
-    Ok(Some(accel))
+    Ok(Ok((accel, note)))
 }
+
+/// How the VMs run here; `Ok(None)` (after saying so) when they cannot.
+fn accelerator(choice: AccelChoice) -> Result<Option<Accel>> {
+    match usable_accel(choice)? {
+        Ok((accel, note)) => {
+            if let Some(note) = note {
+                println!("{note}");
+            }
+            Ok(Some(accel))
+        }
+        Err(skipped) => {
+            println!("{skipped}");
+            Ok(None)
+        }
+    }
+}
+
+/// The kernel command line of every boot: the console on the first serial port.
+const CMDLINE: &str = "console=ttyS0 quiet panic=-1";
 
 /// Runs the boots `args` selects and fails naming each failing kernel and test.
 pub fn run(args: &VmTestArgs) -> Result<()> {
@@ -541,7 +559,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
             accel,
             &image.vmlinuz,
             &initrd,
-            "console=ttyS0 quiet panic=-1",
+            CMDLINE,
             &prefix,
             Duration::from_secs(args.timeout),
         )?;
@@ -703,8 +721,19 @@ fn build_tests(tests: &[String]) -> Result<Vec<(String, PathBuf)>> {
     for test in tests {
         cargo.args(["--test", test]);
     }
+    cargo.arg("--no-run");
+    build_executables(cargo, "test", tests)
+}
+
+/// Runs `cargo` (a `--no-run` build) with JSON messages and returns the executable
+/// of each target of `kind` (`test`, `bench`) named in `names`.
+fn build_executables(
+    mut cargo: std::process::Command,
+    kind: &str,
+    names: &[String],
+) -> Result<Vec<(String, PathBuf)>> {
     cargo
-        .args(["--no-run", "--message-format=json"])
+        .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     let output = cargo
         .spawn()
@@ -714,17 +743,17 @@ fn build_tests(tests: &[String]) -> Result<Vec<(String, PathBuf)>> {
         return Err(cmd::ChildFailed::new(&cargo, output.status).into());
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let found = test_executables(&stdout);
-    tests
+    let found = executables(&stdout, kind);
+    names
         .iter()
-        .map(|test| {
+        .map(|name| {
             found
                 .iter()
-                .find(|(name, _)| name == test)
+                .find(|(found, _)| found == name)
                 .cloned()
                 .with_context(|| {
                     format!(
-                        "`{}` built no executable for test {test}",
+                        "`{}` built no executable for {kind} {name}",
                         cmd::display(&cargo)
                     )
                 })
@@ -732,8 +761,8 @@ fn build_tests(tests: &[String]) -> Result<Vec<(String, PathBuf)>> {
         .collect()
 }
 
-/// (test target name, executable) of each integration test in cargo's JSON messages.
-fn test_executables(messages: &str) -> Vec<(String, PathBuf)> {
+/// (target name, executable) of each target of `kind` in cargo's JSON messages.
+fn executables(messages: &str, kind: &str) -> Vec<(String, PathBuf)> {
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -741,7 +770,7 @@ fn test_executables(messages: &str) -> Vec<(String, PathBuf)> {
         .filter(|msg| {
             msg["target"]["kind"]
                 .as_array()
-                .is_some_and(|kinds| kinds.iter().any(|k| k == "test"))
+                .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
         })
         .filter_map(|msg| {
             let name = msg["target"]["name"].as_str()?.to_owned();
@@ -996,13 +1025,21 @@ mod tests {
     }
 
     #[test]
-    fn test_executables_come_from_cargos_messages() {
+    fn executables_come_from_cargos_messages() {
         let messages = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"reloadscope"},"executable":null}
 {"reason":"compiler-artifact","target":{"kind":["test"],"name":"probe"},"executable":"/t/debug/deps/probe-1"}
+{"reason":"compiler-artifact","target":{"kind":["bench"],"name":"overhead"},"executable":"/t/release/deps/overhead-2"}
 {"reason":"build-finished","success":true}"#;
         assert_eq!(
-            test_executables(messages),
+            executables(messages, "test"),
             [("probe".to_owned(), PathBuf::from("/t/debug/deps/probe-1"))]
+        );
+        assert_eq!(
+            executables(messages, "bench"),
+            [(
+                "overhead".to_owned(),
+                PathBuf::from("/t/release/deps/overhead-2")
+            )]
         );
     }
 }
