@@ -18,9 +18,24 @@ use super::{Args, swap, watch};
 /// order: di, si, dx, r10, r8.
 const REGS: [usize; 5] = [112, 104, 96, 56, 72];
 
+/// Argument `i` of the syscall, from its `pt_regs` (the functions' only argument, at
+/// entry and at exit alike: the handler returns before `regs->ax` is set).
 #[inline(always)]
-fn args(ctx: &FEntryContext) -> Args {
-    let regs: *const u8 = ctx.arg(0);
+fn arg(regs: *const u8, i: usize) -> u64 {
+    let offset = match i {
+        0 => REGS[0],
+        1 => REGS[1],
+        2 => REGS[2],
+        3 => REGS[3],
+        _ => REGS[4],
+    };
+    // SAFETY: `regs` is the syscall's pt_regs, read with the kernel-read helper.
+    unsafe { bpf_probe_read_kernel(regs.add(offset).cast::<u64>()) }.unwrap_or(0)
+}
+
+/// All five arguments.
+#[inline(always)]
+fn args(regs: *const u8) -> Args {
     let mut a = [0u64; 5];
     let mut i = 0;
     while i < 5 {
@@ -37,54 +52,27 @@ fn ret(ctx: &FExitContext) -> i64 {
     ctx.arg(1)
 }
 
+/// The swap calls: fexit alone, which sees the arguments and the result, so a call
+/// costs one program and no map operation (measured: `cargo xtask bench overhead`).
 macro_rules! swap_call {
-    ($entry:ident, $exit:ident, $function:literal, $syscall:expr) => {
-        #[fentry(function = $function)]
-        pub fn $entry(ctx: FEntryContext) -> u32 {
-            swap::enter(&args(&ctx), swap::Layout::of($syscall))
-        }
-
+    ($exit:ident, $function:literal, $syscall:expr) => {
         #[fexit(function = $function)]
         pub fn $exit(ctx: FExitContext) -> u32 {
-            swap::exit(ret(&ctx))
+            let regs: *const u8 = ctx.arg(0);
+            swap::complete(|i| arg(regs, i), swap::Layout::of($syscall), ret(&ctx))
         }
     };
 }
 
-swap_call!(
-    fentry_rename,
-    fexit_rename,
-    "__x64_sys_rename",
-    Syscall::Rename
-);
-swap_call!(
-    fentry_renameat,
-    fexit_renameat,
-    "__x64_sys_renameat",
-    Syscall::Renameat
-);
-swap_call!(
-    fentry_renameat2,
-    fexit_renameat2,
-    "__x64_sys_renameat2",
-    Syscall::Renameat2
-);
-swap_call!(
-    fentry_symlink,
-    fexit_symlink,
-    "__x64_sys_symlink",
-    Syscall::Symlink
-);
-swap_call!(
-    fentry_symlinkat,
-    fexit_symlinkat,
-    "__x64_sys_symlinkat",
-    Syscall::Symlinkat
-);
+swap_call!(fexit_rename, "__x64_sys_rename", Syscall::Rename);
+swap_call!(fexit_renameat, "__x64_sys_renameat", Syscall::Renameat);
+swap_call!(fexit_renameat2, "__x64_sys_renameat2", Syscall::Renameat2);
+swap_call!(fexit_symlink, "__x64_sys_symlink", Syscall::Symlink);
+swap_call!(fexit_symlinkat, "__x64_sys_symlinkat", Syscall::Symlinkat);
 
 #[fentry(function = "__x64_sys_inotify_add_watch")]
 pub fn fentry_inotify_add_watch(ctx: FEntryContext) -> u32 {
-    watch::enter(&args(&ctx), WatchCall::Add)
+    watch::enter(&args(ctx.arg(0)), WatchCall::Add)
 }
 
 #[fexit(function = "__x64_sys_inotify_add_watch")]
@@ -94,7 +82,7 @@ pub fn fexit_inotify_add_watch(ctx: FExitContext) -> u32 {
 
 #[fentry(function = "__x64_sys_inotify_rm_watch")]
 pub fn fentry_inotify_rm_watch(ctx: FEntryContext) -> u32 {
-    watch::enter(&args(&ctx), WatchCall::Remove)
+    watch::enter(&args(ctx.arg(0)), WatchCall::Remove)
 }
 
 #[fexit(function = "__x64_sys_inotify_rm_watch")]

@@ -1,4 +1,5 @@
-//! The rename and symlink family: filter at entry, park, report successes at exit.
+//! The rename and symlink family: filter at entry, park, report successes at exit
+//! (tracepoints); or filter and report at exit, with the call's arguments (fexit).
 
 use agent_common::{
     stats,
@@ -13,7 +14,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 
-use super::{Args, count};
+use super::count;
 
 /// Events to user space. Its size can be changed by the loader.
 #[map]
@@ -58,39 +59,29 @@ impl Layout {
     }
 }
 
-/// Argument `i` (the layouts' constant indexes, so no bounds check remains).
+/// The call's event, built in the per-CPU scratch slot, when its new path ends in
+/// `..data` or `..data_tmp` (counted as matched); None for every other call.
+/// `arg(i)` reads argument `i` (the layouts' constant indexes): the new path's first,
+/// the others only for a call that matched.
 #[inline(always)]
-fn arg(args: &Args, i: usize) -> u64 {
-    match i {
-        0 => args[0],
-        1 => args[1],
-        2 => args[2],
-        3 => args[3],
-        _ => args[4],
-    }
-}
-
-#[inline(always)]
-pub fn enter(args: &Args, l: Layout) -> u32 {
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
+fn matched(arg: impl Fn(usize) -> u64, l: Layout) -> Option<&'static mut SwapEvent> {
+    let ev = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let ev = unsafe { &mut *ev };
-    let new_ptr = arg(args, l.new);
+    let new_ptr = arg(l.new);
     let new_len =
         match unsafe { bpf_probe_read_user_str_bytes(new_ptr as *const u8, &mut ev.new_path) } {
             Ok(s) => s.len(),
-            Err(_) => return 0,
+            Err(_) => return None,
         };
     if !last_component_is(&ev.new_path, new_len, DATA_NAME)
         && !last_component_is(&ev.new_path, new_len, DATA_TMP_NAME)
     {
-        return 0;
+        return None;
     }
     count(stats::MATCHED);
     ev.old_path[0] = 0;
-    let old_ptr = arg(args, l.old);
+    let old_ptr = arg(l.old);
     let _ = unsafe { bpf_probe_read_user_str_bytes(old_ptr as *const u8, &mut ev.old_path) };
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.tgid = (pid_tgid >> 32) as u32;
@@ -99,15 +90,50 @@ pub fn enter(args: &Args, l: Layout) -> u32 {
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.syscall = l.syscall as u32;
-    let dfd = |at: Option<usize>| at.map_or(AT_FDCWD, |i| arg(args, i) as i32);
+    let dfd = |at: Option<usize>| at.map_or(AT_FDCWD, |i| arg(i) as i32);
     ev.old_dfd = dfd(l.old_dfd);
     ev.new_dfd = dfd(l.new_dfd);
-    ev.flags = l.flags.map_or(0, |i| arg(args, i) as u32);
+    ev.flags = l.flags.map_or(0, |i| arg(i) as u32);
     ev.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    Some(ev)
+}
+
+/// At a call's entry (tracepoints): parks a matching call until its exit.
+#[inline(always)]
+pub fn enter(arg: impl Fn(usize) -> u64, l: Layout) -> u32 {
+    let Some(ev) = matched(arg, l) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
     if INFLIGHT.insert(&pid_tgid, ev, 0).is_err() {
         count(stats::INFLIGHT_FULL);
     }
     0
+}
+
+/// At a call's exit, with its arguments and result (fexit): one program, no parking.
+/// The paths are read after the call, from the same user memory; the stamp is the
+/// call's end rather than its start.
+#[inline(always)]
+pub fn complete(arg: impl Fn(usize) -> u64, l: Layout, ret: i64) -> u32 {
+    let Some(ev) = matched(arg, l) else {
+        return 0;
+    };
+    report(ev, ret);
+    0
+}
+
+/// Sends a matched call's event if the call succeeded; counts it either way.
+#[inline(always)]
+fn report(ev: &SwapEvent, ret: i64) {
+    if ret == 0 {
+        match EVENTS.output(ev, 0) {
+            Ok(()) => count(stats::EMITTED),
+            Err(_) => count(stats::LOST),
+        }
+    } else {
+        count(stats::FAILED);
+    }
 }
 
 #[inline(always)]
@@ -116,15 +142,8 @@ pub fn exit(ret: i64) -> u32 {
     let Some(ev) = INFLIGHT.get_ptr(&pid_tgid) else {
         return 0;
     };
-    if ret == 0 {
-        // SAFETY: the entry stays valid until removed below, by this thread only.
-        match EVENTS.output(unsafe { &*ev }, 0) {
-            Ok(()) => count(stats::EMITTED),
-            Err(_) => count(stats::LOST),
-        }
-    } else {
-        count(stats::FAILED);
-    }
+    // SAFETY: the entry stays valid until removed below, by this thread only.
+    report(unsafe { &*ev }, ret);
     let _ = INFLIGHT.remove(&pid_tgid);
     0
 }

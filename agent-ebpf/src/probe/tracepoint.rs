@@ -6,15 +6,21 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::{Args, swap, watch};
 
-/// The arguments of a `sys_enter_*` record: each 8 bytes, after the common header
-/// and `__syscall_nr`.
+/// Argument `i` of a `sys_enter_*` record: each 8 bytes, after the common header and
+/// `__syscall_nr`.
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    // SAFETY: offsets from the tracepoints' format; a short record reads as 0.
+    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+}
+
+/// All five arguments.
 #[inline(always)]
 fn args(ctx: &TracePointContext) -> Args {
     let mut a = [0u64; 5];
     let mut i = 0;
     while i < 5 {
-        // SAFETY: offsets from the tracepoints' format; a short record reads as 0.
-        a[i] = unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0);
+        a[i] = arg(ctx, i);
         i += 1;
     }
     a
@@ -29,27 +35,27 @@ fn ret(ctx: &TracePointContext) -> i64 {
 
 #[tracepoint]
 pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Rename))
+    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Rename))
 }
 
 #[tracepoint]
 pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Renameat))
+    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Renameat))
 }
 
 #[tracepoint]
 pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Renameat2))
+    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Renameat2))
 }
 
 #[tracepoint]
 pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
-    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Symlink))
+    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Symlink))
 }
 
 #[tracepoint]
 pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
-    swap::enter(&args(&ctx), swap::Layout::of(Syscall::Symlinkat))
+    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Symlinkat))
 }
 
 /// One exit program serves all five `sys_exit_*` tracepoints: their records share

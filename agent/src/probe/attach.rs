@@ -98,7 +98,7 @@ pub fn swaps(ebpf: &mut Ebpf, btf: Option<&Btf>, links: &mut Links) -> Result<()
     match btf {
         Some(btf) => {
             for sc in Syscall::ALL {
-                fentry_pair(ebpf, btf, sc.name(), links)?;
+                hook(ebpf, btf, sc.name(), false, links)?;
             }
             Ok(())
         }
@@ -126,7 +126,7 @@ pub fn watch_calls(
     match btf {
         Some(btf) => calls
             .iter()
-            .try_for_each(|c| fentry_pair(ebpf, btf, c, links)),
+            .try_for_each(|c| hook(ebpf, btf, c, true, links)),
         None => {
             for call in calls {
                 let name = format!("sys_enter_{call}");
@@ -170,22 +170,25 @@ fn tracepoint(
     Ok(())
 }
 
-/// `fentry_<call>` and `fexit_<call>` on `__x64_sys_<call>`.
-fn fentry_pair(
+/// `fexit_<call>` on `__x64_sys_<call>`, after `fentry_<call>` if `entry`.
+fn hook(
     ebpf: &mut Ebpf,
     btf: &Btf,
     call: &str,
+    entry: bool,
     links: &mut Links,
 ) -> Result<(), ProbeError> {
     let function = format!("__x64_sys_{call}");
-    let entry = format!("fentry_{call}");
-    let prog: &mut FEntry = (ebpf.program_mut(&entry))
-        .ok_or(ProbeError::Missing("an fentry program"))?
-        .try_into()
-        .map_err(hook_err(&entry))?;
-    prog.load(&function, btf).map_err(hook_err(&function))?;
-    let id = prog.attach().map_err(hook_err(&function))?;
-    links.push(Box::new(prog.take_link(id).map_err(hook_err(&function))?));
+    if entry {
+        let name = format!("fentry_{call}");
+        let prog: &mut FEntry = (ebpf.program_mut(&name))
+            .ok_or(ProbeError::Missing("an fentry program"))?
+            .try_into()
+            .map_err(hook_err(&name))?;
+        prog.load(&function, btf).map_err(hook_err(&function))?;
+        let id = prog.attach().map_err(hook_err(&function))?;
+        links.push(Box::new(prog.take_link(id).map_err(hook_err(&function))?));
+    }
     let exit = format!("fexit_{call}");
     let prog: &mut FExit = (ebpf.program_mut(&exit))
         .ok_or(ProbeError::Missing("an fexit program"))?
