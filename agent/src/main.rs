@@ -84,13 +84,13 @@ struct AgentArgs {
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
     #[arg(long, value_name = "BYTES", default_value_t = reloadscope::probe::DEFAULT_RING_BYTES, hide = true)]
     ring_bytes: u32,
-    /// Labels the reload latency histogram keeps, of namespace, pod, container, volume.
-    /// Fewer labels: fewer series (18 buckets each); consumers sharing the kept labels
-    /// share one histogram. E.g. `namespace,volume` for big clusters.
+    /// Labels the reload latency histogram keeps, of those --metric-labels keeps.
+    /// Fewer labels: fewer series (21 each); consumers sharing the kept labels share
+    /// one histogram. E.g. `namespace,workload,volume` for big clusters.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "namespace,pod,container,volume"
+        default_value = "namespace,workload,pod,container,volume"
     )]
     histogram_labels: Vec<String>,
     /// File where pending reload measurements are checkpointed (every 10 s and at
@@ -226,12 +226,18 @@ fn seconds(s: &str) -> Result<f64, String> {
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
     // aya warns about each kernel feature probe it cannot run; without CAP_BPF that is
-    // a line per probe before ours, which says the same once, with the remedy.
-    let level = if level.contains("aya") {
-        level.to_owned()
-    } else {
-        format!("{level},aya::kernel_features=error")
-    };
+    // a line per probe before ours, which says the same once, with the remedy. kube's
+    // watchers warn at every retry of a refused or dropped watch; the agent logs each
+    // change of the API's state once.
+    let mut level = level.to_owned();
+    for (target, quiet) in [
+        ("aya", "aya::kernel_features=error"),
+        ("kube", "kube_runtime=error,kube_client=error"),
+    ] {
+        if !level.contains(target) {
+            level = format!("{level},{quiet}");
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
