@@ -14,8 +14,8 @@
 //! it gives and, for the agent, of the reload times it gives against the consumers'
 //! own open logs.
 //!
-//! Run as root: `cargo xtask bench scale [--quick]`. Progress goes to stderr; stdout
-//! gets a Markdown section for BENCHMARKS.md.
+//! Run as root: `cargo xtask bench scale [--quick] [--only PHASES]`. Progress goes to
+//! stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
 #[path = "scale/agent_phase.rs"]
 mod agent_phase;
@@ -38,9 +38,13 @@ use std::{fmt::Write as _, process::ExitCode, time::Duration, time::Instant};
 
 const USAGE: &str = "\
 usage: cargo xtask bench scale [--quick] [--pods N] [--consumers N] [--seconds N] [--idle N]
-                               [--agent PATH]
+                               [--agent PATH] [--only PHASES]
 
   --quick          200 pods, 10 consumers, 10 s of updates, 10 s idle: a smoke run
+  --only PHASES    run only these phases, comma-separated, of agent (as deployed),
+                   inotify (the inotify-only agent), poller: e.g. `--only agent
+                   --idle 10` measures the deployed agent's memory and CPU at full
+                   size in about 100 s (the full run: about 400 s)
   --pods N         pods (5 volumes each; default 2000)
   --consumers N    reloading lab containers (default 100; each holds an inotify
                    instance: mind fs.inotify.max_user_instances)
@@ -79,9 +83,14 @@ impl Params {
     }
 }
 
+/// The phases of a run, in their order.
+const PHASES: [&str; 3] = ["agent", "inotify", "poller"];
+
 struct Args {
     p: Params,
     quick: bool,
+    /// Which of [`PHASES`] run.
+    only: [bool; 3],
     agent: Option<std::path::PathBuf>,
     given: Vec<String>,
 }
@@ -89,6 +98,7 @@ struct Args {
 fn parse_args(raw: &[String]) -> Result<Args, String> {
     let mut quick = false;
     let mut agent = None;
+    let mut only = [true; 3];
     let (mut pods, mut consumers, mut seconds, mut idle) = (None, None, None, None);
     let mut given = Vec::new();
     let mut it = raw.iter();
@@ -111,6 +121,19 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             "--consumers" => num(&mut consumers)?,
             "--seconds" => num(&mut seconds)?,
             "--idle" => num(&mut idle)?,
+            "--only" => {
+                let v = it.next().ok_or("--only needs a list of phases")?;
+                only = [false; 3];
+                for ph in v.split(',') {
+                    let i = PHASES.iter().position(|&x| x == ph).ok_or(format!(
+                        "--only {v:?}: unknown phase {ph:?}, choose from {}",
+                        PHASES.join(", ")
+                    ))?;
+                    only[i] = true;
+                }
+                given.push(a.clone());
+                given.push(v.clone());
+            }
             "--agent" => {
                 let v = it.next().ok_or("--agent needs a path")?;
                 agent = Some(std::path::PathBuf::from(v));
@@ -146,9 +169,15 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             scrape_every: (period / 2).min(Duration::from_secs(5)),
         },
         quick,
+        only,
         agent,
         given,
     })
+}
+
+/// A phase `--only` leaves out.
+fn skipped<T>() -> anyhow::Result<T> {
+    Err(anyhow::anyhow!(report::SKIPPED))
 }
 
 /// The commit the agent was built from, and whether agent/ had changes on top.
@@ -239,21 +268,41 @@ fn main() -> ExitCode {
     );
     let setup = report::Setup::of(&sn);
     let mut rev = 1;
-    let full = agent_phase::run(p, &bin, &sn, agent_phase::Mode::Full, &mut rev);
-    if let Err(e) = &full {
+    let full = if args.only[0] {
+        agent_phase::run(p, &bin, &sn, agent_phase::Mode::Full, &mut rev)
+    } else {
+        skipped()
+    };
+    if let Err(e) = &full
+        && args.only[0]
+    {
         eprintln!("[scale] agent failed: {e:#}");
     }
-    let inotify = agent_phase::run(p, &bin, &sn, agent_phase::Mode::InotifyOnly, &mut rev);
-    if let Err(e) = &inotify {
+    let inotify = if args.only[1] {
+        agent_phase::run(p, &bin, &sn, agent_phase::Mode::InotifyOnly, &mut rev)
+    } else {
+        skipped()
+    };
+    if let Err(e) = &inotify
+        && args.only[1]
+    {
         eprintln!("[scale] inotify-only agent failed: {e:#}");
     }
-    let poller = poller::run(p, &sn, &mut rev);
-    if let Err(e) = &poller {
+    let poller = if args.only[2] {
+        poller::run(p, &sn, &mut rev)
+    } else {
+        skipped()
+    };
+    if let Err(e) = &poller
+        && args.only[2]
+    {
         eprintln!("[scale] poller failed: {e:#}");
     }
     eprintln!("[scale] teardown");
     let teardown = sn.teardown();
-    let failed = full.is_err() || inotify.is_err() || poller.is_err();
+    let failed = (args.only[0] && full.is_err())
+        || (args.only[1] && inotify.is_err())
+        || (args.only[2] && poller.is_err());
     let outcome = report::Outcome {
         setup,
         full,

@@ -11,6 +11,7 @@ pub mod fanotify;
 pub mod inspect;
 pub mod kubeapi;
 pub mod lab;
+pub mod memory;
 pub mod metrics;
 pub mod opens;
 pub mod probe;

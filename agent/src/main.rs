@@ -284,6 +284,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    reloadscope::memory::configure();
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
         eprintln!("reloadscope: {e:#}");

@@ -28,7 +28,7 @@ use crate::writer::{Burst, sustained, update_at};
 const SETTLE_MAX: Duration = Duration::from_secs(10);
 const START_MAX: Duration = Duration::from_secs(120);
 /// Scrapes whose agent CPU is measured, back to back, at idle.
-pub const COST_SCRAPES: u32 = 5;
+pub const COST_SCRAPES: u32 = 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -162,6 +162,9 @@ pub struct AgentFigures {
     pub rss_ready: Option<u64>,
     /// Every consumer found, 2 s later (after the start-up's scrapes).
     pub rss_steady: Option<u64>,
+    /// Of it, anonymous memory (the heap, stacks) and file pages (the binary, its
+    /// libraries, the probe's ring buffer): `RssAnon`, `RssFile`.
+    pub rss_steady_parts: (Option<u64>, Option<u64>),
     /// After the idle window and the scrapes that measure a scrape's cost.
     pub rss_scraped: Option<u64>,
     pub rss_end: Option<u64>,
@@ -336,6 +339,10 @@ pub fn run(
     let watches_metric = m.sum("reloadscope_inotify_watches", &[]);
     let kernel_watches = inotify_watches(pid).context("the agent's inotify fdinfo")?;
     let rss_steady = proc_status_kib(pid, "VmRSS");
+    let rss_steady_parts = (
+        proc_status_kib(pid, "RssAnon"),
+        proc_status_kib(pid, "RssFile"),
+    );
 
     eprintln!(
         "[scale] {tag}: idle for {} s ({} kernel watches, {} in the metric)",
@@ -516,6 +523,7 @@ pub fn run(
         kernel_watches,
         rss_ready,
         rss_steady,
+        rss_steady_parts,
         rss_scraped,
         rss_end,
         hwm_end,

@@ -107,8 +107,14 @@ fn churn(w: &Window) -> String {
     w.churn.map_or_else(|| "n/a".to_owned(), |n| n.to_string())
 }
 
+/// The error of a phase that `--only` left out.
+pub const SKIPPED: &str = "not run (`--only`)";
+
 fn failed<T>(r: &anyhow::Result<T>) -> Option<String> {
-    r.as_ref().err().map(|e| format!("FAILED: {e:#}"))
+    r.as_ref().err().map(|e| match e.to_string() {
+        s if s == SKIPPED => s,
+        _ => format!("FAILED: {e:#}"),
+    })
 }
 
 pub fn render(p: &Params, o: &Outcome) -> String {
@@ -153,15 +159,29 @@ pub fn render(p: &Params, o: &Outcome) -> String {
             format!("; teardown errors: {}", o.teardown.errors.join("; "))
         }
     );
+    let ran = [failed(&o.full), failed(&o.inotify), failed(&o.poller)]
+        .iter()
+        .filter(|e| e.as_deref() != Some(SKIPPED))
+        .count();
+    let phases = match ran {
+        3 => "Three phases on that node, one after the other, each with the same steps",
+        2 => "Two phases (`--only`) on that node, one after the other, each with the same steps",
+        _ => "One phase (`--only`) on that node, with these steps",
+    };
+    let rescan = if p.idle >= Duration::from_secs(60) {
+        "the window holds one"
+    } else {
+        "this shorter window may hold none"
+    };
     let _ = writeln!(
         s,
-        "Three phases on that node, one after the other, each with the same steps: \
+        "{phases}: \
          start, and time from the process's spawn to `/readyz` 200 and to the end of the \
          first scrape whose `reloadscope_watched_volumes` sums to {} (scrapes every 20 ms \
          once ready; the poller: to the end of its first pass); 2 s; inotify watches \
          (`/proc/<pid>/fdinfo` of its inotify fds) and VmRSS; {} s without updates (idle \
          CPU: utime + stime from `/proc/<pid>/stat`, in 10 ms ticks; the agent's periodic \
-         consumer rescan runs every 60 s, the window holds one); then {} updates/s for \
+         consumer rescan runs every 60 s, {rescan}); then {} updates/s for \
          {} s from one thread of this process: the kubelet's calls \
          (`AtomicWriter::write`, `CallStyle::GoAt`) on the volumes in turn, so each \
          volume is updated every {:.0} s, on an absolute schedule, with a `/metrics` scrape \
@@ -199,7 +219,19 @@ pub fn render(p: &Params, o: &Outcome) -> String {
         o.poller.as_ref().ok(),
     );
     let na = || "n/a".to_owned();
-    let cell = |x: Option<String>| x.unwrap_or_else(|| "failed".to_owned());
+    // A phase's cell: its figure, or why there is none.
+    let why = |e: Option<String>| match e.as_deref() {
+        Some(SKIPPED) => "not run",
+        _ => "failed",
+    };
+    let (why_f, why_i, why_q) = (
+        why(failed(&o.full)),
+        why(failed(&o.inotify)),
+        why(failed(&o.poller)),
+    );
+    let cell_f = |x: Option<String>| x.unwrap_or_else(|| why_f.to_owned());
+    let cell_i = |x: Option<String>| x.unwrap_or_else(|| why_i.to_owned());
+    let cell_q = |x: Option<String>| x.unwrap_or_else(|| why_q.to_owned());
     let _ = writeln!(
         s,
         "| measure | goal | agent as deployed (eBPF + inotify + fanotify) | goal met | \
@@ -214,7 +246,7 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| start-up scan: spawn to `/readyz` 200 (every volume known) | < 1 s | {} | {} | {} | {} | {} | {} |",
-        cell(f.map(|a| format!(
+        cell_f(f.map(|a| format!(
             "{} (first scrape showing all {}: ended at {}{})",
             secs(a.ready),
             st.volumes,
@@ -224,8 +256,8 @@ pub fn render(p: &Params, o: &Outcome) -> String {
                 secs(at)
             ))
         ))),
-        cell(f.map(|a| met(scan(a) < 1.0).to_owned())),
-        cell(i.map(|a| format!(
+        cell_f(f.map(|a| met(scan(a) < 1.0).to_owned())),
+        cell_i(i.map(|a| format!(
             "{} (scrape showing all: {})",
             secs(a.ready),
             secs(a.all_volumes)
@@ -234,7 +266,7 @@ pub fn render(p: &Params, o: &Outcome) -> String {
             (Some(a), Some(b)) => ratio(scan(a), scan(b)),
             _ => na(),
         },
-        cell(q.map(|x| format!("{} (walk + first pass)", secs(x.ready)))),
+        cell_q(q.map(|x| format!("{} (walk + first pass)", secs(x.ready)))),
         match (f, q) {
             (Some(a), Some(x)) => ratio(scan(a), x.ready.as_secs_f64()),
             _ => na(),
@@ -246,15 +278,15 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| inotify watches per volume (kernel: `/proc/<pid>/fdinfo`) | ≤ 2 | {} | {} | {} | {} | 0 (none) | n/a |",
-        cell(f.map(|a| format!(
+        cell_f(f.map(|a| format!(
             "{:.2} ({} watches in {} instances; `reloadscope_inotify_watches` {})",
             per_vol(a),
             a.kernel_watches.1,
             a.kernel_watches.0,
             a.watches_metric
         ))),
-        cell(f.map(|a| met(per_vol(a) <= 2.0).to_owned())),
-        cell(i.map(|a| format!(
+        cell_f(f.map(|a| met(per_vol(a) <= 2.0).to_owned())),
+        cell_i(i.map(|a| format!(
             "{:.2} ({} in {}; metric {})",
             per_vol(a),
             a.kernel_watches.1,
@@ -271,14 +303,14 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| VmRSS when steady (before the idle window) | < 64 MiB | {} | {} | {} | {} | {} | {} |",
-        cell(f.map(|a| fmt_kib(a.rss_steady))),
-        cell(f.map(|a| met(kib(a.rss_steady) < 64.0 * 1024.0).to_owned())),
-        cell(i.map(|a| fmt_kib(a.rss_steady))),
+        cell_f(f.map(|a| fmt_kib(a.rss_steady))),
+        cell_f(f.map(|a| met(kib(a.rss_steady) < 64.0 * 1024.0).to_owned())),
+        cell_i(i.map(|a| fmt_kib(a.rss_steady))),
         match (f, i) {
             (Some(a), Some(b)) => ratio(kib(a.rss_steady), kib(b.rss_steady)),
             _ => na(),
         },
-        cell(q.map(|x| fmt_kib(x.rss_steady))),
+        cell_q(q.map(|x| fmt_kib(x.rss_steady))),
         match (f, q) {
             (Some(a), Some(x)) => ratio(kib(a.rss_steady), kib(x.rss_steady)),
             _ => na(),
@@ -287,14 +319,14 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| peak RSS (VmHWM after the burst; VmRSS then) | < 64 MiB | {} | {} | {} | {} | {} | {} |",
-        cell(f.map(|a| format!("{} ({})", fmt_kib(a.hwm_end), fmt_kib(a.rss_end)))),
-        cell(f.map(|a| met(kib(a.hwm_end) < 64.0 * 1024.0).to_owned())),
-        cell(i.map(|a| format!("{} ({})", fmt_kib(a.hwm_end), fmt_kib(a.rss_end)))),
+        cell_f(f.map(|a| format!("{} ({})", fmt_kib(a.hwm_end), fmt_kib(a.rss_end)))),
+        cell_f(f.map(|a| met(kib(a.hwm_end) < 64.0 * 1024.0).to_owned())),
+        cell_i(i.map(|a| format!("{} ({})", fmt_kib(a.hwm_end), fmt_kib(a.rss_end)))),
         match (f, i) {
             (Some(a), Some(b)) => ratio(kib(a.hwm_end), kib(b.hwm_end)),
             _ => na(),
         },
-        cell(q.map(|x| format!("{} ({})", fmt_kib(x.hwm_end), fmt_kib(x.rss_end)))),
+        cell_q(q.map(|x| format!("{} ({})", fmt_kib(x.hwm_end), fmt_kib(x.rss_end)))),
         match (f, q) {
             (Some(a), Some(x)) => ratio(kib(a.hwm_end), kib(x.hwm_end)),
             _ => na(),
@@ -313,14 +345,14 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| idle CPU, % of one core | < 1 % | {} | {} | {} | {} | {} | {} |",
-        cell(f.map(|a| idle_cell(&a.idle))),
-        cell(f.map(|a| met(a.idle.pct() < 1.0).to_owned())),
-        cell(i.map(|a| idle_cell(&a.idle))),
+        cell_f(f.map(|a| idle_cell(&a.idle))),
+        cell_f(f.map(|a| met(a.idle.pct() < 1.0).to_owned())),
+        cell_i(i.map(|a| idle_cell(&a.idle))),
         match (f, i) {
             (Some(a), Some(b)) => ratio(a.idle.pct(), b.idle.pct()),
             _ => na(),
         },
-        cell(q.map(|x| idle_cell(&x.idle))),
+        cell_q(q.map(|x| idle_cell(&x.idle))),
         match (f, q) {
             (Some(a), Some(x)) => ratio(a.idle.pct(), x.idle.pct()),
             _ => na(),
@@ -348,15 +380,15 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| updates lost (made - counted) | 0 | {} | {} | {} | {} | {} | {} |",
-        cell(f.map(lost_cell)),
-        cell(f.map(|a| met(lost(a) == 0).to_owned())),
-        cell(i.map(lost_cell)),
+        cell_f(f.map(lost_cell)),
+        cell_f(f.map(|a| met(lost(a) == 0).to_owned())),
+        cell_i(i.map(lost_cell)),
         match (f, i) {
             (Some(a), Some(b)) if lost(a) == 0 && lost(b) == 0 => "0 / 0".to_owned(),
             (Some(a), Some(b)) => ratio(lost(a) as f64, lost(b) as f64),
             _ => na(),
         },
-        cell(q.map(|x| format!(
+        cell_q(q.map(|x| format!(
             "{} of {} made ({} changes counted{})",
             x.missed,
             x.burst.made,
@@ -379,13 +411,13 @@ pub fn render(p: &Params, o: &Outcome) -> String {
         s,
         "| CPU during the {} s of updates, % of one core | | {} | | {} | {} | {} | {} |",
         p.seconds,
-        cell(f.map(|a| cpu_cell(&a.burst_window, a.burst.made))),
-        cell(i.map(|a| cpu_cell(&a.burst_window, a.burst.made))),
+        cell_f(f.map(|a| cpu_cell(&a.burst_window, a.burst.made))),
+        cell_i(i.map(|a| cpu_cell(&a.burst_window, a.burst.made))),
         match (f, i) {
             (Some(a), Some(b)) => ratio(a.burst_window.pct(), b.burst_window.pct()),
             _ => na(),
         },
-        cell(q.map(|x| cpu_cell(&x.burst_window, x.burst.made))),
+        cell_q(q.map(|x| cpu_cell(&x.burst_window, x.burst.made))),
         match (f, q) {
             (Some(a), Some(x)) => ratio(a.burst_window.pct(), x.burst_window.pct()),
             _ => na(),
@@ -397,13 +429,13 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| swap time error: the update's time as the tool gives it - the writer's clock after the rename, median \\|error\\| | | {} | | {} | {} | {} | {} |",
-        cell(f.map(|a| fmt_err(&a.swap_err))),
-        cell(i.map(|a| fmt_err(&a.swap_err))),
+        cell_f(f.map(|a| fmt_err(&a.swap_err))),
+        cell_i(i.map(|a| fmt_err(&a.swap_err))),
         match (f, i) {
             (Some(a), Some(b)) => ratio(med(&a.swap_err), med(&b.swap_err)),
             _ => na(),
         },
-        cell(q.map(|x| fmt_err(&x.swap_err))),
+        cell_q(q.map(|x| fmt_err(&x.swap_err))),
         match (f, q) {
             (Some(a), Some(x)) => ratio(med(&a.swap_err), med(&x.swap_err)),
             _ => na(),
@@ -415,13 +447,13 @@ pub fn render(p: &Params, o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "| reload latency error: agent's reload time - consumer's own open, median \\|error\\| | median < 1 ms | {} | {} | not measured (`--no-reloads`) | n/a | cannot see reloads | n/a |",
-        cell(rl.map(|r| fmt_err(&r.errors))),
-        cell(rl.map(|r| met(!r.errors.is_empty() && med(&r.errors) < 1e6).to_owned())),
+        cell_f(rl.map(|r| fmt_err(&r.errors))),
+        cell_f(rl.map(|r| met(!r.errors.is_empty() && med(&r.errors) < 1e6).to_owned())),
     );
     let _ = writeln!(
         s,
         "| reloads the agent missed (consumers' logs - the agent's count) | | {} | | n/a | n/a | n/a | n/a |",
-        cell(rl.map(|r| format!(
+        cell_f(rl.map(|r| format!(
             "{} of {} (agent counted {}; updates of consumed volumes {})",
             r.missed, r.own_reloads, r.agent_counted, r.consumer_updates
         ))),
@@ -448,10 +480,13 @@ pub fn render(p: &Params, o: &Outcome) -> String {
         );
         let _ = writeln!(
             s,
-            "  VmRSS at `/readyz` 200 (before any scrape) {}, steady (after the start-up's scrapes) {}, \
+            "  VmRSS at `/readyz` 200 (before any scrape) {}, steady (after the start-up's scrapes) {} \
+             ({} anonymous: the heap; {} file pages: the binary, its libraries and, when loaded, the probe's ring buffer), \
              after the idle window and {COST_SCRAPES} more scrapes {}, after the updates {}; VmHWM then {}.",
             fmt_kib(a.rss_ready),
             fmt_kib(a.rss_steady),
+            fmt_kib(a.rss_steady_parts.0),
+            fmt_kib(a.rss_steady_parts.1),
             fmt_kib(a.rss_scraped),
             fmt_kib(a.rss_end),
             fmt_kib(a.hwm_end),
