@@ -50,6 +50,10 @@ async fn without_cap_sys_admin_reloads_are_measured_per_volume() {
         .spawn()
         .expect("setpriv (util-linux)");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // A reload made before the new data dir is watched is seen only through atime,
+    // which a read in the same clock tick as the kubelet's write does not move: the
+    // swaps wait for the agent's watch (lab::marks).
+    node.swap_gate().wait_for_marks_of(child.id());
     wait_ready(addr).await;
     let approximate = [("measurement", "approximate")];
     let m = wait_metrics(addr, "three consumers, measured approximately", |m| {

@@ -16,6 +16,7 @@ pub mod apiserver;
 pub mod cluster;
 mod consumer;
 mod container;
+pub mod marks;
 mod node;
 mod run;
 pub mod scrape;
@@ -25,6 +26,7 @@ mod writer;
 
 pub use consumer::{ConsumerArgs, consumer_main};
 pub use container::{ContainerSpec, LabContainer, Open, cgroup2_mount, example_bin};
+pub use marks::SwapGate;
 pub use node::{LabNode, LabPod};
 pub use run::{LabArgs, run};
 pub use strategy::Strategy;

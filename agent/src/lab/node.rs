@@ -68,6 +68,8 @@ pub struct LabNode {
     owned: bool,
     /// In mount order.
     mounts: Vec<LabMount>,
+    /// Shared with the writers of its volumes.
+    gate: super::SwapGate,
 }
 
 impl LabNode {
@@ -80,6 +82,7 @@ impl LabNode {
             base,
             owned: false,
             mounts: Vec::new(),
+            gate: super::SwapGate::default(),
         };
         node.create_tree()?;
         Ok(node)
@@ -109,6 +112,7 @@ impl LabNode {
                 base: dir.clone(),
                 owned: true,
                 mounts: Vec::new(),
+                gate: super::SwapGate::default(),
             };
             node.base = fs::canonicalize(&dir).with_context(|| format!("resolve {dir:?}"))?;
             node.create_tree()?;
@@ -195,6 +199,11 @@ impl LabNode {
     /// Creates the volume dir `<root>/pods/<uid>/volumes/<plugin dir>/<volume>`; for
     /// secret and projected volumes mounts a fresh tmpfs on it. Returns its writer; the
     /// volume stays empty until the first write.
+    /// The gate its volumes' writers wait at before each swap ([`super::marks`]).
+    pub fn swap_gate(&self) -> &super::SwapGate {
+        &self.gate
+    }
+
     pub fn add_volume(
         &mut self,
         pod: &LabPod,
@@ -231,7 +240,7 @@ impl LabNode {
             });
             tracing::debug!(dir = ?dir, "lab tmpfs mounted");
         }
-        Ok(AtomicWriter::new(dir))
+        Ok(AtomicWriter::gated(dir, self.gate.clone()))
     }
 
     /// Removes the pod as the kubelet's teardown does: unmounts its tmpfs volumes

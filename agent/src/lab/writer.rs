@@ -104,11 +104,20 @@ pub enum KeyError {
 #[derive(Clone, Debug)]
 pub struct AtomicWriter {
     dir: PathBuf,
+    gate: super::SwapGate,
 }
 
 impl AtomicWriter {
     pub fn new(volume_dir: PathBuf) -> Self {
-        AtomicWriter { dir: volume_dir }
+        Self::gated(volume_dir, super::SwapGate::default())
+    }
+
+    /// A writer whose swaps wait at `gate` (see [`super::marks`]).
+    pub fn gated(volume_dir: PathBuf, gate: super::SwapGate) -> Self {
+        AtomicWriter {
+            dir: volume_dir,
+            gate,
+        }
     }
 
     /// The volume directory.
@@ -153,6 +162,12 @@ impl AtomicWriter {
         if let Err(e) = write_payload(&clean, &ts_path, style) {
             let _ = fs::remove_dir_all(&ts_path);
             return Err(e);
+        }
+
+        // The lab's own step: a gated writer waits for the agent's mark here, on an
+        // update (the agent marks no dir of a volume's initial population).
+        if old_ts.is_some() {
+            self.gate.before_swap(&ts_path);
         }
 
         // 6. `..data_tmp -> <ts name>`.

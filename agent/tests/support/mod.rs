@@ -31,6 +31,11 @@ pub async fn start(node: &LabNode, ebpf: bool) -> Running {
 
 /// Starts the agent with `cfg` and waits for /readyz.
 pub async fn start_with(cfg: agent::Config) -> Running {
+    // The agent runs in this process: swaps wait for its marks (lab::marks), unless
+    // it runs on this very thread, where a waiting writer would stall it.
+    let flavor = tokio::runtime::Handle::current().runtime_flavor();
+    let threads = flavor == tokio::runtime::RuntimeFlavor::MultiThread;
+    lab::SwapGate::wait_everywhere_for_marks_of(if threads { std::process::id() } else { 0 });
     let ebpf = cfg.ebpf;
     let running = agent::start(cfg).await.expect("agent starts");
     wait_ready(running.addr).await;
@@ -186,19 +191,9 @@ pub fn kernel_inotify_watches() -> usize {
     kernel_watch_lines().len()
 }
 
-/// `ino:<hex> sdev:<hex> `, as fdinfo names the inode `path` names now (for a mount
-/// point: the mounted root, not the dir it covers).
-fn fdinfo_inode(path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    // fdinfo prints the kernel's dev_t: major << 20 | minor.
-    let (major, minor) = (libc::major(m.dev()) as u64, libc::minor(m.dev()) as u64);
-    Some(format!("ino:{:x} sdev:{:x} ", m.ino(), major << 20 | minor))
-}
-
 /// Whether this process holds an inotify watch on the inode `path` names now.
 pub fn kernel_watches(path: &std::path::Path) -> bool {
-    let Some(want) = fdinfo_inode(path) else {
+    let Some(want) = lab::marks::fdinfo_inode(path) else {
         return false;
     };
     kernel_watch_lines().iter().any(|l| l.contains(&want))
@@ -216,19 +211,16 @@ pub fn fanotify_groups() -> usize {
         .count()
 }
 
-/// Whether a fanotify group of this process ignores opens (`FAN_OPEN` in an inode
-/// mark's `ignored_mask`) of the inode `path` names now.
-pub fn fanotify_ignores(path: &std::path::Path) -> bool {
-    let Some(want) = fdinfo_inode(path) else {
-        return false;
-    };
-    fdinfo_lines("[fanotify]", "fanotify ino:").iter().any(|l| {
-        l.contains(&want)
-            && l.split_whitespace()
-                .find_map(|f| f.strip_prefix("ignored_mask:"))
-                .and_then(|m| u64::from_str_radix(m, 16).ok())
-                .is_some_and(|m| m & libc::FAN_OPEN != 0)
-    })
+/// The inode mark this process's fanotify groups hold on the inode `path` names now:
+/// masks 0 when there is none.
+pub fn fanotify_mark(path: &std::path::Path) -> lab::marks::InodeMark {
+    lab::marks::inode_mark(std::process::id(), path).unwrap_or_default()
+}
+
+/// Whether that mark reports opens in the dir (`FAN_OPEN` in its mask, not ignored).
+pub fn fanotify_marks(path: &std::path::Path) -> bool {
+    let m = fanotify_mark(path);
+    m.mask & libc::FAN_OPEN != 0 && m.ignored_mask & libc::FAN_OPEN == 0
 }
 
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -302,7 +294,7 @@ impl Logs {
 /// process that watches `dir` (given a kubelet `pods` dir: the agent's walker), or 0.
 /// Unlike [`kernel_inotify_watches`], it does not move with the node's cgroups.
 pub fn kernel_group_watches(dir: &std::path::Path) -> usize {
-    let Some(want) = fdinfo_inode(dir) else {
+    let Some(want) = lab::marks::fdinfo_inode(dir) else {
         return 0;
     };
     for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
