@@ -28,7 +28,6 @@ use crate::{
     metrics::{self, Shared},
     opens::{self, Opens},
     probe::{self, Probe},
-    reloads::MountKind,
     server,
     updates::Tracker,
     volumes::{Roots, VolumeKey},
@@ -236,7 +235,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             shared.clone(),
             cfg.clone(),
             every,
-            marks.clone(),
             rescan.clone(),
             stop_rx.clone(),
         );
@@ -391,7 +389,6 @@ async fn consumer_loop(
     shared: Arc<Shared>,
     cfg: Config,
     every: Duration,
-    marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) {
@@ -399,7 +396,6 @@ async fn consumer_loop(
     // The first tick is immediate: the first scan waits for the initial walk instead
     // (ScanDone notifies), so it has the volumes to match.
     every.tick().await;
-    let mut marked = HashSet::new();
     let stopped = stopped(stop);
     tokio::pin!(stopped);
     loop {
@@ -450,17 +446,6 @@ async fn consumer_loop(
         };
         lint(&shared, &scan, &inodes, &updated);
         {
-            // Each consumer's own mount is marked once, when first found.
-            for f in scan.consumers.values().flatten() {
-                if let (Some(m), Some(p)) = (&marks, &f.mount_path)
-                    && f.mount == MountKind::Volume
-                    && marked.insert(p.clone())
-                {
-                    let _ = m.send(opens::Command::Consumer {
-                        mount_path: p.clone(),
-                    });
-                }
-            }
             let mut r = shared.reloads.lock().expect("reloads lock");
             for key in keys {
                 r.set_consumers(&key, scan.consumers.remove(&key).unwrap_or_default());
@@ -479,7 +464,7 @@ struct StateLoop {
     /// Commands for the fanotify source, when it runs.
     marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
-    /// Volumes whose data dir the opens source ignores, and that dir.
+    /// Volumes whose data dir the opens source has unmarked, and that dir.
     settled: HashMap<VolumeKey, PathBuf>,
 }
 
@@ -554,8 +539,8 @@ impl StateLoop {
         }
     }
 
-    /// Tells the opens source which data dirs to ignore: a volume's current one once
-    /// every consumer has it, and no longer when a consumer that lacks it is found.
+    /// Tells the opens source which data dirs to unmark: a volume's current one once
+    /// every consumer has it; it is marked again when a consumer that lacks it is found.
     fn settle(&mut self) {
         if self.marks.is_none() {
             return;
@@ -621,6 +606,13 @@ impl StateLoop {
                     r.update(&key, &ts, at);
                     self.swapped(&key, at);
                     self.rescan.notify_one();
+                    let dir = v.dir.clone();
+                    drop(r);
+                    self.mark(opens::Command::Swapped {
+                        key,
+                        dir,
+                        ts_dir: ts,
+                    });
                 }
             }
             Event::VolumeFound { key, dir, current } => {

@@ -154,10 +154,10 @@ impl Approx {
                     let _ = self.watches.remove(wd);
                 }
             }
-            // This instance watches new data dirs itself; consumers' mounts and settled
-            // dirs are fanotify's business.
+            // This instance watches new data dirs itself; settling is fanotify's
+            // business.
             Command::DataDir { .. }
-            | Command::Consumer { .. }
+            | Command::Swapped { .. }
             | Command::Settled { .. }
             | Command::Unsettled { .. } => {}
         }

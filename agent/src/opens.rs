@@ -2,24 +2,25 @@
 //!
 //! Chosen by measurement (BENCHMARKS.md, DOMAIN.md 7): eBPF on the open path taxes
 //! every open on the node on kernels without fentry; fanotify marks cost nothing
-//! outside the marked files and name the opener's host pid. Marks:
-//! - tmpfs volumes (secret, projected): one filesystem mark each;
-//! - disk volumes (configmap, downwardAPI): an inode mark with `FAN_EVENT_ON_CHILD` on
-//!   the current timestamped dir, and on each new one as soon as inotify sees it created
-//!   (a mark on the volume dir would not see opens made through `..data`). The kubelet
-//!   swaps 0.1-0.5 ms after creating the dir: a mark placed after the swap is counted
-//!   as late;
-//! - every consuming container's own bind mount of a volume: a mount mark, placed when
-//!   the consumer is found. It sees the container's opens in any data dir with nothing
-//!   to place at an update, so no reload depends on the race above (measured: with a
-//!   writer faster than the kubelet, the dir mark was late in 3 runs of 8 and every
-//!   reload was still seen).
+//! outside the marked files and name the opener's host pid.
 //!
-//! Once every consumer of a volume has its current data, that data dir is ignored
-//! (`FAN_MARK_IGNORE`): its opens are nobody's reload, and an ignored open costs its
-//! opener far less than a reported one (BENCHMARKS.md). The next update's files are new
-//! inodes, reported at once with nothing to place in time; foreign opens are therefore
-//! counted only while some consumer of the volume is stale.
+//! Marks are placed only while a measurement needs them: an inode mark with
+//! `FAN_EVENT_ON_CHILD` on a volume's data dir, from its creation until every consumer
+//! of the volume has opened it. A mark on the volume dir would not see opens made
+//! through `..data`, so it is the timestamped dir itself that is marked:
+//! - each new one as soon as inotify sees it created (the walker marks it, before
+//!   anything is queued). The kubelet swaps 0.1-0.5 ms after creating the dir; a mark
+//!   placed after the swap is counted as late, and a consumer's open before it is not
+//!   seen (the consumer is credited at its next open);
+//! - the current one of each volume when the agent finds it, and again whenever a
+//!   consumer that lacks it is found.
+//!
+//! Once every consumer of a volume has its current data, that dir's mark is removed:
+//! a settled volume carries no mark at all, so its opens cost nothing more than with
+//! no agent. Any mark that sees an open costs it 0.2-0.5 us here, ignore masks and
+//! marks on the mount or the filesystem included (BENCHMARKS.md), which is why none is
+//! kept between updates. Foreign opens are therefore counted only while some consumer
+//! of the volume is stale.
 //!
 //! The group reports directory handles and names, never file descriptors: the agent
 //! holds no Secret file open and reads none.
@@ -52,27 +53,30 @@ pub enum Command {
         dir: PathBuf,
         current: Option<String>,
     },
-    /// A timestamped dir was created in a volume (an update is under way); `late`: its
-    /// mark went on after the swap.
+    /// A timestamped dir was created in a volume (an update is under way) and marked
+    /// by the walker; `late`: its mark went on after the swap.
     DataDir {
         key: VolumeKey,
         dir: PathBuf,
         ts_dir: String,
         late: bool,
     },
-    /// A consumer's bind mount of a volume: its opens are watched there.
-    Consumer {
-        mount_path: PathBuf,
+    /// The volume's newest update put `ts_dir` in place. Its creation was not seen
+    /// (an inotify overflow, a walk behind): it is marked now, late.
+    Swapped {
+        key: VolumeKey,
+        dir: PathBuf,
+        ts_dir: String,
     },
     Gone {
         key: VolumeKey,
     },
-    /// Every consumer of a volume has the data of this dir: its opens are ignored from
-    /// now on (they are nobody's reload), which spares their openers fanotify's cost.
+    /// Every consumer of a volume has the data of this dir: its mark goes (its opens
+    /// are nobody's reload), which spares their openers fanotify's cost.
     Settled {
         ts_path: PathBuf,
     },
-    /// A consumer that has not reloaded it was found: its opens count again.
+    /// A consumer that has not reloaded it was found: the dir is marked again.
     Unsettled {
         ts_path: PathBuf,
     },
@@ -158,24 +162,9 @@ impl Opens {
     fn command(&mut self, cmd: Command) -> Vec<Event> {
         match cmd {
             Command::Volume { key, dir, current } => {
-                if key.volume_type.is_tmpfs()
-                    && let Err(e) = self.fan.mark_filesystem(&dir)
-                {
-                    // A volume removed meanwhile (a pod deleted at once): not a fault.
-                    let gone = e.kind() == std::io::ErrorKind::NotFound;
-                    if gone {
-                        debug!(volume = %key, error = %e, "volume gone before its mark");
-                    } else {
-                        warn!(volume = %key, error = %e, "cannot mark volume for opens");
-                    }
-                }
                 let Some(ts) = current else { return Vec::new() };
                 let ts_path = dir.join(&ts);
-                if !key.volume_type.is_tmpfs()
-                    && let Err(e) = self.fan.mark_dir(&ts_path)
-                {
-                    debug!(volume = %key, error = %e, "cannot mark data dir");
-                }
+                self.mark(&key, &ts_path);
                 self.register(&key, &ts_path, &ts)
             }
             Command::DataDir {
@@ -184,17 +173,22 @@ impl Opens {
                 ts_dir,
                 late,
             } => {
-                // The walker marked it (disk volumes) as it saw it created.
-                if late {
+                // The walker marked it as it saw it created. Counted once, whichever of
+                // this and the swap comes first.
+                let ts_path = dir.join(&ts_dir);
+                if late && !self.known(&ts_path) {
                     self.shared.late_marks.fetch_add(1, Relaxed);
                 }
-                self.register(&key, &dir.join(&ts_dir), &ts_dir)
+                self.register(&key, &ts_path, &ts_dir)
             }
-            Command::Consumer { mount_path } => {
-                if let Err(e) = self.fan.mark_mount(&mount_path) {
-                    debug!(path = %mount_path.display(), error = %e, "cannot mark consumer mount (gone?)");
+            Command::Swapped { key, dir, ts_dir } => {
+                let ts_path = dir.join(&ts_dir);
+                if self.known(&ts_path) {
+                    return Vec::new();
                 }
-                Vec::new()
+                self.shared.late_marks.fetch_add(1, Relaxed);
+                self.mark(&key, &ts_path);
+                self.register(&key, &ts_path, &ts_dir)
             }
             Command::Gone { key } => {
                 self.dirs.retain(|_, (k, _)| *k != key);
@@ -202,17 +196,34 @@ impl Opens {
                 Vec::new()
             }
             Command::Settled { ts_path } => {
-                if let Err(e) = self.fan.ignore_dir(&ts_path) {
-                    debug!(path = %ts_path.display(), error = %e, "cannot ignore settled data dir (gone?)");
+                if let Err(e) = self.fan.unmark_dir(&ts_path) {
+                    debug!(path = %ts_path.display(), error = %e, "cannot unmark settled data dir (gone?)");
                 }
                 Vec::new()
             }
             Command::Unsettled { ts_path } => {
-                if let Err(e) = self.fan.unignore_dir(&ts_path) {
-                    debug!(path = %ts_path.display(), error = %e, "cannot unignore data dir (gone?)");
+                if let Err(e) = self.fan.mark_dir(&ts_path) {
+                    debug!(path = %ts_path.display(), error = %e, "cannot mark data dir again (gone?)");
                 }
                 Vec::new()
             }
+        }
+    }
+
+    /// Whether the data dir `ts_path` is registered already.
+    fn known(&self, ts_path: &Path) -> bool {
+        DirId::of(ts_path).is_ok_and(|id| self.dirs.contains_key(&id))
+    }
+
+    /// Marks a volume's data dir; a volume removed meanwhile (a pod deleted at once) is
+    /// not a fault.
+    fn mark(&self, key: &VolumeKey, ts_path: &Path) {
+        match self.fan.mark_dir(ts_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                debug!(volume = %key, error = %e, "data dir gone before its mark");
+            }
+            Err(e) => warn!(volume = %key, error = %e, "cannot mark data dir for opens"),
         }
     }
 

@@ -1,7 +1,7 @@
 //! What reload measurement costs the node's openers. Settled volumes: once every
-//! consumer of a volume has its data, the opens of that data dir are ignored in the
-//! kernel (they are nobody's reload), and the next update is still measured, with its
-//! foreign opens counted while a consumer is stale. `--no-reloads`: no fanotify group
+//! consumer of a volume has its data, that data dir's fanotify mark goes (its opens are
+//! nobody's reload), and the next update is still measured, with its foreign opens
+//! counted while a consumer is stale. `--no-reloads`: no fanotify group
 //! at all, updates still counted. Needs root.
 
 mod support;
@@ -16,7 +16,7 @@ fn host_opens(m: &reloadscope::lab::scrape::Samples) -> f64 {
     m.sum("reloadscope_foreign_opens_total", &[("opener", "host")])
 }
 
-async fn settled_data_is_ignored_and_the_next_update_measured(ty: VolumeType) {
+async fn settled_data_is_unmarked_and_the_next_update_measured(ty: VolumeType) {
     let mut node = LabNode::temp().unwrap();
     let pod = node.add_pod("shop", "web").unwrap();
     let w = node.add_volume(&pod, ty, "app-config").unwrap();
@@ -30,17 +30,19 @@ async fn settled_data_is_ignored_and_the_next_update_measured(ty: VolumeType) {
     })
     .await;
 
-    // No update yet: nobody is stale, and the data dir's opens are ignored.
+    // No update yet: nobody is stale, and the data dir carries no mark at all, not even
+    // an ignore. (It was marked when the volume was found, before any consumer was.)
     let data = w.dir().join("..data");
-    wait_for("the settled data dir ignored", || {
+    wait_for("the settled data dir unmarked", || {
         let data = data.clone();
-        async move { fanotify_ignores(&data).then_some(()) }
+        async move { (fanotify_mark(&data) == Default::default()).then_some(()) }
     })
     .await;
     host_reread(&w);
 
-    // An update: its files are new, so the watcher's reload is seen at once; the naive
-    // consumer stays stale, so the new data dir is not ignored and a re-read counts.
+    // An update: its new data dir is marked as it is created, so the watcher's reload
+    // is seen; the naive consumer stays stale, so the new data dir stays marked and a
+    // re-read counts.
     w.write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
         .unwrap();
     let reloaded = [("container", "watcher")];
@@ -69,7 +71,7 @@ async fn settled_data_is_ignored_and_the_next_update_measured(ty: VolumeType) {
             > 0.0
     );
     assert!(
-        !fanotify_ignores(&data),
+        fanotify_marks(&data),
         "a consumer is stale: the new data dir must count"
     );
 
@@ -80,14 +82,14 @@ async fn settled_data_is_ignored_and_the_next_update_measured(ty: VolumeType) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
-async fn configmap_settled_data_is_ignored() {
-    settled_data_is_ignored_and_the_next_update_measured(VolumeType::ConfigMap).await;
+async fn configmap_settled_data_is_unmarked() {
+    settled_data_is_unmarked_and_the_next_update_measured(VolumeType::ConfigMap).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
-async fn secret_settled_data_is_ignored() {
-    settled_data_is_ignored_and_the_next_update_measured(VolumeType::Secret).await;
+async fn secret_settled_data_is_unmarked() {
+    settled_data_is_unmarked_and_the_next_update_measured(VolumeType::Secret).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! Measure 1: what the reload machinery (fanotify marks and their ignores, /proc scans,
+//! Measure 1: what the reload machinery (fanotify marks, /proc scans,
 //! the attribution of every open it is told about) adds to an open+close, on a node with
 //! 1,000 watched volumes, each consumed by a lab container.
 //!
@@ -11,7 +11,7 @@
 //! runs in a process of its own (see `openloop`).
 //!
 //! In every side and round, the loops run first with every volume settled (each
-//! consumer has its data: the agent ignores the data dirs in the kernel), then, after an
+//! consumer has its data: the agent has removed the data dirs' marks), then, after an
 //! update of the two target volumes whose read-once consumers never reload, again on
 //! the paths that follow `..data`: the stale window's cost.
 

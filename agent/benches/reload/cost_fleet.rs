@@ -56,21 +56,17 @@ impl Fleet {
             .count()
     }
 
-    /// What `side`'s agent holds once steady. With reloads: a dir mark on each
-    /// ConfigMap volume's data dir, a filesystem mark on each Secret tmpfs, a mount mark
-    /// on each consumer's bind mount; and, every volume being settled, an ignore on each
-    /// data dir (on the ConfigMap dir marks; ignore-only inode marks for the Secrets).
-    /// Detection only: no fanotify group at all.
+    /// What `side`'s agent holds once steady. With reloads: its fanotify group, and,
+    /// every volume being settled, no mark at all (a data dir is marked from its
+    /// creation until every consumer of its volume has it). Detection only: no
+    /// fanotify group at all.
     pub fn expected_marks(&self, side: Side) -> Marks {
         if !side.reloads() {
             return Marks::default();
         }
         Marks {
             groups: 1,
-            inode: self.volumes.len(),
-            mount: self.containers.len(),
-            filesystem: self.secrets(),
-            ignored: self.volumes.len(),
+            ..Marks::default()
         }
     }
 
@@ -165,7 +161,7 @@ pub struct Steady {
 }
 
 /// Starts `side`'s agent and waits until it has every volume, every consumer and every
-/// mark the fleet calls for, every volume settled (its data dir ignored); detection
+/// mark the fleet calls for, every volume settled (no data dir marked); detection
 /// only: ready with every volume known. After [`STEADY_MAX`] what it had is reported.
 pub fn start_steady(
     rt: &tokio::runtime::Runtime,
@@ -256,8 +252,8 @@ pub struct Stale {
     /// and, with reloads, each volume's consumer stale (pending, the volume not
     /// settled). `None`: not within [`STALE_MAX`].
     pub state: Option<Duration>,
-    /// With reloads, until the kernel also reported opens of each new dir (no ignore
-    /// on it; a disk volume's dir marked).
+    /// With reloads, until the kernel also reported opens of each new dir (an inode
+    /// mark on it, no ignore).
     pub kernel: Option<Duration>,
     pub marks: Marks,
 }
@@ -326,12 +322,12 @@ fn state_shows(agent: &Running, side: Side, fleet: &Fleet, i: usize, ts: &str) -
     pending && !r.settled(key)
 }
 
-/// Whether the agent's fanotify group reports opens in each new data dir: no mark
-/// ignores it, and a disk volume's dir has its mark (a tmpfs is marked whole).
+/// Whether the agent's fanotify group reports opens in each new data dir: the dir has
+/// its inode mark, and no mark ignores it.
 fn kernel_reports(fleet: &Fleet, vols: &[usize], dirs: &[String]) -> bool {
     let (_, lines) = own_fanotify_mark_lines();
     vols.iter().zip(dirs).all(|(&i, ts)| {
-        let (key, w) = &fleet.volumes[i];
+        let (_, w) = &fleet.volumes[i];
         let Some(id) = inode_id(&w.dir().join(ts)) else {
             return false;
         };
@@ -340,6 +336,6 @@ fn kernel_reports(fleet: &Fleet, vols: &[usize], dirs: &[String]) -> bool {
         let marked = on_dir
             .iter()
             .any(|l| l.kind == MarkKind::Inode && l.mask != 0);
-        !ignored && (key.volume_type.is_tmpfs() || marked)
+        !ignored && marked
     })
 }

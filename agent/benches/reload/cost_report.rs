@@ -56,8 +56,8 @@ pub fn report(r: &Run) -> String {
         s,
         "While a consumer is stale: after the loops above, in every side and round, the two \
          target volumes were updated (the kubelet's calls, new content each time); their \
-         read-once consumers never reload, so the agent keeps their new data dirs reported \
-         (no ignore) until the side ends. The agent's state showed both consumers stale {} \
+         read-once consumers never reload, so the agent keeps their new data dirs marked \
+         until the side ends. The agent's state showed both consumers stale {} \
          after the writes, and its fanotify group reported opens of both new dirs {} after \
          them (medians, `ebpf: false`; {} round(s) not within 10 s); then the loops ran \
          again on the paths that follow `..data`. These rows are the cost of the window \
@@ -97,14 +97,11 @@ fn intro(s: &mut String, r: &Run) {
          its volume whole in a mount namespace of its own and reading `{KEY}` once at start \
          (`read-once`: they sit in poll(2) afterwards, so only the loops below open volume \
          files); set up in {:.0} s. The agent runs in-process (2 tokio workers), started and \
-         stopped for each of its rounds; before its loops run it has every volume, every \
-         consumer and every fanotify mark the node calls for, every volume settled (each \
-         consumer has its current data, so its data dir is ignored in the kernel): {} inode \
-         marks ({cms} on the current timestamped dir of each ConfigMap volume, with an ignore \
-         mask; {} ignore-only on each Secret volume's), {} filesystem marks (each Secret \
-         tmpfs), {} mount marks (each container's bind mount of its volume), {} marks with \
-         an ignore mask, counted in `/proc/self/fdinfo` of its fanotify group. Detection only \
-         (`reloads: false`): ready with every volume known; no fanotify group, no /proc scans.\n",
+         stopped for each of its rounds; before its loops run it has every volume and every \
+         consumer, and every volume settled (each consumer has its current data, so no data \
+         dir is marked): {} inode, {} filesystem and {} mount marks, {} with an ignore mask, \
+         counted in `/proc/self/fdinfo` of its fanotify group. Detection only (`reloads: \
+         false`): ready with every volume known; no fanotify group, no /proc scans.\n",
         fleet.volumes.len(),
         p.pods,
         POD_VOLUMES.len(),
@@ -113,7 +110,6 @@ fn intro(s: &mut String, r: &Run) {
         fleet.containers.len(),
         fleet.setup.as_secs_f64(),
         want.inode,
-        fleet.secrets(),
         want.filesystem,
         want.mount,
         want.ignored,
@@ -317,7 +313,7 @@ fn cpu(s: &mut String, r: &Run) {
     let _ = writeln!(
         s,
         "\nWhere the agent's CPU goes (`ebpf: false`, medians over rounds): each loop opens \
-         its file {opened} times; an ignored open is never queued, and fanotify merges an open \
+         its file {opened} times; an open no mark sees is never queued, and fanotify merges an open \
          into an identical event still queued, so the agent is told of fewer, and attributes \
          each one it is told of through `/proc/<pid>`.\n\n\
          | open+close of | opens the agent was told of | agent CPU | agent CPU per open told of |\n\

@@ -81,8 +81,7 @@ pub struct Marks {
     pub mount: usize,
     /// `fanotify sdev:...`: filesystem marks.
     pub filesystem: usize,
-    /// Marks of any kind whose `ignored_mask:` is not zero (the agent's ignore on a
-    /// settled volume's data dir; an inode mark can be ignore-only, `mask:0`).
+    /// Marks of any kind whose `ignored_mask:` is not zero (the agent places none).
     pub ignored: usize,
 }
 

@@ -123,12 +123,9 @@ impl Walker {
             {
                 let Some(ts_dir) = name.to_str() else { return };
                 // The kubelet swaps 0.1-0.5 ms after creating the dir (DOMAIN.md 7): the
-                // mark goes on here, before anything is queued. A tmpfs volume's
-                // filesystem mark covers it already.
+                // mark goes on here, before anything is queued.
                 let mut late = false;
-                if let Some(m) = &self.marker
-                    && !key.volume_type.is_tmpfs()
-                {
+                if let Some(m) = &self.marker {
                     if let Err(e) = m.mark_dir(&child) {
                         debug!(volume = %key, error = %e, "cannot mark new data dir");
                     }

@@ -1,0 +1,171 @@
+//! A data dir marked after its swap (a late mark): the race that the agent loses when
+//! it cannot run between the kubelet's creation of a data dir and its swap, decided
+//! here by the test: the agent (the real binary) is stopped with SIGSTOP before the
+//! update and continued after both consumers have read the new data. The update is
+//! still recorded, with the probe's swap time; the late mark is counted; a consumer
+//! that opens the data again is credited at that open; one that read it only while no
+//! mark was there is not credited (README, limits). Needs root.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Stdio},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use nix::{sys::signal, unistd::Pid};
+use reloadscope::{
+    lab::{CallStyle, LabContainer, LabNode, Strategy, payload},
+    volumes::VolumeType,
+};
+use support::*;
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn agent(node: &LabNode, port: u16) -> Child {
+    let mut cmd = agent_command(node, &format!("127.0.0.1:{port}"), &[]);
+    cmd.stderr(Stdio::null());
+    cmd.spawn().expect("the agent")
+}
+
+/// Whether every thread of `pid` is stopped (state `T` in its stat).
+fn stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state follows the command name's closing parenthesis.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
+/// Opens logged at or after `t`.
+fn opens_since(c: &LabContainer, t: SystemTime) -> Vec<SystemTime> {
+    c.opens().unwrap().into_iter().filter(|o| *o >= t).collect()
+}
+
+async fn a_late_mark_is_counted_and_the_next_open_credited(ty: VolumeType) {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node.add_volume(&pod, ty, "app-config").unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    let poller = lab_container(&node, &pod, &w, "poller", Strategy::TimerPoller, false);
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = agent(&node, port);
+    let pid = Pid::from_raw(child.id() as i32);
+    wait_ready(addr).await;
+    wait_metrics(addr, "both consumers", |m| {
+        m.matching("reloadscope_consumer_info", &[]).count() == 2
+    })
+    .await;
+    // Settled: the current data dir carries no mark.
+    let data = w.dir().join("..data");
+    wait_for("the settled data dir unmarked", || {
+        let data = data.clone();
+        let id = child.id();
+        async move {
+            let m = reloadscope::lab::marks::inode_mark(id, &data)?;
+            (m == Default::default()).then_some(())
+        }
+    })
+    .await;
+
+    signal::kill(pid, signal::Signal::SIGSTOP).unwrap();
+    // kill(2) returns before every thread has stopped.
+    wait_for("every thread of the agent stopped", || {
+        std::future::ready(stopped(child.id()).then_some(()))
+    })
+    .await;
+    // The watcher reopens within microseconds of the rename, maybe before the writer
+    // reads its clock after it.
+    let before = SystemTime::now();
+    let swapped_at = match w
+        .write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
+        .unwrap()
+    {
+        reloadscope::lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
+        other => panic!("{other:?}"),
+    };
+    // Both read the new data while the agent cannot mark it.
+    wait_for("both consumers' reads of the new data", || {
+        let read = |c: &LabContainer| opens_since(c, before).first().copied();
+        std::future::ready(read(&watcher).zip(read(&poller)))
+    })
+    .await;
+    let continued = SystemTime::now();
+    signal::kill(pid, signal::Signal::SIGCONT).unwrap();
+
+    let polled = [("container", "poller")];
+    let m = wait_metrics(addr, "the poller's next open credited", |m| {
+        m.get(
+            "reloadscope_consumer_last_reload_timestamp_seconds",
+            &polled,
+        )
+        .is_some_and(|t| t >= secs(swapped_at))
+    })
+    .await;
+    assert_eq!(m.get("reloadscope_late_marks_total", &[]), Some(1.0));
+    assert_eq!(m.sum("reloadscope_volume_updates_total", &[]), 1.0);
+    let swap = m
+        .get(
+            "reloadscope_volume_last_update_timestamp_seconds",
+            &[("volume", "app-config")],
+        )
+        .unwrap();
+    assert!(
+        (secs(swapped_at) - swap) < 0.005 && swap <= secs(swapped_at),
+        "swap stamped {swap}, writer saw it at {swapped_at:?}"
+    );
+    // Credited at an open after the mark: one the poller logged after the agent
+    // went on, not its first read of the new data.
+    let seen = m
+        .get(
+            "reloadscope_consumer_last_reload_timestamp_seconds",
+            &polled,
+        )
+        .unwrap();
+    let after: Vec<f64> = (opens_since(&poller, continued).iter())
+        .map(|t| secs(*t))
+        .collect();
+    assert!(
+        after.iter().any(|t| (seen - t).abs() < 0.005),
+        "poller credited at {seen}, its opens since the agent went on: {after:?}"
+    );
+    // The watcher read the new data once, before the mark: not seen, still stale.
+    let watched = [("container", "watcher")];
+    assert!(
+        m.get(
+            "reloadscope_consumer_last_reload_timestamp_seconds",
+            &watched
+        )
+        .is_none_or(|t| t < secs(swapped_at))
+    );
+    assert!(
+        m.get("reloadscope_consumer_stale_seconds", &watched)
+            .unwrap()
+            > 0.0
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
+    watcher.stop().unwrap();
+    poller.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn configmap_late_mark() {
+    a_late_mark_is_counted_and_the_next_open_credited(VolumeType::ConfigMap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn secret_late_mark() {
+    a_late_mark_is_counted_and_the_next_open_credited(VolumeType::Secret).await;
+}
