@@ -299,12 +299,31 @@ impl Walker {
             found.push(key.clone());
         }
         let current = read_target(&dir.join(DATA));
+        let writing = in_progress(dir, current.as_deref());
         self.send(Event::VolumeFound {
-            key,
+            key: key.clone(),
             dir: dir.to_owned(),
             current,
         })
         .await;
+        // Found in the middle of an update: its new data dir, created before the watch,
+        // is marked now, before its swap.
+        for ts_dir in writing {
+            if let Some(m) = &self.marker
+                && let Err(e) = m.mark_dir(&dir.join(&ts_dir))
+            {
+                debug!(volume = %key, error = %e, "cannot mark new data dir");
+            }
+            let late = read_target(&dir.join(DATA)).as_deref() == Some(ts_dir.as_str());
+            let (key, dir) = (key.clone(), dir.to_owned());
+            self.send(Event::DataDirCreated {
+                key,
+                dir,
+                ts_dir,
+                late,
+            })
+            .await;
+        }
     }
 
     async fn pod_log_dir(&mut self, name: &OsStr) {
@@ -312,6 +331,23 @@ impl Walker {
             self.send(Event::PodNamed { uid, name }).await;
         }
     }
+}
+
+/// The timestamped dirs of a volume that an update is writing: not `current`, and not
+/// older than it (an older one is a previous data dir the kubelet is removing).
+fn in_progress(dir: &Path, current: Option<&str>) -> Vec<String> {
+    let mtime = |name: &OsStr| {
+        std::fs::symlink_metadata(dir.join(name))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let since = current.and_then(|c| mtime(OsStr::new(c)));
+    children(dir)
+        .into_iter()
+        .filter(|n| is_timestamped_dir(n) && n.to_str() != current)
+        .filter(|n| since.is_none_or(|s| mtime(n).is_some_and(|m| m >= s)))
+        .filter_map(|n| n.to_str().map(str::to_owned))
+        .collect()
 }
 
 /// `<namespace>_<pod>_<uid>` (DOMAIN.md 2): namespace and pod names never hold `_`.
