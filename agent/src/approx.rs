@@ -352,7 +352,10 @@ fn flush(key: &VolumeKey, v: &mut Volume) -> Vec<Event> {
 /// When a file of `dir` was first read after it was written, if one was: with the
 /// default `relatime`, a read moves a file's atime once it is not after its mtime, so
 /// an atime past the mtime is the first read's time (to the kernel's timestamp
-/// granularity). `stat` only: nothing is opened. Mounts with `noatime` show nothing.
+/// granularity, a clock tick). `stat` only: nothing is opened. What it cannot show: a
+/// read in the clock tick of the kubelet's write, and any read through a read-only or
+/// `noatime` mount, which is how a container mounts a ConfigMap or Secret volume (the
+/// kernel skips atime updates there); so it sees little more than host processes.
 fn first_read(dir: &Path) -> Option<SystemTime> {
     use std::os::unix::fs::MetadataExt;
     let files = std::fs::read_dir(dir).ok()?.flatten();
