@@ -137,7 +137,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(Tracker::new(PAIR_WINDOW, false)));
     let keep = metrics::histogram_labels(&cfg.histogram_labels).map_err(anyhow::Error::msg)?;
-    let registry = metrics::registry(shared.clone(), cfg.labels.clone(), &keep)?;
+    let exporter = metrics::Exporter::new(shared.clone(), cfg.labels.clone(), &keep)?;
     *shared.linter.lock().expect("linter lock") = watches::Linter::new(cfg.rewatch_grace);
     if let Some(path) = &cfg.state_file {
         restore(&shared, path);
@@ -271,7 +271,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let server = tokio::spawn({
         let shared = shared.clone();
         async move {
-            if let Err(e) = server::serve(listener, registry, shared, stopped(stop_rx)).await {
+            if let Err(e) = server::serve(listener, exporter, shared, stopped(stop_rx)).await {
                 warn!(error = %e, "metrics server failed");
             }
         }
