@@ -595,10 +595,14 @@ impl StateLoop {
         }
     }
 
-    /// An update of `key` swapped at `at`: ends a propagation pending for it.
+    /// An update of `key` swapped at `at`: ends a propagation pending for it. Without
+    /// an API no change is ever seen to pair with it: the swap is not kept (kept, the
+    /// swaps of 10,000 volumes took about 4 MiB).
     fn swapped(&self, key: &VolumeKey, at: SystemTime) {
         let mut meta = self.shared.meta.state.lock().expect("meta lock");
-        meta.propagation.swapped(&key.pod_uid, &key.name, at);
+        if meta.configured {
+            meta.propagation.swapped(&key.pod_uid, &key.name, at);
+        }
     }
 
     fn apply(&mut self, ev: Event) {
