@@ -420,32 +420,32 @@ async fn consumer_loop(
             _ = grace_over => {}
             _ = &mut stopped => return,
         }
-        let volumes: Vec<_> = {
+        // Every volume, and its last update as the scan starts (only the consumed
+        // volumes' are kept: the node's volumes are many, their consumers few).
+        let (volumes, updates): (Vec<_>, Vec<_>) = {
             let t = shared.tracker.lock().expect("tracker lock");
             t.volumes()
-                .map(|(k, v)| (k.clone(), v.dir.clone(), v.last_update))
-                .collect()
+                .map(|(k, v)| ((k.clone(), v.dir.clone()), v.last_update))
+                .unzip()
         };
-        let updated: HashMap<VolumeKey, SystemTime> = (volumes.iter())
-            .filter_map(|(k, _, at)| Some((k.clone(), (*at)?)))
-            .collect();
-        let volumes: Vec<_> = volumes.into_iter().map(|(k, d, _)| (k, d)).collect();
         let (proc_root, logs) = (cfg.proc_root.clone(), cfg.container_logs_dir.clone());
-        let keys: Vec<_> = volumes.iter().map(|(k, _)| k.clone()).collect();
         let scan = tokio::task::spawn_blocking(move || {
             let scan = consumers::scan(&proc_root, &logs, &volumes);
+            let consumed =
+                (volumes.iter().zip(updates)).filter(|((k, _), _)| scan.consumers.contains_key(k));
             // The inodes of the consumed volumes, for the watch linter.
-            let inodes: HashMap<_, _> = volumes
-                .iter()
-                .filter(|(k, _)| scan.consumers.contains_key(k))
-                .map(|(k, dir)| {
-                    let current = probe::read_target(&dir.join(crate::volumes::DATA));
-                    (k.clone(), (current, watches::VolumeInodes::read(dir)))
-                })
-                .collect();
-            (scan, inodes)
+            let mut inodes = HashMap::new();
+            let mut updated = HashMap::new();
+            for ((k, dir), at) in consumed {
+                let current = probe::read_target(&dir.join(crate::volumes::DATA));
+                inodes.insert(k.clone(), (current, watches::VolumeInodes::read(dir)));
+                if let Some(at) = at {
+                    updated.insert(k.clone(), at);
+                }
+            }
+            (scan, inodes, updated)
         });
-        let Ok((mut scan, inodes)) = scan.await else {
+        let Ok((mut scan, inodes, updated)) = scan.await else {
             return;
         };
         lint(&shared, &scan, &inodes, &updated);
@@ -462,8 +462,16 @@ async fn consumer_loop(
                 }
             }
             let mut r = shared.reloads.lock().expect("reloads lock");
-            for key in keys {
-                r.set_consumers(&key, scan.consumers.remove(&key).unwrap_or_default());
+            // The volumes consumed before and not now lose their consumers.
+            let gone: Vec<_> = (r.consumed())
+                .filter(|k| !scan.consumers.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                r.set_consumers(&key, Vec::new());
+            }
+            for (key, found) in scan.consumers.drain() {
+                r.set_consumers(&key, found);
             }
         }
         tokio::select! {
