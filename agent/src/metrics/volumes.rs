@@ -4,7 +4,8 @@
 //!
 //! They are most of a big node's series (two per volume: 20,000 on a node of 10,000
 //! volumes). Built as `prometheus` children, then protos, then text, they took about
-//! 35 MiB at each scrape, 11 MiB of it kept by the vectors until the next scrape. Here
+//! 30 MiB of heap at a scrape under updates (heaptrack), 11 MiB of it kept by the
+//! vectors until the next scrape, and 87 ms of CPU per scrape (now 19 ms). Here
 //! each exported volume is one row (its label values in one string) for the time of
 //! the scrape, and the text is written from the rows. The text is the `prometheus`
 //! text encoder's, byte for byte: families in name order among the registry's (see
