@@ -95,9 +95,10 @@ const UNKNOWN_MAX: usize = 1024;
 pub struct Opens {
     fan: Fanotify,
     proc_root: PathBuf,
-    dirs: HashMap<DirId, (VolumeKey, String)>,
+    /// The registered data dirs: their volume (shared with [`Self::recent`]) and name.
+    dirs: HashMap<DirId, (Arc<VolumeKey>, Box<str>)>,
     /// Each volume's data dirs in `dirs`, oldest first.
-    recent: HashMap<VolumeKey, VecDeque<DirId>>,
+    recent: HashMap<Arc<VolumeKey>, Recent>,
     /// Opens in directories not registered (yet), already attributed.
     unknown: VecDeque<(Instant, DirId, Opener, SystemTime)>,
     /// Recent attributions by pid: a process that opens a file in a loop is looked up
@@ -125,7 +126,7 @@ impl Opens {
     }
 
     /// Maps the data dir's handle to its volume; returns the opens that waited for it.
-    fn register(&mut self, key: &VolumeKey, ts_path: &Path, ts_dir: &str) -> Vec<Event> {
+    fn register(&mut self, key: VolumeKey, ts_path: &Path, ts_dir: &str) -> Vec<Event> {
         let id = match DirId::of(ts_path) {
             Ok(id) => id,
             Err(e) => {
@@ -136,23 +137,21 @@ impl Opens {
         let (waited, rest): (Vec<_>, Vec<_>) =
             self.unknown.drain(..).partition(|(_, d, _, _)| *d == id);
         self.unknown = rest.into();
-        self.dirs
-            .insert(id.clone(), (key.clone(), ts_dir.to_owned()));
         // The newest two data dirs of a volume are enough (the current one, and the
         // one an update is writing): older ones are deleted by the kubelet, and kept
         // here they grew the agent by about 1.3 KiB per update.
+        let key = match self.recent.get_key_value(&key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(key),
+        };
         let recent = self.recent.entry(key.clone()).or_default();
-        if !recent.contains(&id) {
-            recent.push_back(id);
-            if recent.len() > 2
-                && let Some(old) = recent.pop_front()
-            {
-                self.dirs.remove(&old);
-            }
+        if let Some(old) = recent.push(&id) {
+            self.dirs.remove(&old);
         }
+        self.dirs.insert(id, (key.clone(), ts_dir.into()));
         let opened = |(_, _, opener, at)| Event::Opened {
             opener,
-            key: key.clone(),
+            key: (*key).clone(),
             ts_dir: ts_dir.to_owned(),
             at,
         };
@@ -165,7 +164,7 @@ impl Opens {
                 let Some(ts) = current else { return Vec::new() };
                 let ts_path = dir.join(&ts);
                 self.mark(&key, &ts_path);
-                self.register(&key, &ts_path, &ts)
+                self.register(key, &ts_path, &ts)
             }
             Command::DataDir {
                 key,
@@ -179,7 +178,7 @@ impl Opens {
                 if late && !self.known(&ts_path) {
                     self.shared.late_marks.fetch_add(1, Relaxed);
                 }
-                self.register(&key, &ts_path, &ts_dir)
+                self.register(key, &ts_path, &ts_dir)
             }
             Command::Swapped { key, dir, ts_dir } => {
                 let ts_path = dir.join(&ts_dir);
@@ -188,10 +187,10 @@ impl Opens {
                 }
                 self.shared.late_marks.fetch_add(1, Relaxed);
                 self.mark(&key, &ts_path);
-                self.register(&key, &ts_path, &ts_dir)
+                self.register(key, &ts_path, &ts_dir)
             }
             Command::Gone { key } => {
-                self.dirs.retain(|_, (k, _)| *k != key);
+                self.dirs.retain(|_, (k, _)| **k != key);
                 self.recent.remove(&key);
                 Vec::new()
             }
@@ -316,8 +315,8 @@ impl Opens {
                     match self.dirs.get(&dir) {
                         Some((key, ts_dir)) => out.push(Event::Opened {
                             opener,
-                            key: key.clone(),
-                            ts_dir: ts_dir.clone(),
+                            key: (**key).clone(),
+                            ts_dir: ts_dir.to_string(),
                             at,
                         }),
                         None => {
@@ -331,5 +330,53 @@ impl Opens {
             }
         }
         out
+    }
+}
+
+/// A volume's registered data dirs, oldest first: at most two, held inline.
+#[derive(Debug, Default)]
+struct Recent([Option<DirId>; 2]);
+
+impl Recent {
+    /// Adds `id` as the newest unless it is there already; returns the dir that no
+    /// longer fits.
+    fn push(&mut self, id: &DirId) -> Option<DirId> {
+        if self.0.iter().flatten().any(|d| d == id) {
+            return None;
+        }
+        let [older, newer] = &mut self.0;
+        match newer {
+            None if older.is_none() => *older = Some(id.clone()),
+            None => *newer = Some(id.clone()),
+            Some(_) => return std::mem::replace(older, newer.replace(id.clone())),
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(n: u8) -> DirId {
+        DirId {
+            fsid: [1, 2],
+            handle_type: 1,
+            handle: vec![n; 8],
+        }
+    }
+
+    #[test]
+    fn a_volume_keeps_its_two_newest_data_dirs() {
+        let mut r = Recent::default();
+        assert_eq!(r.push(&dir(1)), None);
+        assert_eq!(r.push(&dir(1)), None, "registered twice: kept once");
+        assert_eq!(r.push(&dir(2)), None);
+        assert_eq!(r.push(&dir(2)), None);
+        assert_eq!(r.push(&dir(3)), Some(dir(1)), "the oldest goes");
+        assert_eq!(r.0, [Some(dir(2)), Some(dir(3))]);
+        assert_eq!(r.push(&dir(2)), None, "still there: nothing moves");
+        assert_eq!(r.push(&dir(4)), Some(dir(2)));
+        assert_eq!(r.0, [Some(dir(3)), Some(dir(4))]);
     }
 }

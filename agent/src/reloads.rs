@@ -170,6 +170,11 @@ impl Reloads {
             .flat_map(|(v, cs)| cs.iter().map(move |(id, c)| (v, id, c)))
     }
 
+    /// The volumes with consumers.
+    pub fn consumed(&self) -> impl Iterator<Item = &VolumeKey> {
+        self.consumers.keys()
+    }
+
     pub fn consumer(&self, volume: &VolumeKey, id: &str) -> Option<&Consumer> {
         self.consumers.get(volume)?.get(id)
     }

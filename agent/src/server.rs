@@ -7,25 +7,27 @@ use std::{
     time::Duration,
 };
 
+use crate::{
+    agent::monotonic_ms,
+    memory,
+    metrics::{Exporter, Shared},
+};
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
-use prometheus::{Encoder, Registry, TextEncoder};
-
-use crate::{agent::monotonic_ms, memory, metrics::Shared};
 
 /// The state loop ticks every 250 ms; silent this long means it is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct App {
-    registry: Registry,
+    exporter: Arc<Exporter>,
     shared: Arc<Shared>,
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
     // Tens of ms of CPU on a big node: off the runtime's workers.
-    match tokio::task::spawn_blocking(move || render(&app.registry)).await {
+    match tokio::task::spawn_blocking(move || render(&app.exporter)).await {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -40,15 +42,12 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     }
 }
 
-/// Gathers and encodes every family, then hands the memory they took back to the
-/// kernel ([`memory::release`]).
-fn render(registry: &Registry) -> prometheus::Result<Vec<u8>> {
-    let families = registry.gather();
-    let mut body = Vec::new();
-    let encoded = TextEncoder::new().encode(&families, &mut body);
-    drop(families);
+/// Renders every family, then hands the memory that took back to the kernel
+/// ([`memory::release`]).
+fn render(exporter: &Exporter) -> prometheus::Result<String> {
+    let body = exporter.render();
     memory::release();
-    encoded.map(|()| body)
+    body
 }
 
 async fn healthz(State(app): State<App>) -> (StatusCode, &'static str) {
@@ -80,11 +79,14 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    registry: Registry,
+    exporter: Exporter,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = App { registry, shared };
+    let app = App {
+        exporter: Arc::new(exporter),
+        shared,
+    };
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -11,6 +11,8 @@
 //!   walk that discovers a new pod) waits up to `window` for the volume to be found.
 //! - An update seen by one source only for `window` is a detection gap of the other.
 
+mod closed;
+
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
@@ -18,6 +20,7 @@ use std::{
 };
 
 use crate::volumes::{VolumeKey, VolumeType};
+use closed::Closed;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -69,10 +72,9 @@ pub struct VolumeState {
     pub last_seen_by: [bool; 2],
     open: Vec<Open>,
     /// Recently closed updates, so late sightings are not taken for new ones.
-    closed: VecDeque<String>,
+    closed: Closed,
 }
 
-const CLOSED_KEPT: usize = 8;
 const PENDING_MAX: usize = 4096;
 
 /// Pod names, from the pod-logs dir.
@@ -182,7 +184,7 @@ impl Tracker {
                     last_update: while_down.as_ref().map(|(_, at)| *at),
                     last_seen_by: [false; 2],
                     open: Vec::new(),
-                    closed: VecDeque::new(),
+                    closed: Closed::default(),
                 };
                 self.volumes.insert(key.clone(), v);
                 let (ready, rest): (Vec<_>, Vec<_>) =
@@ -247,7 +249,7 @@ impl Tracker {
             }
             if open.seen.iter().all(|&b| b) {
                 v.open.retain(|o| o.ts_dir != det.ts_dir);
-                remember(&mut v.closed, det.ts_dir);
+                v.closed.remember(&det.ts_dir);
             }
             return;
         }
@@ -273,7 +275,7 @@ impl Tracker {
             seen[Source::Ebpf.index()] = true;
         }
         if seen.iter().all(|&b| b) {
-            remember(&mut v.closed, det.ts_dir);
+            v.closed.remember(&det.ts_dir);
         } else {
             v.open.push(Open {
                 ts_dir: det.ts_dir,
@@ -299,7 +301,7 @@ impl Tracker {
                         self.gaps[src.index()] += 1;
                     }
                 }
-                remember(&mut v.closed, o.ts_dir);
+                v.closed.remember(&o.ts_dir);
             }
         }
         while let Some((_, since)) = self.pending.front() {
@@ -310,13 +312,6 @@ impl Tracker {
             self.unmatched += 1;
         }
     }
-}
-
-fn remember(closed: &mut VecDeque<String>, ts: String) {
-    if closed.len() == CLOSED_KEPT {
-        closed.pop_front();
-    }
-    closed.push_back(ts);
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod kube;
 mod labels;
 mod process;
 mod render;
+mod volumes;
 mod watches;
 
 #[cfg(test)]
@@ -25,13 +26,12 @@ use std::sync::{
 };
 
 use prometheus::{
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
 
 use crate::{
-    clock,
     probe::{Probe, ReaderStats},
     updates::{Source, Tracker},
     volumes::VolumeType,
@@ -92,18 +92,7 @@ impl Shared {
     }
 }
 
-const VOLUME_LABELS: [&str; 6] = [
-    "namespace",
-    "pod",
-    "volume",
-    "volume_type",
-    "source_kind",
-    "source_name",
-];
-
 struct Families {
-    updates: IntCounterVec,
-    last_update: prometheus::GaugeVec,
     detections: IntCounterVec,
     gaps: IntCounterVec,
     lost: IntCounterVec,
@@ -113,10 +102,10 @@ struct Families {
     watches: IntGauge,
 }
 
-/// Renders [`Shared`] at each scrape.
+/// Renders [`Shared`]'s node-wide families at each scrape (the per-volume ones are
+/// [`volumes`]').
 pub struct StateCollector {
     shared: Arc<Shared>,
-    controls: LabelControls,
     f: Mutex<Families>,
     descs: Vec<Desc>,
 }
@@ -126,22 +115,8 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl StateCollector {
-    pub fn new(shared: Arc<Shared>, controls: LabelControls) -> prometheus::Result<Self> {
+    pub fn new(shared: Arc<Shared>) -> prometheus::Result<Self> {
         let f = Families {
-            updates: IntCounterVec::new(
-                opts(
-                    "reloadscope_volume_updates_total",
-                    "Atomic updates (..data swaps) of the volume, initial population excluded. source_kind and source_name: the ConfigMaps, Secrets and other sources its files come from, comma-separated (empty without the Kubernetes API).",
-                ),
-                &VOLUME_LABELS,
-            )?,
-            last_update: prometheus::GaugeVec::new(
-                opts(
-                    "reloadscope_volume_last_update_timestamp_seconds",
-                    "Time of the volume's last ..data swap (the probe's clock when it saw it), seconds since the epoch.",
-                ),
-                &VOLUME_LABELS,
-            )?,
             detections: IntCounterVec::new(
                 opts(
                     "reloadscope_update_detections_total",
@@ -190,8 +165,6 @@ impl StateCollector {
             )?,
         };
         let descs = [
-            f.updates.desc(),
-            f.last_update.desc(),
             f.detections.desc(),
             f.gaps.desc(),
             f.lost.desc(),
@@ -206,7 +179,6 @@ impl StateCollector {
         .collect();
         Ok(StateCollector {
             shared,
-            controls,
             f: Mutex::new(f),
             descs,
         })
@@ -229,22 +201,11 @@ impl StateCollector {
         let watches = [&*s.watches, &*s.cgroup_watches, &s.open_watches];
         f.watches
             .set(watches.iter().map(|w| w.load(Relaxed)).sum::<usize>() as i64);
-        let rows = self.volume_rows(f);
-        // The volumes' sources, under the metadata lock alone.
-        let meta = s.meta.state.lock().expect("meta lock");
-        for row in rows {
-            let [ns, pod, volume, ty] = row.labels.each_ref().map(String::as_str);
-            let (kind, name) = meta.source_labels(&row.pod_uid, volume);
-            let labels = [ns, pod, volume, ty, kind.as_str(), name.as_str()];
-            f.updates.with_label_values(&labels).inc_by(row.updates);
-            if let Some(at) = row.last_update {
-                f.last_update.with_label_values(&labels).set(at);
-            }
-        }
+        self.tracker_families(f);
     }
 
-    /// The node-wide families from the tracker, and the exported volumes' values.
-    fn volume_rows(&self, f: &Families) -> Vec<VolumeRow> {
+    /// The node-wide families the tracker counts.
+    fn tracker_families(&self, f: &Families) {
         let t = self.shared.tracker.lock().expect("tracker lock");
         for src in Source::ALL {
             let i = src as usize;
@@ -258,31 +219,7 @@ impl StateCollector {
                 .with_label_values(&[ty.label()])
                 .set(t.watched(ty) as i64);
         }
-        t.volumes()
-            .filter_map(|(key, v)| {
-                let (ns, pod) = labels::pod_names(&t, &key.pod_uid);
-                if !self.controls.exports(ns, &key.name) {
-                    return None;
-                }
-                let labels = [ns.unwrap_or(""), pod, &key.name, key.volume_type.label()];
-                Some(VolumeRow {
-                    pod_uid: key.pod_uid.clone(),
-                    labels: labels.map(String::from),
-                    updates: v.updates,
-                    last_update: v.last_update.map(clock::unix_seconds),
-                })
-            })
-            .collect()
     }
-}
-
-/// An exported volume: its on-node labels and values.
-struct VolumeRow {
-    pod_uid: String,
-    /// namespace, pod, volume, volume_type.
-    labels: [String; 4],
-    updates: u64,
-    last_update: Option<f64>,
 }
 
 impl Collector for StateCollector {
@@ -292,8 +229,6 @@ impl Collector for StateCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let f = self.f.lock().expect("families lock");
-        f.updates.reset();
-        f.last_update.reset();
         f.detections.reset();
         f.gaps.reset();
         f.lost.reset();
@@ -301,8 +236,6 @@ impl Collector for StateCollector {
         f.watched.reset();
         self.fill(&f);
         [
-            f.updates.collect(),
-            f.last_update.collect(),
             f.detections.collect(),
             f.gaps.collect(),
             f.lost.collect(),
@@ -317,19 +250,56 @@ impl Collector for StateCollector {
     }
 }
 
-/// The registry served at /metrics: state, build info and the process metrics.
-/// `labels`: the per-consumer labels and the filters; `histogram_labels`: indexes from
-/// [`histogram_labels`], restricting the latency histogram's labels further.
-pub fn registry(
+/// What /metrics serves: the registry's families, and the per-volume ones written
+/// straight to text among them.
+pub struct Exporter {
+    registry: Registry,
+    volumes: volumes::VolumeFamilies,
+}
+
+impl Exporter {
+    /// `labels`: the per-consumer labels and the filters; `histogram_labels`: indexes
+    /// from [`histogram_labels`], restricting the latency histogram's labels further.
+    pub fn new(
+        shared: Arc<Shared>,
+        labels: LabelControls,
+        histogram_labels: &[usize],
+    ) -> prometheus::Result<Self> {
+        Ok(Exporter {
+            registry: registry(shared.clone(), labels.clone(), histogram_labels)?,
+            volumes: volumes::VolumeFamilies {
+                shared,
+                controls: labels,
+            },
+        })
+    }
+
+    /// Every family in the text format, in name order as the registry writes them.
+    pub fn render(&self) -> prometheus::Result<String> {
+        let families = self.registry.gather();
+        let rows = self.volumes.rows();
+        let at = |name: &str| families.partition_point(|f| f.name() < name);
+        let (last, updates) = (at(volumes::LAST_UPDATE), at(volumes::UPDATES));
+        let mut out = String::new();
+        let encoder = TextEncoder::new();
+        encoder.encode_utf8(&families[..last], &mut out)?;
+        rows.write_last_update(&mut out);
+        encoder.encode_utf8(&families[last..updates], &mut out)?;
+        rows.write_updates(&mut out);
+        encoder.encode_utf8(&families[updates..], &mut out)?;
+        Ok(out)
+    }
+}
+
+/// The registry of every family but the per-volume ones: state, consumers, watches,
+/// the Kubernetes API's, build info and the process metrics.
+fn registry(
     shared: Arc<Shared>,
     labels: LabelControls,
     histogram_labels: &[usize],
 ) -> prometheus::Result<Registry> {
     let r = Registry::new();
-    r.register(Box::new(StateCollector::new(
-        shared.clone(),
-        labels.clone(),
-    )?))?;
+    r.register(Box::new(StateCollector::new(shared.clone())?))?;
     r.register(Box::new(consumers::ConsumerCollector::new(
         shared.clone(),
         labels.clone(),

@@ -1,11 +1,9 @@
-//! The registry rendered from hand-built state ([`node`]): labels kept and merged,
+//! /metrics rendered from hand-built state ([`node`]): labels kept and merged,
 //! filters, and the Kubernetes API's families.
 
 mod node;
 
 use std::{sync::Arc, time::Duration};
-
-use prometheus::{Encoder, TextEncoder};
 
 use super::*;
 use crate::{
@@ -28,10 +26,10 @@ fn controls(consumer: &[&str]) -> LabelControls {
 fn render(shared: Arc<Shared>, labels: LabelControls, histogram: &[&str]) -> (String, Samples) {
     let names: Vec<String> = histogram.iter().map(|s| s.to_string()).collect();
     let keep = histogram_labels(&names).unwrap();
-    let r = registry(shared, labels, &keep).unwrap();
-    let mut buf = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut buf).unwrap();
-    let text = String::from_utf8(buf).unwrap();
+    let text = Exporter::new(shared, labels, &keep)
+        .unwrap()
+        .render()
+        .unwrap();
     let samples = parse(&text).unwrap();
     (text, samples)
 }

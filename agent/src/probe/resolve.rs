@@ -24,8 +24,13 @@ const PENDING_MAX: usize = 4096;
 pub struct Resolver {
     roots: Roots,
     proc_root: PathBuf,
-    data_tmp_target: HashMap<PathBuf, String>,
-    order: std::collections::VecDeque<PathBuf>,
+    /// The target, and the number of its staging (to tell it from an older one).
+    data_tmp_target: HashMap<PathBuf, (String, u64)>,
+    /// Stagings, oldest first, by number. Those renamed (or staged again) since are
+    /// dropped as they reach the front, so that a dir's old staging never evicts a
+    /// newer one, and the renamed ones are not kept.
+    order: std::collections::VecDeque<(PathBuf, u64)>,
+    stagings: u64,
 }
 
 /// Why a record gave no detection (logged at debug level, counted by the caller).
@@ -48,6 +53,7 @@ impl Resolver {
             proc_root,
             data_tmp_target: HashMap::new(),
             order: Default::default(),
+            stagings: 0,
         }
     }
 
@@ -87,7 +93,7 @@ impl Resolver {
             return Err(Skip::NotAVolume);
         }
         let ts_dir = match self.data_tmp_target.remove(&dir) {
-            Some(t) => t,
+            Some((t, _)) => t,
             // The symlink was made before the probe started, or by a call it does not see.
             None => read_target(&dir.join(DATA)).ok_or(Skip::Unresolvable)?,
         };
@@ -103,17 +109,22 @@ impl Resolver {
         // The kubelet's target is a bare `..<timestamp>` name; keep its last component.
         let t = Path::new(target).file_name().unwrap_or(target);
         let Some(t) = t.to_str() else { return };
-        if self
-            .data_tmp_target
-            .insert(dir.clone(), t.to_owned())
-            .is_none()
+        self.stagings += 1;
+        let n = self.stagings;
+        self.data_tmp_target.insert(dir.clone(), (t.to_owned(), n));
+        self.order.push_back((dir, n));
+        let live = |m: &HashMap<PathBuf, (String, u64)>, (d, n): &(PathBuf, u64)| {
+            m.get(d).is_some_and(|(_, m)| m == n)
+        };
+        while let Some(front) = self.order.front()
+            && !live(&self.data_tmp_target, front)
         {
-            self.order.push_back(dir);
-            if self.order.len() > PENDING_MAX
-                && let Some(old) = self.order.pop_front()
-            {
-                self.data_tmp_target.remove(&old);
-            }
+            self.order.pop_front();
+        }
+        if self.order.len() > PENDING_MAX
+            && let Some((old, _)) = self.order.pop_front()
+        {
+            self.data_tmp_target.remove(&old);
         }
     }
 }
@@ -154,6 +165,44 @@ mod tests {
             old_path: OsString::from(old),
             new_path: OsString::from(new),
         }
+    }
+
+    fn staged(r: &mut Resolver, dir: &str, target: &str) {
+        let s = ev(Syscall::Symlinkat, target, &format!("{dir}/..data_tmp"));
+        assert_eq!(r.resolve(&s), Err(Skip::Staged));
+    }
+
+    fn swapped(r: &mut Resolver, dir: &str) -> String {
+        let tmp = format!("{dir}/..data_tmp");
+        let d = r.resolve(&ev(Syscall::Renameat, &tmp, &format!("{dir}/..data")));
+        d.unwrap().ts_dir
+    }
+
+    #[test]
+    fn renamed_stagings_are_not_kept_and_never_evict_a_newer_one() {
+        let mut r = resolver();
+        // One volume updated over and over: its old stagings went with their renames.
+        for i in 0..PENDING_MAX + 10 {
+            staged(&mut r, VOL, &format!("..{i}"));
+            assert_eq!(swapped(&mut r, VOL), format!("..{i}"));
+        }
+        assert!(r.order.len() <= 1, "{} kept", r.order.len());
+        // A writer that died: its staging stays while PENDING_MAX are waiting, and
+        // the others are all resolved from their own staging.
+        let dead = "/kl/pods/u0/volumes/kubernetes.io~secret/s";
+        staged(&mut r, dead, "..dead");
+        for i in 1..PENDING_MAX {
+            let dir = format!("/kl/pods/u{i}/volumes/kubernetes.io~configmap/c");
+            staged(&mut r, &dir, &format!("..{i}"));
+        }
+        assert!(r.data_tmp_target.contains_key(Path::new(dead)));
+        staged(&mut r, VOL, "..last");
+        assert!(
+            !r.data_tmp_target.contains_key(Path::new(dead)),
+            "the oldest went"
+        );
+        assert_eq!(r.data_tmp_target.len(), PENDING_MAX);
+        assert_eq!(swapped(&mut r, VOL), "..last");
     }
 
     #[test]
