@@ -9,7 +9,8 @@
 //! 2. Accuracy: over 1,000 updates, the agent's reload time of each reloading lab
 //!    container against the container's own log of its open; reloads missed.
 //!
-//! Run as root: `cargo xtask bench reload [--quick] [--only cost|accuracy] [--no-ebpf-row]`.
+//! Run as root: `cargo xtask bench reload [--quick] [--only cost|accuracy] [--no-ebpf-row]
+//! [--settled-marks ignore|remove]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
 #[path = "reload/accuracy.rs"]
@@ -27,14 +28,18 @@ mod openloop;
 #[path = "reload/util.rs"]
 mod util;
 
+use reloadscope::opens::SettledMarks;
 use std::{fmt::Write as _, process::ExitCode, time::Duration, time::Instant};
 
 const USAGE: &str = "\
 usage: cargo xtask bench reload [--quick] [--only cost|accuracy]... [--no-ebpf-row]
+                               [--settled-marks ignore|remove]
 
   --quick        smaller counts, for a smoke run
   --only M       run measure M only (repeatable)
   --no-ebpf-row  leave out the cost of the agent as deployed (ebpf: true)
+  --settled-marks MODE
+                 the agent's --settled-marks (default ignore)
 
 Needs root (tmpfs and bind mounts, cgroups, fanotify, the eBPF probe).";
 
@@ -48,6 +53,7 @@ struct Args {
     quick: bool,
     only: Vec<Measure>,
     ebpf_row: bool,
+    settled: SettledMarks,
     /// As given, for the report's first line.
     given: Vec<String>,
 }
@@ -57,6 +63,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
         quick: false,
         only: Vec::new(),
         ebpf_row: true,
+        settled: SettledMarks::Ignore,
         given: Vec::new(),
     };
     let mut it = raw.iter();
@@ -66,6 +73,17 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             "--bench" => continue,
             "--quick" => args.quick = true,
             "--no-ebpf-row" => args.ebpf_row = false,
+            "--settled-marks" => {
+                let m = it.next().ok_or("--settled-marks needs ignore or remove")?;
+                args.settled = match m.as_str() {
+                    "ignore" => SettledMarks::Ignore,
+                    "remove" => SettledMarks::Remove,
+                    other => return Err(format!("unknown --settled-marks {other:?}")),
+                };
+                args.given.push(a.clone());
+                args.given.push(m.clone());
+                continue;
+            }
             "--only" => {
                 let m = it.next().ok_or("--only needs a measure")?;
                 args.only.push(match m.as_str() {
@@ -117,6 +135,7 @@ fn main() -> ExitCode {
                 rounds: 3,
                 calls: 20_000,
                 ebpf_row: args.ebpf_row,
+                settled: args.settled,
             }
         } else {
             cost::Params {
@@ -124,6 +143,7 @@ fn main() -> ExitCode {
                 rounds: 8,
                 calls: 150_000,
                 ebpf_row: args.ebpf_row,
+                settled: args.settled,
             }
         };
         sections.push(section("Cost", cost::run(&p)));
@@ -132,6 +152,7 @@ fn main() -> ExitCode {
         let p = accuracy::Params {
             updates: if args.quick { 100 } else { 1000 },
             period: Duration::from_millis(50),
+            settled: args.settled,
         };
         sections.push(section("Accuracy", accuracy::run(&p)));
     }

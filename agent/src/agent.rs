@@ -28,6 +28,7 @@ use crate::{
     metrics::{self, Shared},
     opens::{self, Opens},
     probe::{self, Probe},
+    reloads::MountKind,
     server,
     updates::Tracker,
     volumes::{Roots, VolumeKey},
@@ -53,6 +54,8 @@ pub struct Config {
     pub probe: probe::Choice,
     /// Measure reloads (fanotify and /proc scans); off: detection only.
     pub reloads: bool,
+    /// What becomes of a settled volume's fanotify marks.
+    pub settled_marks: opens::SettledMarks,
     pub ring_bytes: u32,
     /// Labels kept on the reload latency histogram (of namespace, pod, container, volume).
     pub histogram_labels: Vec<String>,
@@ -83,6 +86,7 @@ impl Config {
             ebpf: true,
             probe: probe::Choice::Auto,
             reloads: true,
+            settled_marks: opens::SettledMarks::Ignore,
             ring_bytes: probe::DEFAULT_RING_BYTES,
             state_file: None,
             rescan: None,
@@ -207,7 +211,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 shared.fanotify.store(true, Relaxed);
                 marker = Some(fan.marker());
                 let (cmds, cmd_rx) = mpsc::unbounded_channel();
-                let source = Opens::new(fan, cfg.proc_root.clone(), shared.clone());
+                let source = Opens::new(
+                    fan,
+                    cfg.settled_marks,
+                    cfg.proc_root.clone(),
+                    shared.clone(),
+                );
                 tasks.push(tokio::spawn(source.run(cmd_rx, tx.clone())));
                 Some(cmds)
             }
@@ -235,6 +244,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             shared.clone(),
             cfg.clone(),
             every,
+            marks.clone(),
             rescan.clone(),
             stop_rx.clone(),
         );
@@ -389,6 +399,7 @@ async fn consumer_loop(
     shared: Arc<Shared>,
     cfg: Config,
     every: Duration,
+    marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) {
@@ -396,6 +407,7 @@ async fn consumer_loop(
     // The first tick is immediate: the first scan waits for the initial walk instead
     // (ScanDone notifies), so it has the volumes to match.
     every.tick().await;
+    let mut marked = HashSet::new();
     let stopped = stopped(stop);
     tokio::pin!(stopped);
     loop {
@@ -446,6 +458,17 @@ async fn consumer_loop(
         };
         lint(&shared, &scan, &inodes, &updated);
         {
+            // Each consumer's own mount is marked once, when first found.
+            for f in scan.consumers.values().flatten() {
+                if let (Some(m), Some(p)) = (&marks, &f.mount_path)
+                    && f.mount == MountKind::Volume
+                    && marked.insert(p.clone())
+                {
+                    let _ = m.send(opens::Command::Consumer {
+                        mount_path: p.clone(),
+                    });
+                }
+            }
             let mut r = shared.reloads.lock().expect("reloads lock");
             // The volumes consumed before and not now lose their consumers.
             let gone: Vec<_> = (r.consumed())

@@ -154,10 +154,11 @@ impl Approx {
                     let _ = self.watches.remove(wd);
                 }
             }
-            // This instance watches new data dirs itself; settling is fanotify's
-            // business.
+            // This instance watches new data dirs itself; consumers' mounts and settled
+            // dirs are fanotify's business.
             Command::DataDir { .. }
             | Command::Swapped { .. }
+            | Command::Consumer { .. }
             | Command::Settled { .. }
             | Command::Unsettled { .. } => {}
         }

@@ -81,6 +81,13 @@ struct AgentArgs {
     /// Needs no CAP_SYS_ADMIN and costs openers of volume files nothing.
     #[arg(long)]
     no_reloads: bool,
+    /// What becomes of a volume's fanotify marks once every consumer has its data:
+    /// ignore (an ignore mask; every reload is seen, and each open of the volume's files
+    /// costs its opener about 0.5 us more) or remove (no cost between updates; a reload
+    /// made in the microseconds before the next data dir is marked is seen only at the
+    /// consumer's next open). Measured in BENCHMARKS.md.
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "ignore")]
+    settled_marks: reloadscope::opens::SettledMarks,
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
     #[arg(long, value_name = "BYTES", default_value_t = reloadscope::probe::DEFAULT_RING_BYTES, hide = true)]
     ring_bytes: u32,
@@ -260,6 +267,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         ebpf: !args.no_ebpf,
         probe: args.probe,
         reloads: !args.no_reloads,
+        settled_marks: args.settled_marks,
         ring_bytes: args.ring_bytes,
         histogram_labels: args.histogram_labels,
         state_file: args.state_file,

@@ -4,23 +4,32 @@
 //! every open on the node on kernels without fentry; fanotify marks cost nothing
 //! outside the marked files and name the opener's host pid.
 //!
-//! Marks are placed only while a measurement needs them: an inode mark with
-//! `FAN_EVENT_ON_CHILD` on a volume's data dir, from its creation until every consumer
-//! of the volume has opened it. A mark on the volume dir would not see opens made
-//! through `..data`, so it is the timestamped dir itself that is marked:
+//! Every data dir gets an inode mark with `FAN_EVENT_ON_CHILD` (a mark on the volume
+//! dir would not see opens made through `..data`, so it is the timestamped dir itself):
 //! - each new one as soon as inotify sees it created (the walker marks it, before
 //!   anything is queued). The kubelet swaps 0.1-0.5 ms after creating the dir; a mark
-//!   placed after the swap is counted as late, and a consumer's open before it is not
-//!   seen (the consumer is credited at its next open);
-//! - the current one of each volume when the agent finds it, and again whenever a
-//!   consumer that lacks it is found.
+//!   placed after the swap is counted as late;
+//! - the current one of each volume when the agent finds it.
 //!
-//! Once every consumer of a volume has its current data, that dir's mark is removed:
-//! a settled volume carries no mark at all, so its opens cost nothing more than with
-//! no agent. Any mark that sees an open costs it 0.2-0.5 us here, ignore masks and
-//! marks on the mount or the filesystem included (BENCHMARKS.md), which is why none is
-//! kept between updates. Foreign opens are therefore counted only while some consumer
-//! of the volume is stale.
+//! What happens once every consumer of a volume has its current data (it is settled)
+//! is [`SettledMarks`]' choice, measured in BENCHMARKS.md:
+//! - [`SettledMarks::Ignore`], the default: each tmpfs volume also has a filesystem
+//!   mark, and each consumer's own bind mount a mount mark (placed when the consumer is
+//!   found, through `/proc/<pid>/root`), which see the container's opens in any data
+//!   dir with nothing to place at an update: no reload depends on the race above. A
+//!   settled data dir gets an ignore mask (`FAN_MARK_IGNORE`), taken back when a
+//!   consumer that lacks it is found; the next update's files are new inodes it does
+//!   not cover. Each open of a settled volume's files still costs its opener the
+//!   kernel's look at the marks (+0.3-0.8 us here).
+//! - [`SettledMarks::Remove`]: no filesystem or mount marks, and a settled data dir's
+//!   mark is removed (marked again when a consumer lacking it is found): a settled
+//!   volume costs its openers nothing. The price: a consumer's open of new data before
+//!   the walker's mark (a late mark) is not seen, and it is credited at its next open;
+//!   in the lab a `..data` watcher, which reopens within microseconds of the swap, was
+//!   missed that way for about one update in five.
+//!
+//! Either way foreign opens are counted only while some consumer of the volume is
+//! stale.
 //!
 //! The group reports directory handles and names, never file descriptors: the agent
 //! holds no Secret file open and reads none.
@@ -43,6 +52,16 @@ use crate::{
     reloads::Opener,
     volumes::VolumeKey,
 };
+
+/// What the agent does with a settled volume's marks (see the module's doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SettledMarks {
+    /// Keep the marks, with an ignore mask on the settled data dir: every reload seen.
+    #[default]
+    Ignore,
+    /// Remove them: no cost between updates; a reload before a late mark is missed.
+    Remove,
+}
 
 /// What the state loop tells this source.
 #[derive(Debug)]
@@ -68,15 +87,20 @@ pub enum Command {
         dir: PathBuf,
         ts_dir: String,
     },
+    /// A consumer's bind mount of a volume: its opens are watched there
+    /// ([`SettledMarks::Ignore`]).
+    Consumer {
+        mount_path: PathBuf,
+    },
     Gone {
         key: VolumeKey,
     },
-    /// Every consumer of a volume has the data of this dir: its mark goes (its opens
-    /// are nobody's reload), which spares their openers fanotify's cost.
+    /// Every consumer of a volume has the data of this dir: its opens are nobody's
+    /// reload, so they are ignored or its mark goes ([`SettledMarks`]).
     Settled {
         ts_path: PathBuf,
     },
-    /// A consumer that has not reloaded it was found: the dir is marked again.
+    /// A consumer that has not reloaded it was found: its opens count again.
     Unsettled {
         ts_path: PathBuf,
     },
@@ -94,6 +118,7 @@ const UNKNOWN_MAX: usize = 1024;
 
 pub struct Opens {
     fan: Fanotify,
+    settled: SettledMarks,
     proc_root: PathBuf,
     /// The registered data dirs: their volume (shared with [`Self::recent`]) and name.
     dirs: HashMap<DirId, (Arc<VolumeKey>, Box<str>)>,
@@ -112,10 +137,16 @@ const OPENER_KEPT: Duration = Duration::from_secs(1);
 const OPENERS_MAX: usize = 4096;
 
 impl Opens {
-    pub fn new(fan: Fanotify, proc_root: PathBuf, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        fan: Fanotify,
+        settled: SettledMarks,
+        proc_root: PathBuf,
+        shared: Arc<Shared>,
+    ) -> Self {
         let (dirs, unknown) = (HashMap::new(), VecDeque::new());
         Opens {
             fan,
+            settled,
             proc_root,
             dirs,
             recent: HashMap::new(),
@@ -161,9 +192,17 @@ impl Opens {
     fn command(&mut self, cmd: Command) -> Vec<Event> {
         match cmd {
             Command::Volume { key, dir, current } => {
-                let Some(ts) = current else { return Vec::new() };
+                let Some(ts) = current else {
+                    if self.settled == SettledMarks::Ignore && key.volume_type.is_tmpfs() {
+                        self.mark_with(&key, Fanotify::mark_filesystem, &dir);
+                    }
+                    return Vec::new();
+                };
                 let ts_path = dir.join(&ts);
-                self.mark(&key, &ts_path);
+                if self.settled == SettledMarks::Ignore && key.volume_type.is_tmpfs() {
+                    self.mark_with(&key, Fanotify::mark_filesystem, &dir);
+                }
+                self.mark_with(&key, Fanotify::mark_dir, &ts_path);
                 self.register(key, &ts_path, &ts)
             }
             Command::DataDir {
@@ -186,7 +225,7 @@ impl Opens {
                     return Vec::new();
                 }
                 self.shared.late_marks.fetch_add(1, Relaxed);
-                self.mark(&key, &ts_path);
+                self.mark_with(&key, Fanotify::mark_dir, &ts_path);
                 self.register(key, &ts_path, &ts_dir)
             }
             Command::Gone { key } => {
@@ -194,15 +233,31 @@ impl Opens {
                 self.recent.remove(&key);
                 Vec::new()
             }
+            Command::Consumer { mount_path } => {
+                if self.settled == SettledMarks::Ignore
+                    && let Err(e) = self.fan.mark_mount(&mount_path)
+                {
+                    debug!(path = %mount_path.display(), error = %e, "cannot mark consumer mount (gone?)");
+                }
+                Vec::new()
+            }
             Command::Settled { ts_path } => {
-                if let Err(e) = self.fan.unmark_dir(&ts_path) {
-                    debug!(path = %ts_path.display(), error = %e, "cannot unmark settled data dir (gone?)");
+                let done = match self.settled {
+                    SettledMarks::Ignore => self.fan.ignore_dir(&ts_path),
+                    SettledMarks::Remove => self.fan.unmark_dir(&ts_path),
+                };
+                if let Err(e) = done {
+                    debug!(path = %ts_path.display(), error = %e, "cannot settle data dir (gone?)");
                 }
                 Vec::new()
             }
             Command::Unsettled { ts_path } => {
-                if let Err(e) = self.fan.mark_dir(&ts_path) {
-                    debug!(path = %ts_path.display(), error = %e, "cannot mark data dir again (gone?)");
+                let done = match self.settled {
+                    SettledMarks::Ignore => self.fan.unignore_dir(&ts_path),
+                    SettledMarks::Remove => self.fan.mark_dir(&ts_path),
+                };
+                if let Err(e) = done {
+                    debug!(path = %ts_path.display(), error = %e, "cannot unsettle data dir (gone?)");
                 }
                 Vec::new()
             }
@@ -214,15 +269,20 @@ impl Opens {
         DirId::of(ts_path).is_ok_and(|id| self.dirs.contains_key(&id))
     }
 
-    /// Marks a volume's data dir; a volume removed meanwhile (a pod deleted at once) is
-    /// not a fault.
-    fn mark(&self, key: &VolumeKey, ts_path: &Path) {
-        match self.fan.mark_dir(ts_path) {
+    /// Marks a volume's data dir or filesystem; a volume removed meanwhile (a pod
+    /// deleted at once) is not a fault.
+    fn mark_with(
+        &self,
+        key: &VolumeKey,
+        mark: fn(&Fanotify, &Path) -> std::io::Result<()>,
+        path: &Path,
+    ) {
+        match mark(&self.fan, path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                debug!(volume = %key, error = %e, "data dir gone before its mark");
+                debug!(volume = %key, error = %e, "volume gone before its mark");
             }
-            Err(e) => warn!(volume = %key, error = %e, "cannot mark data dir for opens"),
+            Err(e) => warn!(volume = %key, error = %e, "cannot mark volume for opens"),
         }
     }
 

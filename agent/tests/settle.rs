@@ -1,13 +1,15 @@
 //! What reload measurement costs the node's openers. Settled volumes: once every
-//! consumer of a volume has its data, that data dir's fanotify mark goes (its opens are
-//! nobody's reload), and the next update is still measured, with its foreign opens
-//! counted while a consumer is stale. `--no-reloads`: no fanotify group
+//! consumer of a volume has its data, that data dir's opens are ignored in the kernel
+//! (`--settled-marks ignore`) or its mark goes (`remove`): they are nobody's reload.
+//! The next update is still measured, with its foreign opens counted while a consumer
+//! is stale. `--no-reloads`: no fanotify group
 //! at all, updates still counted. Needs root.
 
 mod support;
 
 use reloadscope::{
     lab::{CallStyle, LabNode, Strategy, payload},
+    opens::SettledMarks,
     volumes::VolumeType,
 };
 use support::*;
@@ -16,7 +18,18 @@ fn host_opens(m: &reloadscope::lab::scrape::Samples) -> f64 {
     m.sum("reloadscope_foreign_opens_total", &[("opener", "host")])
 }
 
-async fn settled_data_is_unmarked_and_the_next_update_measured(ty: VolumeType) {
+/// Whether the settled data dir `data` is as `mode` leaves it.
+fn settled_as(mode: SettledMarks, data: &std::path::Path) -> bool {
+    match mode {
+        SettledMarks::Ignore => fanotify_ignores(data),
+        SettledMarks::Remove => fanotify_mark(data) == Default::default(),
+    }
+}
+
+async fn settled_data_costs_less_and_the_next_update_is_measured(
+    ty: VolumeType,
+    mode: SettledMarks,
+) {
     let mut node = LabNode::temp().unwrap();
     let pod = node.add_pod("shop", "web").unwrap();
     let w = node.add_volume(&pod, ty, "app-config").unwrap();
@@ -24,18 +37,21 @@ async fn settled_data_is_unmarked_and_the_next_update_measured(ty: VolumeType) {
         .unwrap();
     let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
-    let agent = start(&node, true).await;
+    let agent = start_with(reloadscope::agent::Config {
+        settled_marks: mode,
+        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+    })
+    .await;
     wait_metrics(agent.addr, "both consumers", |m| {
         m.matching("reloadscope_consumer_info", &[]).count() == 2
     })
     .await;
 
-    // No update yet: nobody is stale, and the data dir carries no mark at all, not even
-    // an ignore. (It was marked when the volume was found, before any consumer was.)
+    // No update yet: nobody is stale; the data dir's opens are ignored, or it carries
+    // no mark at all. (It was marked when the volume was found, before any consumer.)
     let data = w.dir().join("..data");
-    wait_for("the settled data dir unmarked", || {
-        let data = data.clone();
-        async move { (fanotify_mark(&data) == Default::default()).then_some(()) }
+    wait_for("the settled data dir", || {
+        std::future::ready(settled_as(mode, &data).then_some(()))
     })
     .await;
     host_reread(&w);
@@ -71,7 +87,7 @@ async fn settled_data_is_unmarked_and_the_next_update_measured(ty: VolumeType) {
             > 0.0
     );
     assert!(
-        fanotify_marks(&data),
+        fanotify_marks(&data) || (mode == SettledMarks::Ignore && !fanotify_ignores(&data)),
         "a consumer is stale: the new data dir must count"
     );
 
@@ -82,14 +98,30 @@ async fn settled_data_is_unmarked_and_the_next_update_measured(ty: VolumeType) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
+async fn configmap_settled_data_is_ignored() {
+    let mode = SettledMarks::Ignore;
+    settled_data_costs_less_and_the_next_update_is_measured(VolumeType::ConfigMap, mode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
 async fn configmap_settled_data_is_unmarked() {
-    settled_data_is_unmarked_and_the_next_update_measured(VolumeType::ConfigMap).await;
+    let mode = SettledMarks::Remove;
+    settled_data_costs_less_and_the_next_update_is_measured(VolumeType::ConfigMap, mode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn secret_settled_data_is_ignored() {
+    let mode = SettledMarks::Ignore;
+    settled_data_costs_less_and_the_next_update_is_measured(VolumeType::Secret, mode).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn secret_settled_data_is_unmarked() {
-    settled_data_is_unmarked_and_the_next_update_measured(VolumeType::Secret).await;
+    let mode = SettledMarks::Remove;
+    settled_data_costs_less_and_the_next_update_is_measured(VolumeType::Secret, mode).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,8 @@ pub struct Params {
     pub updates: usize,
     /// The timer pollers' period.
     pub period: Duration,
+    /// The agent's `--settled-marks`.
+    pub settled: reloadscope::opens::SettledMarks,
 }
 
 struct Vol {
@@ -223,11 +225,10 @@ fn measure(p: &Params, node: &LabNode, vols: &[Vol], ctrs: &[Ctr]) -> anyhow::Re
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let running = rt.block_on(agent::start(lab::agent_config(
-        node,
-        true,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )))?;
+    let running = rt.block_on(agent::start(agent::Config {
+        settled_marks: p.settled,
+        ..lab::agent_config(node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }))?;
     let r = (|| {
         if !running.shared.ebpf_loaded() {
             bail!("the eBPF probe did not load (the benchmark needs root)");
@@ -405,8 +406,8 @@ fn report(
     let _ = writeln!(
         s,
         "### Reload times against the consumers' own logs\n\n\
-         Agent in-process (2 tokio workers, eBPF probe + inotify + fanotify, as deployed), \
-         {} volumes in 2 pods (a ConfigMap on disk and a Secret on its own tmpfs in each), \
+         Agent in-process (2 tokio workers, eBPF probe + inotify + fanotify, as deployed, \
+         `--settled-marks {}`), {} volumes in 2 pods (a ConfigMap on disk and a Secret on its own tmpfs in each), \
          {per_vol} lab containers on each: a `data-dir-watcher` (inotify on the mounted dir, \
          reopens on `..data`) and a `timer-poller` (re-reads every {} ms). {} updates, \
          round robin over the volumes, one at a time: the kubelet's calls (`CallStyle::GoAt`); \
@@ -417,6 +418,7 @@ fn report(
          - the consumer's clock read right before that open(2). Latencies: the agent's \
          (reload - its swap time) and the consumer's own (its open - the writer's clock \
          right after the rename returned).\n",
+        crate::cost_report::settled_label(p.settled),
         vols.len(),
         p.period.as_millis(),
         p.updates,

@@ -38,6 +38,8 @@ pub struct Params {
     pub calls: u64,
     /// Also measure the agent with its eBPF probe (`ebpf: true`).
     pub ebpf_row: bool,
+    /// The agent's `--settled-marks`.
+    pub settled: reloadscope::opens::SettledMarks,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,7 +349,7 @@ fn measure(p: &Params, fleet: &Fleet) -> anyhow::Result<String> {
             let st = &mut stats[si];
             let agent = match side {
                 Side::Off => None,
-                _ => Some(start_steady(&rt, fleet, side)?),
+                _ => Some(start_steady(&rt, fleet, side, p.settled)?),
             };
             let running = agent.as_ref().map(|a| &a.running);
             let opens_before = running.map_or(0, host_opens);

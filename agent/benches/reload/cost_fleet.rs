@@ -3,6 +3,7 @@
 //! and the stale window: the two target volumes updated, and the wait until the agent
 //! shows their consumers stale and the kernel reports their new data dirs.
 
+use reloadscope::opens::SettledMarks;
 use std::{
     net::SocketAddr,
     path::Path,
@@ -56,17 +57,24 @@ impl Fleet {
             .count()
     }
 
-    /// What `side`'s agent holds once steady. With reloads: its fanotify group, and,
-    /// every volume being settled, no mark at all (a data dir is marked from its
-    /// creation until every consumer of its volume has it). Detection only: no
-    /// fanotify group at all.
-    pub fn expected_marks(&self, side: Side) -> Marks {
-        if !side.reloads() {
-            return Marks::default();
-        }
-        Marks {
-            groups: 1,
-            ..Marks::default()
+    /// What `side`'s agent holds once steady, every volume settled. With reloads and
+    /// `--settled-marks ignore`: a dir mark on each volume's data dir with an ignore
+    /// mask, a filesystem mark on each Secret tmpfs, a mount mark on each consumer's
+    /// bind mount; with `remove`: no mark at all. Detection only: no fanotify group.
+    pub fn expected_marks(&self, side: Side, settled: SettledMarks) -> Marks {
+        match (side.reloads(), settled) {
+            (false, _) => Marks::default(),
+            (true, SettledMarks::Remove) => Marks {
+                groups: 1,
+                ..Marks::default()
+            },
+            (true, SettledMarks::Ignore) => Marks {
+                groups: 1,
+                inode: self.volumes.len(),
+                mount: self.containers.len(),
+                filesystem: self.secrets(),
+                ignored: self.volumes.len(),
+            },
         }
     }
 
@@ -161,12 +169,13 @@ pub struct Steady {
 }
 
 /// Starts `side`'s agent and waits until it has every volume, every consumer and every
-/// mark the fleet calls for, every volume settled (no data dir marked); detection
+/// mark the fleet calls for, every volume settled (its data dir ignored or unmarked); detection
 /// only: ready with every volume known. After [`STEADY_MAX`] what it had is reported.
 pub fn start_steady(
     rt: &tokio::runtime::Runtime,
     fleet: &Fleet,
     side: Side,
+    settled: SettledMarks,
 ) -> anyhow::Result<Steady> {
     let t = Instant::now();
     let mut cfg = lab::agent_config(
@@ -175,6 +184,7 @@ pub fn start_steady(
         SocketAddr::from(([127, 0, 0, 1], 0)),
     );
     cfg.reloads = side.reloads();
+    cfg.settled_marks = settled;
     let running = rt.block_on(agent::start(cfg))?;
     if side.ebpf() && !running.shared.ebpf_loaded() {
         rt.block_on(running.stop());
@@ -184,7 +194,7 @@ pub fn start_steady(
         rt.block_on(running.stop());
         bail!("the agent runs without fanotify (the benchmark needs root)");
     }
-    let want = fleet.expected_marks(side);
+    let want = fleet.expected_marks(side, settled);
     let want_consumers = if side.reloads() {
         fleet.containers.len()
     } else {

@@ -87,7 +87,7 @@ pub fn report(r: &Run) -> String {
 
 fn intro(s: &mut String, r: &Run) {
     let (p, fleet) = (r.p, r.fleet);
-    let want = fleet.expected_marks(Side::Agent { ebpf: false });
+    let want = fleet.expected_marks(Side::Agent { ebpf: false }, p.settled);
     let cms = fleet.volumes.len() - fleet.secrets();
     let _ = writeln!(
         s,
@@ -97,11 +97,12 @@ fn intro(s: &mut String, r: &Run) {
          its volume whole in a mount namespace of its own and reading `{KEY}` once at start \
          (`read-once`: they sit in poll(2) afterwards, so only the loops below open volume \
          files); set up in {:.0} s. The agent runs in-process (2 tokio workers), started and \
-         stopped for each of its rounds; before its loops run it has every volume and every \
-         consumer, and every volume settled (each consumer has its current data, so no data \
-         dir is marked): {} inode, {} filesystem and {} mount marks, {} with an ignore mask, \
-         counted in `/proc/self/fdinfo` of its fanotify group. Detection only (`reloads: \
-         false`): ready with every volume known; no fanotify group, no /proc scans.\n",
+         stopped for each of its rounds, with `--settled-marks {}`; before its loops run it \
+         has every volume and every consumer, and every volume settled (each consumer has its \
+         current data, so its data dir is ignored in the kernel, or unmarked): {} inode, {} \
+         filesystem and {} mount marks, {} with an ignore mask, counted in \
+         `/proc/self/fdinfo` of its fanotify group. Detection only (`reloads: false`): ready \
+         with every volume known; no fanotify group, no /proc scans.\n",
         fleet.volumes.len(),
         p.pods,
         POD_VOLUMES.len(),
@@ -109,6 +110,7 @@ fn intro(s: &mut String, r: &Run) {
         fleet.secrets(),
         fleet.containers.len(),
         fleet.setup.as_secs_f64(),
+        settled_label(p.settled),
         want.inode,
         want.filesystem,
         want.mount,
@@ -343,5 +345,13 @@ fn cpu(s: &mut String, r: &Run) {
                 fmt_ns(median(&per))
             },
         );
+    }
+}
+
+/// `--settled-marks`' value as the agent's flag spells it.
+pub fn settled_label(s: reloadscope::opens::SettledMarks) -> &'static str {
+    match s {
+        reloadscope::opens::SettledMarks::Ignore => "ignore",
+        reloadscope::opens::SettledMarks::Remove => "remove",
     }
 }

@@ -8,13 +8,16 @@
 //! A volume's timestamped data dir gets an inode mark (`FAN_EVENT_ON_CHILD`), on tmpfs
 //! and disk alike: a dir mark is not recursive, and sees opens made through `..data`, a
 //! user-visible symlink or a container's bind mount only because those resolve to a
-//! file whose parent is that real dir.
+//! file whose parent is that real dir. With `--settled-marks ignore` (the default), each
+//! tmpfs volume also gets a filesystem mark and each consumer's bind mount a mount mark,
+//! and a settled data dir an ignore mask (see `crate::opens`).
 //!
 //! Every event's pid is the opener's tgid as the agent's pid namespace sees it: the
 //! host's, for an agent running with the host pid namespace.
 //!
 //! Marks belong to the group: dropping the `Fanotify` removes them all. An inode mark
-//! also goes when its dir is deleted (the kubelet removing an old timestamped dir).
+//! also goes when its dir is deleted (the kubelet removing an old timestamped dir), and
+//! a filesystem mark when the tmpfs is unmounted for good.
 
 mod parse;
 #[cfg(test)]
@@ -197,11 +200,116 @@ impl Fanotify {
         })
     }
 
+    /// `FAN_MARK_ADD | FAN_MARK_FILESYSTEM`, mask `FAN_OPEN`: every open on the
+    /// filesystem holding `path` (used for each tmpfs volume with `--settled-marks ignore`). The mark is per
+    /// filesystem: two paths on one filesystem share it, and one unmark removes it.
+    pub fn mark_filesystem(&self, path: &Path) -> io::Result<()> {
+        self.mark(
+            libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+            libc::FAN_OPEN,
+            path,
+            "add filesystem",
+        )
+    }
+
+    /// `FAN_MARK_REMOVE | FAN_MARK_FILESYSTEM`. `NotFound` when there is no such mark.
+    pub fn unmark_filesystem(&self, path: &Path) -> io::Result<()> {
+        self.mark(
+            libc::FAN_MARK_REMOVE | libc::FAN_MARK_FILESYSTEM,
+            libc::FAN_OPEN,
+            path,
+            "remove filesystem",
+        )
+    }
+
     /// Inode mark on a directory, `FAN_OPEN | FAN_EVENT_ON_CHILD`: opens of files
     /// directly in it, through any mount (used for a volume's timestamped dirs). `dir` must be
     /// the real dir, not `..data`: a symlink is refused (`ENOTDIR`).
     pub fn mark_dir(&self, dir: &Path) -> io::Result<()> {
         self.mark(libc::FAN_MARK_ADD, DIR_MASK, dir, "add dir")
+    }
+
+    /// Mount mark, `FAN_OPEN`: every open made through the mount holding `path`, for
+    /// instead a container's bind mount of a volume reached through `/proc/<pid>/root`.
+    /// It sees the container's opens in every data dir, old or new, with no mark to
+    /// place at each update.
+    pub fn mark_mount(&self, path: &Path) -> io::Result<()> {
+        self.mark(
+            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+            libc::FAN_OPEN,
+            path,
+            "add mount",
+        )
+    }
+
+    /// Ignores opens of the files directly in `dir`, for every mark of the group (a
+    /// filesystem or mount mark included): `FAN_MARK_IGNORE` with `FAN_OPEN |
+    /// FAN_EVENT_ON_CHILD` on the dir (Linux >= 6.0), else, on older kernels, an ignore
+    /// mask on each file in it. Used on a volume's data dir once every consumer has it:
+    /// its files are never written again, and the next update's files are new inodes
+    /// the ignore does not cover, so nothing has to happen in time at the next swap.
+    pub fn ignore_dir(&self, dir: &Path) -> io::Result<()> {
+        match self.mark(IGNORE_FLAGS, DIR_MASK, dir, "ignore dir") {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.ignore_files(dir),
+            other => other,
+        }
+    }
+
+    /// Undoes [`Self::ignore_dir`]. `NotFound` when the dir is gone.
+    pub fn unignore_dir(&self, dir: &Path) -> io::Result<()> {
+        let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORE;
+        match self.mark(flags, DIR_MASK, dir, "unignore dir") {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.unignore_files(dir),
+            other => other,
+        }
+    }
+
+    /// [`Self::ignore_dir`] before Linux 6.0: `FAN_MARK_IGNORED_MASK` (`FAN_OPEN`,
+    /// surviving modification) on each regular file directly in `dir`.
+    pub fn ignore_files(&self, dir: &Path) -> io::Result<()> {
+        let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK;
+        self.each_file(
+            dir,
+            flags | libc::FAN_MARK_IGNORED_SURV_MODIFY,
+            "ignore file",
+        )
+    }
+
+    pub fn unignore_files(&self, dir: &Path) -> io::Result<()> {
+        let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORED_MASK;
+        self.each_file(dir, flags, "unignore file")
+    }
+
+    /// Marks each regular file directly in `dir` (read from its entries; no file is
+    /// opened). A file that vanished meanwhile is skipped.
+    fn each_file(&self, dir: &Path, flags: libc::c_uint, what: &str) -> io::Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(|e| context(e, "read_dir", dir))? {
+            let entry = entry.map_err(|e| context(e, "read_dir", dir))?;
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let c = cpath(&entry.path())?;
+            let flags = flags | libc::FAN_MARK_DONT_FOLLOW;
+            // SAFETY: `c` is NUL-terminated; the group fd is ours.
+            let rc = unsafe {
+                libc::fanotify_mark(
+                    self.fd.as_raw_fd(),
+                    flags,
+                    libc::FAN_OPEN,
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                )
+            };
+            let e = io::Error::last_os_error();
+            if rc < 0 && e.kind() != io::ErrorKind::NotFound {
+                return Err(context(
+                    e,
+                    &format!("fanotify_mark ({what})"),
+                    &entry.path(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Removes `mark_dir`'s mark. `NotFound` when the dir is gone or has no mark.
@@ -252,6 +360,14 @@ impl Fanotify {
 }
 
 const DIR_MASK: u64 = libc::FAN_OPEN | libc::FAN_EVENT_ON_CHILD;
+/// Whether the group is privileged, as the kernel decided at `fanotify_init`: an
+/// unprivileged group gets `EPERM` for any filesystem mark, before the path is even
+/// looked at. Removing a mark the new group cannot have changes nothing either way.
+/// An ignore mask that applies to events on the dir's children (`FAN_MARK_IGNORE`,
+/// unlike the older `FAN_MARK_IGNORED_MASK`, honours `FAN_EVENT_ON_CHILD`).
+const IGNORE_FLAGS: libc::c_uint =
+    libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE | libc::FAN_MARK_IGNORED_SURV_MODIFY;
+
 /// Whether the group is privileged, as the kernel decided at `fanotify_init`: an
 /// unprivileged group gets `EPERM` for any filesystem mark, before the path is even
 /// looked at. Removing a mark the new group cannot have changes nothing either way.

@@ -278,6 +278,79 @@ async fn dir_mark_on_the_timestamped_dir() {
     assert_eq!(inode_marks(&r.fan), 0);
 }
 
+/// A settled volume's data dir, ignored: no event through any mark (filesystem, mount,
+/// dir) until the ignore is taken back, while a new data dir (the next update's) reports
+/// at once. `ignore_dir` or its pre-6.0 fallback `ignore_files`, and their undoing.
+type Mark = fn(&Fanotify, &Path) -> io::Result<()>;
+
+async fn ignored_dir_is_silent_for_every_mark(ignore: Mark, unignore: Mark) {
+    let t = Tmpfs::new();
+    let ts = volume(t.path());
+    let bind = tempfile::tempdir().unwrap();
+    nix::mount::mount(
+        Some(t.path()),
+        bind.path(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _unbind = scopeguard(bind.path());
+    let next = t.path().join("..2026_11_25_14_12_00.2");
+    fs::create_dir(&next).unwrap();
+    fs::write(next.join("key"), "v2").unwrap();
+    let (dir, next_id) = (DirId::of(&ts).unwrap(), DirId::of(&next).unwrap());
+
+    let fan = Fanotify::new().unwrap();
+    fan.mark_filesystem(t.path()).unwrap();
+    fan.mark_mount(bind.path()).unwrap();
+    fan.mark_dir(&ts).unwrap();
+    ignore(&fan, &ts).unwrap();
+    let mut r = Reader::new(fan);
+
+    cat(&t.path().join("..data/key"));
+    cat(&t.path().join("key"));
+    cat(&bind.path().join("key"));
+    cat_through_bind(t.path(), "key");
+    let pid = cat(&next.join("key"));
+    assert_eq!(
+        r.until("the next data dir's open", named("key")).await,
+        [open_event(pid, &next_id, "key")],
+        "opens of the ignored dir's files were reported"
+    );
+
+    unignore(&r.fan, &ts).unwrap();
+    let pid = cat(&bind.path().join("key"));
+    assert_eq!(
+        r.until("open after the ignore is taken back", named("key"))
+            .await,
+        [open_event(pid, &dir, "key")]
+    );
+}
+
+/// Detaches a mount when dropped.
+fn scopeguard(path: &Path) -> impl Drop + use<> {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+    Unmount(path.to_owned())
+}
+
+#[tokio::test]
+#[ignore = "needs root: run cargo xtask test"]
+async fn ignored_dir_is_silent_until_taken_back() {
+    ignored_dir_is_silent_for_every_mark(Fanotify::ignore_dir, Fanotify::unignore_dir).await;
+}
+
+#[tokio::test]
+#[ignore = "needs root: run cargo xtask test"]
+async fn ignored_files_are_silent_until_taken_back() {
+    ignored_dir_is_silent_for_every_mark(Fanotify::ignore_files, Fanotify::unignore_files).await;
+}
+
 /// The group's inode marks, as `/proc/self/fdinfo` lists them.
 fn inode_marks(fan: &Fanotify) -> usize {
     let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fan.fd.as_raw_fd())).unwrap();

@@ -217,6 +217,11 @@ pub fn fanotify_mark(path: &std::path::Path) -> lab::marks::InodeMark {
     lab::marks::inode_mark(std::process::id(), path).unwrap_or_default()
 }
 
+/// Whether that mark ignores opens in the dir (`FAN_OPEN` in its ignored mask).
+pub fn fanotify_ignores(path: &std::path::Path) -> bool {
+    fanotify_mark(path).ignored_mask & libc::FAN_OPEN != 0
+}
+
 /// Whether that mark reports opens in the dir (`FAN_OPEN` in its mask, not ignored).
 pub fn fanotify_marks(path: &std::path::Path) -> bool {
     let m = fanotify_mark(path);
