@@ -25,8 +25,8 @@
 //!   mark is removed (marked again when a consumer lacking it is found): a settled
 //!   volume costs its openers nothing. The price: a consumer's open of new data before
 //!   the walker's mark (a late mark) is not seen, and it is credited at its next open;
-//!   in the lab a `..data` watcher, which reopens within microseconds of the swap, was
-//!   missed that way for about one update in five.
+//!   in the lab's accuracy run a `..data` watcher, which reopens within microseconds
+//!   of the swap, was missed that way 27 times in 100 updates (0 with `Ignore`).
 //!
 //! Either way foreign opens are counted only while some consumer of the volume is
 //! stale.
