@@ -114,16 +114,7 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
     .await;
     assert_eq!(m.get("reloadscope_late_marks_total", &[]), Some(1.0));
     assert_eq!(m.sum("reloadscope_volume_updates_total", &[]), 1.0);
-    let swap = m
-        .get(
-            "reloadscope_volume_last_update_timestamp_seconds",
-            &[("volume", "app-config")],
-        )
-        .unwrap();
-    assert!(
-        (secs(swapped_at) - swap) < 0.005 && swap <= secs(swapped_at),
-        "swap stamped {swap}, writer saw it at {swapped_at:?}"
-    );
+    assert_swap_stamped(&m, "app-config", swapped_at);
     let watched = [("container", "watcher")];
     let last = |m: &reloadscope::lab::scrape::Samples, who| {
         m.get(

@@ -84,16 +84,7 @@ async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
         })
     })
     .await;
-    let swap = m
-        .get(
-            "reloadscope_volume_last_update_timestamp_seconds",
-            &[("volume", "app-config")],
-        )
-        .unwrap();
-    assert!(
-        (secs(swapped_at) - swap) < 0.005 && swap <= secs(swapped_at),
-        "swap stamped {swap}, writer saw it at {swapped_at:?}"
-    );
+    let swap = assert_swap_stamped(&m, "app-config", swapped_at);
     for (c, n0) in ctrs.iter().zip(&before) {
         let labels = [("container", c.name.as_str())];
         if reloading.iter().any(|(n, _)| *n == c.name) {

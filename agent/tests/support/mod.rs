@@ -358,3 +358,23 @@ pub fn host_reread(w: &lab::AtomicWriter) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Asserts that `volume`'s last update is stamped at most 5 ms before the writer's
+/// clock right after its rename returned (and not after it); returns the stamp.
+pub fn assert_swap_stamped(m: &Samples, volume: &str, swapped_at: std::time::SystemTime) -> f64 {
+    let swap = m
+        .get(
+            "reloadscope_volume_last_update_timestamp_seconds",
+            &[("volume", volume)],
+        )
+        .unwrap();
+    let writer = swapped_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (writer - swap) < 0.005 && swap <= writer,
+        "swap stamped {swap}, writer saw it at {swapped_at:?}"
+    );
+    swap
+}
