@@ -57,8 +57,9 @@ fn groups(pid: u32) -> Vec<String> {
     fdinfos(pid, "anon_inode:[fanotify]")
 }
 
-/// The fdinfo of each fd of `pid` whose link reads `link`.
-fn fdinfos(pid: u32, link: &str) -> Vec<String> {
+/// The fdinfo of each fd of `pid` whose link reads `link` (`anon_inode:inotify`,
+/// `anon_inode:[fanotify]`).
+pub fn fdinfos(pid: u32, link: &str) -> Vec<String> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
@@ -121,11 +122,6 @@ impl SwapGate {
     /// Swaps wait for the marks of `pid` from now on.
     pub fn wait_for_marks_of(&self, pid: u32) {
         self.0.store(pid, Relaxed);
-    }
-
-    /// Swaps go ahead at once again.
-    pub fn open(&self) {
-        self.0.store(0, Relaxed);
     }
 
     /// Every gate of this process without a process of its own waits for the marks of

@@ -160,26 +160,20 @@ pub fn detections(m: &Samples, source: &str) -> f64 {
     m.sum("reloadscope_update_detections_total", &[("source", source)])
 }
 
-/// The lines starting with `prefix` in the fdinfo of every fd of this process that is
-/// the anonymous inode `kind` (`inotify`, `[fanotify]`).
+/// The fdinfo of every fd of this process that is the anonymous inode `kind`
+/// (`inotify`, `[fanotify]`).
+fn fdinfos(kind: &str) -> Vec<String> {
+    lab::marks::fdinfos(std::process::id(), &format!("anon_inode:{kind}"))
+}
+
+/// The lines starting with `prefix` in [`fdinfos`] of `kind`.
 fn fdinfo_lines(kind: &str, prefix: &str) -> Vec<String> {
-    let mut lines = Vec::new();
-    let link = format!("anon_inode:{kind}");
-    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == link) {
-            let info = std::fs::read_to_string(format!(
-                "/proc/self/fdinfo/{}",
-                fd.file_name().to_string_lossy()
-            ))
-            .unwrap_or_default();
-            lines.extend(
-                info.lines()
-                    .filter(|l| l.starts_with(prefix))
-                    .map(str::to_owned),
-            );
-        }
-    }
+    let infos = fdinfos(kind);
+    let lines = infos.iter().flat_map(|i| i.lines());
     lines
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The `inotify wd:` lines of every inotify fd of this process.
@@ -201,14 +195,7 @@ pub fn kernel_watches(path: &std::path::Path) -> bool {
 
 /// fanotify groups this process holds.
 pub fn fanotify_groups() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| t.to_string_lossy() == "anon_inode:[fanotify]")
-        })
-        .count()
+    fdinfos("[fanotify]").len()
 }
 
 /// The inode mark this process's fanotify groups hold on the inode `path` names now:
@@ -302,16 +289,7 @@ pub fn kernel_group_watches(dir: &std::path::Path) -> usize {
     let Some(want) = lab::marks::fdinfo_inode(dir) else {
         return 0;
     };
-    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        if !std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify")
-        {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!(
-            "/proc/self/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
+    for info in fdinfos("inotify") {
         let watches: Vec<&str> = info
             .lines()
             .filter(|l| l.starts_with("inotify wd:"))
