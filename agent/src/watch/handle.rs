@@ -122,24 +122,8 @@ impl Walker {
                     && is_timestamped_dir(name) =>
             {
                 let Some(ts_dir) = name.to_str() else { return };
-                // The kubelet swaps 0.1-0.5 ms after creating the dir (DOMAIN.md 7): the
-                // mark goes on here, before anything is queued.
-                let mut late = false;
-                if let Some(m) = &self.marker {
-                    if let Err(e) = m.mark_dir(&child) {
-                        debug!(volume = %key, error = %e, "cannot mark new data dir");
-                    }
-                    late = read_target(&path.join(DATA)).as_deref() == Some(ts_dir);
-                }
-                let ts_dir = ts_dir.to_owned();
-                self.created.insert(path.clone(), ts_dir.clone());
-                self.send(Event::DataDirCreated {
-                    key,
-                    dir: path.clone(),
-                    ts_dir,
-                    late,
-                })
-                .await;
+                self.created.insert(path.clone(), ts_dir.to_owned());
+                self.data_dir_created(key, &path, ts_dir.to_owned()).await;
             }
             Node::PodLogs if appeared => self.pod_log_dir(name).await,
             _ => {}
