@@ -495,7 +495,8 @@ struct StateLoop {
     /// Commands for the fanotify source, when it runs.
     marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
-    /// Volumes whose data dir the opens source has unmarked, and that dir.
+    /// Volumes whose data dir the opens source has settled (ignored or unmarked, as
+    /// `--settled-marks` says), and that dir.
     settled: HashMap<VolumeKey, PathBuf>,
 }
 
@@ -570,8 +571,8 @@ impl StateLoop {
         }
     }
 
-    /// Tells the opens source which data dirs to unmark: a volume's current one once
-    /// every consumer has it; it is marked again when a consumer that lacks it is found.
+    /// Tells the opens source which data dirs are settled: a volume's current one once
+    /// every consumer has it, and no longer when a consumer that lacks it is found.
     fn settle(&mut self) {
         if self.marks.is_none() {
             return;

@@ -192,16 +192,11 @@ impl Opens {
     fn command(&mut self, cmd: Command) -> Vec<Event> {
         match cmd {
             Command::Volume { key, dir, current } => {
-                let Some(ts) = current else {
-                    if self.settled == SettledMarks::Ignore && key.volume_type.is_tmpfs() {
-                        self.mark_with(&key, Fanotify::mark_filesystem, &dir);
-                    }
-                    return Vec::new();
-                };
-                let ts_path = dir.join(&ts);
                 if self.settled == SettledMarks::Ignore && key.volume_type.is_tmpfs() {
                     self.mark_with(&key, Fanotify::mark_filesystem, &dir);
                 }
+                let Some(ts) = current else { return Vec::new() };
+                let ts_path = dir.join(&ts);
                 self.mark_with(&key, Fanotify::mark_dir, &ts_path);
                 self.register(key, &ts_path, &ts)
             }

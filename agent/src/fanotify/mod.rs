@@ -201,8 +201,9 @@ impl Fanotify {
     }
 
     /// `FAN_MARK_ADD | FAN_MARK_FILESYSTEM`, mask `FAN_OPEN`: every open on the
-    /// filesystem holding `path` (used for each tmpfs volume with `--settled-marks ignore`). The mark is per
-    /// filesystem: two paths on one filesystem share it, and one unmark removes it.
+    /// filesystem holding `path` (used for each tmpfs volume with `--settled-marks
+    /// ignore`). The mark is per filesystem: two paths on one filesystem share it, and
+    /// one unmark removes it.
     pub fn mark_filesystem(&self, path: &Path) -> io::Result<()> {
         self.mark(
             libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
@@ -223,8 +224,8 @@ impl Fanotify {
     }
 
     /// Inode mark on a directory, `FAN_OPEN | FAN_EVENT_ON_CHILD`: opens of files
-    /// directly in it, through any mount (used for a volume's timestamped dirs). `dir` must be
-    /// the real dir, not `..data`: a symlink is refused (`ENOTDIR`).
+    /// directly in it, through any mount (used for a volume's timestamped dirs). `dir`
+    /// must be the real dir, not `..data`: a symlink is refused (`ENOTDIR`).
     pub fn mark_dir(&self, dir: &Path) -> io::Result<()> {
         self.mark(libc::FAN_MARK_ADD, DIR_MASK, dir, "add dir")
     }
@@ -360,17 +361,12 @@ impl Fanotify {
 }
 
 const DIR_MASK: u64 = libc::FAN_OPEN | libc::FAN_EVENT_ON_CHILD;
-/// Whether the group is privileged, as the kernel decided at `fanotify_init`: an
-/// unprivileged group gets `EPERM` for any filesystem mark, before the path is even
-/// looked at. Removing a mark the new group cannot have changes nothing either way.
 /// An ignore mask that applies to events on the dir's children (`FAN_MARK_IGNORE`,
 /// unlike the older `FAN_MARK_IGNORED_MASK`, honours `FAN_EVENT_ON_CHILD`).
 const IGNORE_FLAGS: libc::c_uint =
     libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORE | libc::FAN_MARK_IGNORED_SURV_MODIFY;
 
-/// Whether the group is privileged, as the kernel decided at `fanotify_init`: an
-/// unprivileged group gets `EPERM` for any filesystem mark, before the path is even
-/// looked at. Removing a mark the new group cannot have changes nothing either way.
+/// `fanotify_mark` on `path` (never followed, a dir), `EPERM` explained.
 fn mark(
     fd: libc::c_int,
     flags: libc::c_uint,
@@ -396,6 +392,9 @@ fn mark(
     Ok(())
 }
 
+/// Whether the group is privileged, as the kernel decided at `fanotify_init`: an
+/// unprivileged group gets `EPERM` for any filesystem mark, before the path is even
+/// looked at. Removing a mark the new group cannot have changes nothing either way.
 fn probe_privilege(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: static NUL-terminated path; the group fd is ours.
     let rc = unsafe {

@@ -196,14 +196,14 @@ impl LabNode {
         Ok(pod)
     }
 
-    /// Creates the volume dir `<root>/pods/<uid>/volumes/<plugin dir>/<volume>`; for
-    /// secret and projected volumes mounts a fresh tmpfs on it. Returns its writer; the
-    /// volume stays empty until the first write.
     /// The gate its volumes' writers wait at before each swap ([`super::marks`]).
     pub fn swap_gate(&self) -> &super::SwapGate {
         &self.gate
     }
 
+    /// Creates the volume dir `<root>/pods/<uid>/volumes/<plugin dir>/<volume>`; for
+    /// secret and projected volumes mounts a fresh tmpfs on it. Returns its writer; the
+    /// volume stays empty until the first write.
     pub fn add_volume(
         &mut self,
         pod: &LabPod,
