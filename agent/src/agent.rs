@@ -269,10 +269,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         settled: HashMap::new(),
     };
     tasks.push(tokio::spawn(state.run(rx, stop_rx.clone())));
-    let (walker, stream) = Walker::start(roots, cfg.pod_logs_dir.clone(), marker, tx).await?;
+    let (walker, reader) = Walker::start(roots, cfg.pod_logs_dir.clone(), marker, tx).await?;
     tasks.push(tokio::spawn(walk::run(
         walker,
-        stream,
+        reader,
         shared.watches.clone(),
     )));
 

@@ -6,9 +6,10 @@
 //!
 //! Every data dir gets an inode mark with `FAN_EVENT_ON_CHILD` (a mark on the volume
 //! dir would not see opens made through `..data`, so it is the timestamped dir itself):
-//! - each new one as soon as inotify sees it created (the walker marks it, before
-//!   anything is queued). The kubelet swaps 0.1-0.5 ms after creating the dir; a mark
-//!   placed after the swap is counted as late;
+//! - each new one as soon as inotify reports it created: the walker's reader thread
+//!   marks it as it reads the event, before anything is queued (`watch::Reader`).
+//!   The kubelet swaps 0.1-0.5 ms after creating the dir; a mark placed after the
+//!   swap is counted as late;
 //! - the current one of each volume when the agent finds it.
 //!
 //! What happens once every consumer of a volume has its current data (it is settled)

@@ -36,6 +36,16 @@ impl Walker {
 
     /// Handles one inotify event.
     pub async fn handle(&mut self, ev: inotify::Event<std::ffi::OsString>) {
+        self.handle_read(Read {
+            event: ev,
+            marked: None,
+        })
+        .await
+    }
+
+    /// Handles one event from the reader, which may have marked the data dir it reports.
+    pub async fn handle_read(&mut self, read: Read) {
+        let Read { event: ev, marked } = read;
         if ev.mask.contains(EventMask::Q_OVERFLOW) {
             warn!("inotify queue overflowed; rescanning every root");
             self.send(Event::InotifyOverflow).await;
@@ -47,10 +57,10 @@ impl Walker {
             return;
         }
         if ev.mask.contains(EventMask::IGNORED) {
-            if let Some((_, path)) = self.nodes.remove(&ev.wd)
-                && self.by_path.get(&path) == Some(&ev.wd)
+            if let Some(path) = self.forget_node(&ev.wd)
+                && self.by_path.get(&*path) == Some(&ev.wd)
             {
-                self.by_path.remove(&path);
+                self.by_path.remove(&*path);
             }
             return;
         }
@@ -103,7 +113,7 @@ impl Walker {
                 // The dir created last is the one this swap put in place. `..data` is
                 // read only when that creation was not seen: by now it may point to a
                 // later dir already (a reader behind by several swaps of this volume).
-                let created = self.created.remove(&path);
+                let created = self.created.remove(&*path);
                 match created.or_else(|| read_target(&child)) {
                     Some(ts_dir) => {
                         let det = Detection {
@@ -122,8 +132,9 @@ impl Walker {
                     && is_timestamped_dir(name) =>
             {
                 let Some(ts_dir) = name.to_str() else { return };
-                self.created.insert(path.clone(), ts_dir.to_owned());
-                self.data_dir_created(key, &path, ts_dir.to_owned()).await;
+                self.created.insert(path.to_path_buf(), ts_dir.to_owned());
+                self.data_dir_created(key, &path, ts_dir.to_owned(), marked)
+                    .await;
             }
             Node::PodLogs if appeared => self.pod_log_dir(name).await,
             _ => {}
@@ -147,12 +158,12 @@ impl Walker {
             self.unwatch(&wd);
             match node {
                 Node::Volume(key) => {
-                    self.unmounted.retain(|(_, d, _, _)| *d != path);
-                    self.created.remove(&path);
+                    self.unmounted.retain(|(_, d, _, _)| **d != *path);
+                    self.created.remove(&*path);
                     self.send(Event::VolumeGone(key)).await;
                 }
                 Node::Pod => {
-                    pods.insert(path);
+                    pods.insert(path.to_path_buf());
                 }
                 Node::VolumesDir => {
                     pods.extend(path.parent().map(Path::to_owned));
@@ -172,9 +183,15 @@ impl Walker {
 
     pub(super) fn unwatch(&mut self, wd: &WatchDescriptor) {
         let _ = self.watches.remove(wd.clone());
-        if let Some((_, path)) = self.nodes.remove(wd) {
-            self.by_path.remove(&path);
+        if let Some(path) = self.forget_node(wd) {
+            self.by_path.remove(&*path);
         }
+    }
+
+    /// Drops `wd` from the tree (and from the reader's volume dirs); returns its path.
+    pub(super) fn forget_node(&mut self, wd: &WatchDescriptor) -> Option<Arc<Path>> {
+        self.volume_dirs.remove(wd);
+        self.nodes.remove(wd).map(|(_, path)| path)
     }
 
     /// Drops the watches at and below `dir` (a moved-away dir keeps its watches).

@@ -13,14 +13,17 @@ use std::{
     ffi::OsStr,
     io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+pub use reader::Reader;
+use reader::{Read, VolumeDirs, mark_data_dir};
 use tracing::{debug, info, warn};
 
 mod handle;
+mod reader;
 #[cfg(test)]
 mod tests;
 
@@ -67,8 +70,11 @@ pub struct Walker {
     roots: Roots,
     pod_logs: PathBuf,
     watches: Watches,
-    nodes: HashMap<WatchDescriptor, (Node, PathBuf)>,
-    by_path: HashMap<PathBuf, WatchDescriptor>,
+    /// Each path is held once, shared with `by_path` and `volume_dirs`.
+    nodes: HashMap<WatchDescriptor, (Node, Arc<Path>)>,
+    /// The volume dirs of `nodes`, for the reader thread's marks.
+    volume_dirs: VolumeDirs,
+    by_path: HashMap<Arc<Path>, WatchDescriptor>,
     /// Volumes found by the walk in progress, if one is.
     found: Option<Vec<VolumeKey>>,
     /// tmpfs volumes found before their mount: (key, dir, device of the parent, deadline).
@@ -101,19 +107,24 @@ fn children(dir: &Path) -> Vec<std::ffi::OsString> {
 
 impl Walker {
     /// Walks every root and the pod-logs dir, sends what it finds, then `ScanDone`.
-    /// Returns the walker and the stream of its inotify events.
+    /// Returns the walker and the reader of its inotify events (a thread that marks
+    /// new data dirs as it reads them).
     pub async fn start(
         roots: Roots,
         pod_logs: PathBuf,
         marker: Option<Marker>,
         tx: Sender,
-    ) -> io::Result<(Walker, inotify::EventStream<Vec<u8>>)> {
-        let stream = Inotify::init()?.into_event_stream(vec![0u8; 64 * 1024])?;
+    ) -> io::Result<(Walker, Reader)> {
+        let inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        let volume_dirs = VolumeDirs::default();
+        let reader = Reader::spawn(inotify, volume_dirs.clone(), marker.clone())?;
         let mut w = Walker {
             roots,
             pod_logs,
-            watches: stream.watches(),
+            watches,
             nodes: HashMap::new(),
+            volume_dirs,
             by_path: HashMap::new(),
             found: None,
             marker,
@@ -125,7 +136,7 @@ impl Walker {
         };
         w.scan().await;
         w.send(Event::ScanDone).await;
-        Ok((w, stream))
+        Ok((w, reader))
     }
 
     pub fn watch_count(&self) -> usize {
@@ -180,13 +191,17 @@ impl Walker {
                     t.insert(wd.clone());
                 }
                 // A dir mounted over since its first watch: the old watch is on the covered inode.
-                if let Some(old) = self.by_path.insert(path.to_owned(), wd.clone())
+                let path: Arc<Path> = Arc::from(path);
+                if let Some(old) = self.by_path.insert(path.clone(), wd.clone())
                     && old != wd
                 {
                     let _ = self.watches.remove(old.clone());
-                    self.nodes.remove(&old);
+                    self.forget_node(&old);
                 }
-                self.nodes.insert(wd.clone(), (node, path.to_owned()));
+                if matches!(node, Node::Volume(_)) {
+                    self.volume_dirs.insert(&wd, path.clone());
+                }
+                self.nodes.insert(wd.clone(), (node, path));
                 Some(wd)
             }
             Err(e) => {
@@ -309,21 +324,26 @@ impl Walker {
         // Found in the middle of an update: its new data dir, created before the watch,
         // is marked now, before its swap.
         for ts_dir in writing {
-            self.data_dir_created(key.clone(), dir, ts_dir).await;
+            self.data_dir_created(key.clone(), dir, ts_dir, None).await;
         }
     }
 
     /// A new data dir of `key` (an update under way): marked for opens at once, before
     /// anything is queued, as the kubelet swaps 0.1-0.5 ms after creating it (DOMAIN.md
     /// 7); then reported, late when the swap came before the mark.
-    async fn data_dir_created(&self, key: VolumeKey, dir: &Path, ts_dir: String) {
-        let mut late = false;
-        if let Some(m) = &self.marker {
-            if let Err(e) = m.mark_dir(&dir.join(&ts_dir)) {
-                debug!(volume = %key, error = %e, "cannot mark new data dir");
-            }
-            late = read_target(&dir.join(DATA)).as_deref() == Some(ts_dir.as_str());
-        }
+    /// `marked`: the reader thread marked it already, late or not.
+    async fn data_dir_created(
+        &self,
+        key: VolumeKey,
+        dir: &Path,
+        ts_dir: String,
+        marked: Option<bool>,
+    ) {
+        let late = match (marked, &self.marker) {
+            (Some(late), _) => late,
+            (None, Some(m)) => mark_data_dir(m, dir, &ts_dir),
+            (None, None) => false,
+        };
         let dir = dir.to_owned();
         self.send(Event::DataDirCreated {
             key,
@@ -405,7 +425,7 @@ impl Mounts {
 /// Runs the walker until `tx` closes.
 pub async fn run(
     mut walker: Walker,
-    mut stream: inotify::EventStream<Vec<u8>>,
+    mut reader: Reader,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -415,8 +435,12 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = Mounts::changed(&mut mounts) => walker.tick().await,
-            ev = stream.next() => match ev {
-                Some(Ok(ev)) => walker.handle(ev).await,
+            batch = reader.next() => match batch {
+                Some(Ok(batch)) => {
+                    for read in batch {
+                        walker.handle_read(read).await;
+                    }
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "reading inotify events failed");
                     return;

@@ -13,6 +13,14 @@ fn found(rx: &mut crate::events::Receiver) -> Vec<String> {
     names
 }
 
+/// Handles the reader's next batch (within 5 s).
+async fn handle_next(w: &mut Walker, reader: &mut Reader) {
+    let next = tokio::time::timeout(Duration::from_secs(5), reader.next());
+    for read in next.await.unwrap().unwrap().unwrap() {
+        w.handle_read(read).await;
+    }
+}
+
 /// A root missing at start, created later, removed and created again: followed
 /// each time it is there.
 #[tokio::test]
@@ -23,7 +31,7 @@ async fn a_root_that_appears_later_is_followed() {
     let vol = root.join("pods/u/volumes/kubernetes.io~configmap/cfg");
     let (tx, mut rx) = crate::events::channel();
     let roots = Roots::new([root.clone()]);
-    let (mut w, mut stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+    let (mut w, mut reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
         .await
         .unwrap();
     assert!(w.missing.contains(&root));
@@ -35,8 +43,7 @@ async fn a_root_that_appears_later_is_followed() {
     assert_eq!(found(&mut rx), ["cfg"]);
     std::fs::remove_dir_all(&root).unwrap();
     while !w.missing.contains(&root) {
-        let next = tokio::time::timeout(Duration::from_secs(5), stream.next());
-        w.handle(next.await.unwrap().unwrap().unwrap()).await;
+        handle_next(&mut w, &mut reader).await;
     }
     std::fs::create_dir_all(&vol).unwrap();
     w.tick().await;
@@ -56,7 +63,7 @@ async fn a_symlinked_pod_dir_is_not_followed() {
     std::os::unix::fs::symlink(outside.path(), &link).unwrap();
     let (tx, mut rx) = crate::events::channel();
     let roots = Roots::new([root.path().to_owned()]);
-    let (w, _stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+    let (w, _reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
         .await
         .unwrap();
     assert!(found(&mut rx).is_empty());
@@ -76,7 +83,7 @@ async fn a_reader_behind_by_two_swaps_reports_both() {
     std::fs::create_dir_all(&vol).unwrap();
     let (tx, mut rx) = crate::events::channel();
     let roots = Roots::new([root.path().to_owned()]);
-    let (mut w, mut stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+    let (mut w, mut reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
         .await
         .unwrap();
     let swaps = ["..2026_01_01_00_00_00.1", "..2026_01_01_00_00_00.2"];
@@ -87,8 +94,7 @@ async fn a_reader_behind_by_two_swaps_reports_both() {
     }
     let mut reported = Vec::new();
     while reported.len() < swaps.len() {
-        let next = tokio::time::timeout(Duration::from_secs(5), stream.next());
-        w.handle(next.await.unwrap().unwrap().unwrap()).await;
+        handle_next(&mut w, &mut reader).await;
         while let Ok(ev) = rx.try_recv() {
             if let Event::Detected(d) = ev {
                 reported.push(d.ts_dir);
@@ -111,7 +117,7 @@ async fn an_overflow_rescan_forgets_what_was_removed_meanwhile() {
     }
     let (tx, mut rx) = crate::events::channel();
     let roots = Roots::new([root.path().to_owned()]);
-    let (mut w, _stream) = Walker::start(roots, logs.path().to_owned(), None, tx)
+    let (mut w, _reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
         .await
         .unwrap();
     // The pods dir, the pod-logs dir, and each pod's volumes, plugin and volume dirs.
@@ -139,6 +145,51 @@ async fn an_overflow_rescan_forgets_what_was_removed_meanwhile() {
     };
     assert!(gone("gone"), "{got:?}");
     assert!(!gone("kept"), "{got:?}");
+}
+
+/// The reader thread marks a new data dir as it reads its creation, before the walker
+/// has seen the event; the walker then reports it without marking it again.
+#[tokio::test]
+#[ignore = "needs root: run cargo xtask test"]
+async fn the_reader_marks_a_new_data_dir_before_the_walker_runs() {
+    use crate::{fanotify::Fanotify, lab::marks::inode_mark};
+    let root = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vol = root
+        .path()
+        .join("pods/u/volumes/kubernetes.io~configmap/cfg");
+    std::fs::create_dir_all(&vol).unwrap();
+    let fan = Fanotify::new().unwrap();
+    let (tx, mut rx) = crate::events::channel();
+    let roots = Roots::new([root.path().to_owned()]);
+    let (mut w, mut reader) = Walker::start(roots, logs.path().to_owned(), Some(fan.marker()), tx)
+        .await
+        .unwrap();
+    let ts = vol.join("..2026_01_01_00_00_00.1");
+    std::fs::create_dir(&ts).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), reader.next());
+    let batch = next.await.unwrap().unwrap().unwrap();
+    let marked: Vec<_> = batch.iter().map(|r| r.marked).collect();
+    assert_eq!(
+        marked,
+        [Some(false)],
+        "one creation, marked before any swap"
+    );
+    let mark = inode_mark(std::process::id(), &ts).unwrap();
+    assert_eq!(mark.mask & libc::FAN_OPEN, libc::FAN_OPEN, "{mark:?}");
+
+    // Unmarked behind the walker's back: the walker does not mark it again.
+    fan.unmark_dir(&ts).unwrap();
+    while rx.try_recv().is_ok() {}
+    for read in batch {
+        w.handle_read(read).await;
+    }
+    let ev = rx.try_recv().unwrap();
+    assert!(
+        matches!(&ev, Event::DataDirCreated { ts_dir, late: false, .. } if ts.ends_with(ts_dir)),
+        "{ev:?}"
+    );
+    assert_eq!(inode_mark(std::process::id(), &ts).unwrap().mask, 0);
 }
 
 #[test]
