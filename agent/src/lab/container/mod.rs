@@ -517,6 +517,9 @@ impl LabContainer {
                 let _ = fs::remove_dir(dir);
             }
         }
+        // Its other processes (a program's children) go too, as a runtime stops them
+        // all (cgroup v2's `cgroup.kill`; absent, the removal below says busy).
+        let _ = fs::write(self.cgroup_dir.join("cgroup.kill"), "1");
         note(remove_cgroup(&self.cgroup_dir));
         // The pod's slice goes with its last container; busy otherwise.
         let _ = fs::remove_dir(&self.pod_cgroup);
