@@ -263,6 +263,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // The state loop runs before the walk starts, so the walk can never fill the queue.
     let state = StateLoop {
         shared: shared.clone(),
+        // With `remove`, no filesystem or mount mark sees what a late mark missed; the
+        // files consumers hold open may still show it.
+        held_files_fallback: marks.is_some() && cfg.settled_marks == opens::SettledMarks::Remove,
         marks,
         rescan,
         state_file: cfg.state_file.clone(),
@@ -498,6 +501,8 @@ struct StateLoop {
     /// Volumes whose data dir the opens source has settled (ignored or unmarked, as
     /// `--settled-marks` says), and that dir.
     settled: HashMap<VolumeKey, PathBuf>,
+    /// A late mark's reloads are looked for in the files consumers hold open.
+    held_files_fallback: bool,
 }
 
 impl StateLoop {
@@ -703,6 +708,12 @@ impl StateLoop {
                 ts_dir,
                 late,
             } => {
+                if late && self.held_files_fallback {
+                    let mut r = shared.reloads.lock().expect("reloads lock");
+                    r.late_mark(&key, &ts_dir);
+                    // The scan that follows the swap may have run before this.
+                    self.rescan.notify_one();
+                }
                 self.mark(opens::Command::DataDir {
                     key,
                     dir,

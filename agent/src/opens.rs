@@ -25,9 +25,11 @@
 //! - [`SettledMarks::Remove`]: no filesystem or mount marks, and a settled data dir's
 //!   mark is removed (marked again when a consumer lacking it is found): a settled
 //!   volume costs its openers nothing. The price: a consumer's open of new data before
-//!   the walker's mark (a late mark) is not seen, and it is credited at its next open;
-//!   in the lab's accuracy run a `..data` watcher, which reopens within microseconds
-//!   of the swap, was missed that way 27 times in 100 updates (0 with `Ignore`).
+//!   the mark (a late mark) is not seen. It is credited at its next open, or, if it
+//!   still holds the file open, at the consumer scan that follows the late mark
+//!   (`Reloads::late_mark`); in the lab's accuracy run a `..data` watcher, which
+//!   reopens within microseconds of the swap and closes the file, was missed 22 times
+//!   in 1000 updates (0 with `Ignore`).
 //!
 //! Either way foreign opens are counted only while some consumer of the volume is
 //! stale.
@@ -60,7 +62,8 @@ pub enum SettledMarks {
     /// Keep the marks, with an ignore mask on the settled data dir: every reload seen.
     #[default]
     Ignore,
-    /// Remove them: no cost between updates; a reload before a late mark is missed.
+    /// Remove them: no cost between updates; a reload before a late mark is seen only
+    /// if the file is still held open.
     Remove,
 }
 

@@ -68,6 +68,9 @@ pub struct Found {
     /// The container's bind mount of the volume, reachable from the agent (through
     /// `/proc/<pid>/root`): where its opens are watched.
     pub mount_path: Option<std::path::PathBuf>,
+    /// The data dirs its processes hold a file of open, and when their fds were listed.
+    pub holds: Vec<String>,
+    pub listed_at: SystemTime,
 }
 
 /// Latency histogram buckets (seconds): 5 ms to 1 h.
@@ -161,6 +164,9 @@ pub struct Reloads {
     restored: HashMap<(VolumeKey, String), bool>,
     /// Volumes whose [`Self::settled`] may have changed since [`Self::take_changed`].
     changed: HashSet<VolumeKey>,
+    /// The latest data dir of each volume whose mark went on after its swap, when no
+    /// other mark covers that (`--settled-marks remove`): see [`Self::late_mark`].
+    late: HashMap<VolumeKey, String>,
 }
 
 impl Reloads {
@@ -210,6 +216,7 @@ impl Reloads {
     pub fn set_consumers(&mut self, volume: &VolumeKey, found: Vec<Found>) {
         self.changed.insert(volume.clone());
         let newest = self.newest.get(volume).cloned();
+        let late = self.late.get(volume).cloned();
         // Consumers a checkpoint knew: stale exactly when they were then.
         let was_pending: Vec<Option<bool>> = found
             .iter()
@@ -241,6 +248,14 @@ impl Reloads {
                 if let Some((_, swap)) = c.pending.take_if(|(_, swap)| f.started >= *swap) {
                     record(c, swap, f.started);
                 }
+            }
+            // A reload no mark saw, its data dir's mark being late: a process holding
+            // a file of the new data open has reloaded, by the listing at the latest.
+            if let Some((_, swap)) = c
+                .pending
+                .take_if(|(ts, _)| late.as_ref() == Some(ts) && f.holds.contains(ts))
+            {
+                record(c, swap, f.listed_at.max(swap));
             }
             c.name = f.name;
             c.mount = f.mount;
@@ -280,13 +295,23 @@ impl Reloads {
         self.newest.insert(volume, (ts_dir, swap));
     }
 
+    /// `ts_dir`, a new data dir of `volume`, was marked after its swap, and nothing
+    /// else saw the opens before: a consumer's reload then is looked for in the files
+    /// its processes hold open, at the next consumer scan (the only trace such an open
+    /// leaves; a process that read and closed the file is credited at its next open).
+    pub fn late_mark(&mut self, volume: &VolumeKey, ts_dir: &str) {
+        self.late.insert(volume.clone(), ts_dir.to_owned());
+    }
+
     pub fn volume_gone(&mut self, volume: &VolumeKey) {
+        self.late.remove(volume);
         self.consumers.remove(volume);
         self.newest.remove(volume);
         self.early.retain(|e| &e.volume != volume);
     }
 
     pub fn pod_gone(&mut self, uid: &str) {
+        self.late.retain(|v, _| v.pod_uid != uid);
         self.consumers.retain(|v, _| v.pod_uid != uid);
         self.newest.retain(|v, _| v.pod_uid != uid);
         self.early.retain(|e| e.volume.pod_uid != uid);
@@ -439,6 +464,8 @@ mod tests {
             started: t(started),
             start_ticks: started,
             mount_path: None,
+            holds: Vec::new(),
+            listed_at: t(started),
         }
     }
 
@@ -481,6 +508,40 @@ mod tests {
         // Further opens of the same data are not further reloads.
         r.open(me("a"), &vol(), "..2", t(900));
         assert_eq!(r.consumer(&vol(), "a").unwrap().latency.count, 1);
+    }
+
+    /// After a late mark, a consumer holding a file of the new data open is credited at
+    /// the scan that lists it; not without the late mark (its open event is exact and
+    /// on its way), nor for a file of the old data.
+    #[test]
+    fn a_late_marks_reload_is_found_in_the_files_held_open() {
+        let holding = |id: &str, ts: &str, at: u64| Found {
+            holds: vec![ts.into()],
+            listed_at: t(at),
+            ..found(id, MountKind::Volume, 0)
+        };
+        let mut r = reloads();
+        r.update(&vol(), "..2", t(100));
+        r.set_consumers(&vol(), vec![holding("a", "..2", 130)]);
+        assert!(
+            r.consumer(&vol(), "a").unwrap().pending.is_some(),
+            "no late mark"
+        );
+        r.late_mark(&vol(), "..2");
+        r.set_consumers(&vol(), vec![holding("a", "..1", 140)]);
+        assert!(
+            r.consumer(&vol(), "a").unwrap().pending.is_some(),
+            "old data"
+        );
+        r.set_consumers(&vol(), vec![holding("a", "..2", 150)]);
+        let a = r.consumer(&vol(), "a").unwrap();
+        assert!(a.pending.is_none());
+        assert_eq!(a.last_reload, Some(t(150)));
+        assert!((a.latency.sum - 0.050).abs() < 1e-9);
+        // The next update is not credited by the same late mark.
+        r.update(&vol(), "..3", t(200));
+        r.set_consumers(&vol(), vec![holding("a", "..3", 210)]);
+        assert!(r.consumer(&vol(), "a").unwrap().pending.is_some());
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! still recorded, with the probe's swap time, and the late mark is counted. With
 //! `--settled-marks ignore` the consumers' mount marks saw both reads: both are
 //! credited. With `remove` a consumer that opens the data again is credited at that
-//! open, and one that read it only while no mark was there is not (README, limits).
+//! open, and one that read it only while no mark was there is not (README, limits),
+//! unless it still holds the file open: the consumer scan finds it in its fds.
 //! Needs root.
 
 mod support;
 
 use std::{
+    ffi::OsString,
     net::SocketAddr,
     process::{Child, Stdio},
     time::{SystemTime, UNIX_EPOCH},
@@ -18,7 +20,10 @@ use std::{
 
 use nix::{sys::signal, unistd::Pid};
 use reloadscope::{
-    lab::{CallStyle, LabContainer, LabNode, Strategy, payload},
+    lab::{
+        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, marks::fdinfos,
+        payload,
+    },
     volumes::VolumeType,
 };
 use support::*;
@@ -44,6 +49,24 @@ fn stopped(pid: u32) -> bool {
     })
 }
 
+/// A container whose shell holds the file open (fd 3), opened again at each `..data`
+/// swap that `inotifywait` reports, and says `held` on its output each time.
+fn holder(node: &LabNode, pod: &reloadscope::lab::LabPod, w: &AtomicWriter) -> LabContainer {
+    let script = "while :; do inotifywait -qq -e moved_to {dir}; exec 3< {file}; echo held; done";
+    let argv: Vec<OsString> = ["sh", "-c", script].map(OsString::from).into();
+    let spec = ContainerSpec::program("holder", w.dir(), KEY, &argv);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    LabContainer::start(bin, node, pod, &spec).unwrap()
+}
+
+/// Whether a child of `pid` has an inotify watch (the holder's `inotifywait` is set up).
+fn child_watches(pid: u32) -> bool {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    (children.unwrap_or_default().split_whitespace())
+        .filter_map(|c| c.parse().ok())
+        .any(|c| (fdinfos(c, "anon_inode:inotify").iter()).any(|i| i.contains("inotify wd:")))
+}
+
 /// Opens logged at or after `t`.
 fn opens_since(c: &LabContainer, t: SystemTime) -> Vec<SystemTime> {
     c.opens().unwrap().into_iter().filter(|o| *o >= t).collect()
@@ -57,13 +80,18 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
         .unwrap();
     let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     let poller = lab_container(&node, &pod, &w, "poller", Strategy::TimerPoller, false);
+    let holder = holder(&node, &pod, &w);
+    wait_for("the holder's watch", || {
+        std::future::ready(child_watches(holder.pid).then_some(()))
+    })
+    .await;
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut child = agent(&node, port, mode);
     let pid = Pid::from_raw(child.id() as i32);
     wait_ready(addr).await;
-    wait_metrics(addr, "both consumers", |m| {
-        m.matching("reloadscope_consumer_info", &[]).count() == 2
+    wait_metrics(addr, "the three consumers", |m| {
+        m.matching("reloadscope_consumer_info", &[]).count() == 3
     })
     .await;
     // Settled: the current data dir's opens are ignored, or it carries no mark.
@@ -94,12 +122,19 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
         reloadscope::lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
         other => panic!("{other:?}"),
     };
-    // Both read the new data while the agent cannot mark it.
-    wait_for("both consumers' reads of the new data", || {
+    // All read the new data while the agent cannot mark it; the holder keeps it open.
+    wait_for("the consumers' reads of the new data", || {
         let read = |c: &LabContainer| opens_since(c, before).first().copied();
-        std::future::ready(read(&watcher).zip(read(&poller)))
+        let held = holder.output().unwrap().contains("held");
+        std::future::ready(read(&watcher).zip(read(&poller)).filter(|_| held))
     })
     .await;
+    let new_data = std::fs::read_link(w.dir().join("..data")).unwrap();
+    let fd3 = std::fs::read_link(format!("/proc/{}/fd/3", holder.pid)).unwrap();
+    assert!(
+        fd3.starts_with(holder.mount_dir().join(&new_data)),
+        "{fd3:?}"
+    );
     let continued = SystemTime::now();
     signal::kill(pid, signal::Signal::SIGCONT).unwrap();
 
@@ -157,10 +192,20 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
         );
     }
 
+    // The holder's read, which only its held file shows in `remove`: credited once the
+    // agent went on.
+    let held = [("container", "holder")];
+    let m = wait_metrics(addr, "the holder's read credited", |m| {
+        m.get("reloadscope_consumer_stale_seconds", &held) == Some(0.0)
+    })
+    .await;
+    assert!(last(&m, "holder").unwrap() >= secs(continued));
+
     let _ = child.kill();
     let _ = child.wait();
     watcher.stop().unwrap();
     poller.stop().unwrap();
+    holder.stop().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,7 +131,7 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
                 // Running is not watching yet: wait for its watch.
                 let pid = c.pid;
                 wait_for("the program's watch", || async move {
-                    let w = watches::fdinfo::of_process(Path::new("/proc"), pid).ok()?;
+                    let w = watches::fdinfo::of_process(Path::new("/proc"), pid, drop).ok()?;
                     (!w.is_empty()).then_some(())
                 })
                 .await;

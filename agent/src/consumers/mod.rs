@@ -25,7 +25,7 @@ use tracing::debug;
 use crate::{
     clock,
     reloads::{Found, MountKind},
-    volumes::VolumeKey,
+    volumes::{VolumeKey, is_timestamped_dir},
     watches::{self, Watch},
 };
 
@@ -64,6 +64,35 @@ pub struct Scan {
 
 fn read(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok()
+}
+
+/// The inotify watches of a container's processes, and, listed from the same fds, the
+/// files they hold open in some data dir (a timestamped dir in the path), with the time
+/// they were listed: a reload no fanotify mark saw still shows there.
+fn fds<'a>(
+    proc_root: &Path,
+    pids: impl Iterator<Item = &'a u32>,
+) -> (Vec<Watch>, (SystemTime, Vec<PathBuf>)) {
+    let (mut watches, mut files) = (Vec::new(), Vec::new());
+    for &pid in pids {
+        let in_data_dir = |t: PathBuf| {
+            if t.iter().any(is_timestamped_dir) {
+                files.push(t);
+            }
+        };
+        watches
+            .extend(watches::fdinfo::of_process(proc_root, pid, in_data_dir).unwrap_or_default());
+    }
+    (watches, (SystemTime::now(), files))
+}
+
+/// The data dir a file open at `path` (as its process names it) lies in, when it is
+/// one of the volume mounted at `mount_point` there.
+fn data_dir_of(path: &Path, mount_point: &Path) -> Option<String> {
+    match path.strip_prefix(mount_point).ok()?.components().next()? {
+        std::path::Component::Normal(n) if is_timestamped_dir(n) => n.to_str().map(str::to_owned),
+        _ => None,
+    }
 }
 
 /// Start of a process from `/proc/<pid>/stat`: clock ticks since boot, and as wall time.
@@ -157,6 +186,8 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
         .cloned()
         .collect();
     let ids = identities(&wanted);
+    // Per consuming container: when its fds were listed, and those in a data dir.
+    let mut data_files: HashMap<String, (SystemTime, Vec<PathBuf>)> = HashMap::new();
     for (id, (pod_uid, pid, start)) in containers {
         let Ok(text) = std::fs::read(proc_root.join(pid.to_string()).join("mountinfo")) else {
             scan.unreadable += 1;
@@ -174,18 +205,20 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
                 .min_by_key(|(k, _)| *k != MountKind::Volume);
             if let Some((mount, m)) = kind {
                 if !scan.watches.contains_key(&id) {
-                    let held = pids.get(&id).into_iter().flatten();
-                    let w = held.flat_map(|&p| {
-                        watches::fdinfo::of_process(proc_root, p).unwrap_or_default()
-                    });
-                    scan.watches.insert(id.clone(), w.collect());
+                    let (w, files) = fds(proc_root, pids.get(&id).into_iter().flatten());
+                    scan.watches.insert(id.clone(), w);
+                    data_files.insert(id.clone(), files);
                 }
+                let (listed_at, files) = &data_files[&id];
                 let inside = m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point);
                 let mount_path = Some(proc_root.join(pid.to_string()).join("root").join(inside));
                 let name = names
                     .get(&id)
                     .cloned()
                     .unwrap_or_else(|| id.chars().take(12).collect());
+                let holds = (files.iter())
+                    .filter_map(|f| data_dir_of(f, &m.mount_point))
+                    .collect();
                 scan.consumers.entry(key.clone()).or_default().push(Found {
                     id: id.clone(),
                     name,
@@ -193,6 +226,8 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
                     started: start.1,
                     start_ticks: start.0,
                     mount_path,
+                    holds,
+                    listed_at: *listed_at,
                 });
             }
         }
@@ -272,5 +307,28 @@ mod tests {
         assert_eq!(started(stat).map(|s| s.0), Some(12345));
         assert!(started("42 (x) S 1").is_none());
         assert!(started("garbage").is_none());
+    }
+
+    #[test]
+    fn a_held_file_names_its_data_dir_under_the_mount_only() {
+        let mp = Path::new("/etc/config");
+        let ts = "..2026_01_01_00_00_00.1";
+        let held = |p: &str| data_dir_of(Path::new(p), mp);
+        assert_eq!(
+            held(&format!("/etc/config/{ts}/app.yaml")).as_deref(),
+            Some(ts)
+        );
+        assert_eq!(
+            held(&format!("/etc/config/{ts}/sub/x")).as_deref(),
+            Some(ts)
+        );
+        assert_eq!(
+            held(&format!("/etc/configx/{ts}/app.yaml")),
+            None,
+            "another mount"
+        );
+        assert_eq!(held(&format!("/other/{ts}/app.yaml")), None);
+        assert_eq!(held("/etc/config/..data/app.yaml"), None, "not a data dir");
+        assert_eq!(held("/etc/config/app.yaml"), None);
     }
 }

@@ -3,7 +3,10 @@
 //! `inotify wd:3 ino:1a2b sdev:800001 mask:8000ffe ignored_mask:0 fhandle-bytes:8 ...`.
 //! `ino` and `mask` are hex; `sdev` is the kernel's dev_t (`major << 20 | minor`).
 
-use std::{io, path::Path};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
 /// One inotify watch of a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,16 +42,23 @@ fn parse_line(line: &str) -> Option<Watch> {
     })
 }
 
-/// Every inotify watch `pid` holds, over all its inotify fds. A process that is gone
-/// or unreadable gives an error; an fd closed meanwhile is skipped.
-pub fn of_process(proc_root: &Path, pid: u32) -> io::Result<Vec<Watch>> {
+/// Every inotify watch `pid` holds, over all its inotify fds; the target of each of
+/// its other fds goes to `other` (a path, never opened). A process that is gone or
+/// unreadable gives an error; an fd closed meanwhile is skipped.
+pub fn of_process(
+    proc_root: &Path,
+    pid: u32,
+    mut other: impl FnMut(PathBuf),
+) -> io::Result<Vec<Watch>> {
     let dir = proc_root.join(pid.to_string());
     let mut watches = Vec::new();
     for fd in std::fs::read_dir(dir.join("fd"))? {
         let fd = fd?;
-        let inotify =
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:inotify");
-        if !inotify {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.as_os_str() != "anon_inode:inotify" {
+            other(target);
             continue;
         }
         if let Ok(info) = std::fs::read_to_string(dir.join("fdinfo").join(fd.file_name())) {
@@ -101,13 +111,19 @@ mod tests {
         };
         assert!(wd >= 0);
         let meta = std::fs::metadata(dir.path()).unwrap();
-        let mine = of_process(Path::new("/proc"), std::process::id()).unwrap();
+        let held = dir.path().join("held");
+        let file = std::fs::File::create(&held).unwrap();
+        let mut others = Vec::new();
+        let mine = of_process(Path::new("/proc"), std::process::id(), |t| others.push(t)).unwrap();
         unsafe { libc::close(fd) };
+        drop(file);
+        assert!(others.contains(&held), "{others:?}");
+        assert!(!others.iter().any(|t| t.as_os_str() == "anon_inode:inotify"));
         let w = mine
             .iter()
             .find(|w| w.ino == meta.ino() && w.dev == meta.dev())
             .expect("the watch");
         assert_eq!(w.mask, libc::IN_MOVED_TO | libc::IN_DELETE_SELF);
-        assert!(of_process(Path::new("/proc"), u32::MAX).is_err());
+        assert!(of_process(Path::new("/proc"), u32::MAX, drop).is_err());
     }
 }

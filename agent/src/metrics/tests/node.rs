@@ -106,6 +106,8 @@ pub(super) fn node(api: bool) -> Arc<Shared> {
         started: t0(),
         start_ticks: 1,
         mount_path: None,
+        holds: Vec::new(),
+        listed_at: t0(),
     };
     let whole = MountKind::Volume;
     r.set_consumers(
