@@ -8,8 +8,10 @@
 //!    while their consumers are stale after an update.
 //! 2. Accuracy: over 1,000 updates, the agent's reload time of each reloading lab
 //!    container against the container's own log of its open; reloads missed.
+//! 3. Marks (only when asked for): the cost of each fanotify mark set-up the agent
+//!    could leave on a settled volume, no agent running.
 //!
-//! Run as root: `cargo xtask bench reload [--quick] [--only cost|accuracy] [--no-ebpf-row]
+//! Run as root: `cargo xtask bench reload [--quick] [--only cost|accuracy|marks] [--no-ebpf-row]
 //! [--settled-marks ignore|remove]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
@@ -23,6 +25,8 @@ mod cost;
 mod cost_fleet;
 #[path = "reload/cost_report.rs"]
 mod cost_report;
+#[path = "reload/marks.rs"]
+mod marks;
 #[path = "reload/openloop.rs"]
 mod openloop;
 #[path = "reload/util.rs"]
@@ -32,11 +36,11 @@ use reloadscope::opens::SettledMarks;
 use std::{fmt::Write as _, process::ExitCode, time::Duration, time::Instant};
 
 const USAGE: &str = "\
-usage: cargo xtask bench reload [--quick] [--only cost|accuracy]... [--no-ebpf-row]
+usage: cargo xtask bench reload [--quick] [--only cost|accuracy|marks]... [--no-ebpf-row]
                                [--settled-marks ignore|remove]
 
   --quick        smaller counts, for a smoke run
-  --only M       run measure M only (repeatable)
+  --only M       run measure M only (repeatable); marks runs only when named
   --no-ebpf-row  leave out the cost of the agent as deployed (ebpf: true)
   --settled-marks MODE
                  the agent's --settled-marks (default ignore)
@@ -47,6 +51,7 @@ Needs root (tmpfs and bind mounts, cgroups, fanotify, the eBPF probe).";
 enum Measure {
     Cost,
     Accuracy,
+    Marks,
 }
 
 struct Args {
@@ -89,6 +94,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
                 args.only.push(match m.as_str() {
                     "cost" => Measure::Cost,
                     "accuracy" => Measure::Accuracy,
+                    "marks" => Measure::Marks,
                     other => return Err(format!("unknown measure {other:?}")),
                 });
                 args.given.push(a.clone());
@@ -155,6 +161,20 @@ fn main() -> ExitCode {
             settled: args.settled,
         };
         sections.push(section("Accuracy", accuracy::run(&p)));
+    }
+    if args.only.contains(&Measure::Marks) {
+        let p = if args.quick {
+            marks::Params {
+                rounds: 3,
+                calls: 20_000,
+            }
+        } else {
+            marks::Params {
+                rounds: 15,
+                calls: 150_000,
+            }
+        };
+        sections.push(section("Marks", marks::run(&p)));
     }
     for s in sections {
         out.push('\n');
