@@ -12,7 +12,7 @@
 //!    could leave on a settled volume, no agent running.
 //!
 //! Run as root: `cargo xtask bench reload [--quick] [--only cost|accuracy|marks] [--no-ebpf-row]
-//! [--settled-marks ignore|remove]`.
+//! [--settled-marks ignore|remove|auto]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
 #[path = "reload/accuracy.rs"]
@@ -37,7 +37,7 @@ use std::{fmt::Write as _, process::ExitCode, time::Duration, time::Instant};
 
 const USAGE: &str = "\
 usage: cargo xtask bench reload [--quick] [--only cost|accuracy|marks]... [--no-ebpf-row]
-                               [--settled-marks ignore|remove]
+                               [--settled-marks ignore|remove|auto]
 
   --quick        smaller counts, for a smoke run
   --only M       run measure M only (repeatable); marks runs only when named
@@ -79,10 +79,13 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--no-ebpf-row" => args.ebpf_row = false,
             "--settled-marks" => {
-                let m = it.next().ok_or("--settled-marks needs ignore or remove")?;
+                let m = it
+                    .next()
+                    .ok_or("--settled-marks needs ignore, remove or auto")?;
                 args.settled = match m.as_str() {
                     "ignore" => SettledMarks::Ignore,
                     "remove" => SettledMarks::Remove,
+                    "auto" => SettledMarks::Auto,
                     other => return Err(format!("unknown --settled-marks {other:?}")),
                 };
                 args.given.push(a.clone());

@@ -263,9 +263,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // The state loop runs before the walk starts, so the walk can never fill the queue.
     let state = StateLoop {
         shared: shared.clone(),
-        // With `remove`, no filesystem or mount mark sees what a late mark missed; the
-        // files consumers hold open may still show it.
-        held_files_fallback: marks.is_some() && cfg.settled_marks == opens::SettledMarks::Remove,
+        // Without filesystem or mount marks (`remove`, `auto` on an unwatched volume),
+        // nothing sees what a late mark missed; the files consumers hold open may.
+        held_files_fallback: marks.is_some() && cfg.settled_marks != opens::SettledMarks::Ignore,
         marks,
         rescan,
         state_file: cfg.state_file.clone(),
@@ -298,6 +298,29 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 }
 
 /// Gives the watch linter one scan's inventory of each consumer's inotify watches.
+/// Tells the opens source which volumes some consumer watches in a way that fires at
+/// an update (the linter's `ok`), where that changed since `told`.
+fn tell_watched(
+    shared: &Shared,
+    marks: &mpsc::UnboundedSender<opens::Command>,
+    told: &mut HashSet<VolumeKey>,
+) {
+    let now: HashSet<VolumeKey> = {
+        let l = shared.linter.lock().expect("linter lock");
+        (l.consumers())
+            .filter(|(_, s)| s.findings.contains(&watches::Finding::Ok))
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    for (key, on) in
+        (now.difference(told).map(|k| (k, true))).chain(told.difference(&now).map(|k| (k, false)))
+    {
+        let key = key.clone();
+        let _ = marks.send(opens::Command::Watched { key, on });
+    }
+    *told = now;
+}
+
 fn lint(
     shared: &Shared,
     scan: &consumers::Scan,
@@ -411,6 +434,8 @@ async fn consumer_loop(
     // (ScanDone notifies), so it has the volumes to match.
     every.tick().await;
     let mut marked = HashSet::new();
+    // The volumes some consumer watches (`--settled-marks auto`), as last told.
+    let mut watched = HashSet::new();
     let stopped = stopped(stop);
     tokio::pin!(stopped);
     loop {
@@ -460,18 +485,24 @@ async fn consumer_loop(
             return;
         };
         lint(&shared, &scan, &inodes, &updated);
-        {
-            // Each consumer's own mount is marked once, when first found.
-            for f in scan.consumers.values().flatten() {
-                if let (Some(m), Some(p)) = (&marks, &f.mount_path)
-                    && f.mount == MountKind::Volume
-                    && marked.insert(p.clone())
-                {
-                    let _ = m.send(opens::Command::Consumer {
-                        mount_path: p.clone(),
-                    });
+        if let Some(m) = &marks {
+            // Each consumer's own mount is told once, when first found.
+            for (key, fs) in &scan.consumers {
+                for f in fs {
+                    if let Some(p) = &f.mount_path
+                        && f.mount == MountKind::Volume
+                        && marked.insert(p.clone())
+                    {
+                        let (key, mount_path) = (key.clone(), p.clone());
+                        let _ = m.send(opens::Command::Consumer { key, mount_path });
+                    }
                 }
             }
+            if cfg.settled_marks == opens::SettledMarks::Auto {
+                tell_watched(&shared, m, &mut watched);
+            }
+        }
+        {
             let mut r = shared.reloads.lock().expect("reloads lock");
             // The volumes consumed before and not now lose their consumers.
             let gone: Vec<_> = (r.consumed())
@@ -591,16 +622,16 @@ impl StateLoop {
                 .and_then(|v| Some(v.dir.join(v.current.as_ref()?)));
             let want = current.clone().filter(|_| r.settled(&key));
             let had = match &want {
-                Some(p) => self.settled.insert(key, p.clone()),
+                Some(p) => self.settled.insert(key.clone(), p.clone()),
                 None => self.settled.remove(&key),
             };
             match (had, want) {
                 (had, Some(p)) if had.as_ref() != Some(&p) => {
-                    cmds.push(opens::Command::Settled { ts_path: p });
+                    cmds.push(opens::Command::Settled { key, ts_path: p });
                 }
                 // Only the current dir matters: an older one is being deleted.
                 (Some(p), None) if current.as_ref() == Some(&p) => {
-                    cmds.push(opens::Command::Unsettled { ts_path: p });
+                    cmds.push(opens::Command::Unsettled { key, ts_path: p });
                 }
                 _ => {}
             }

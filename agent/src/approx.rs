@@ -159,6 +159,7 @@ impl Approx {
             Command::DataDir { .. }
             | Command::Swapped { .. }
             | Command::Consumer { .. }
+            | Command::Watched { .. }
             | Command::Settled { .. }
             | Command::Unsettled { .. } => {}
         }

@@ -83,9 +83,11 @@ struct AgentArgs {
     no_reloads: bool,
     /// What becomes of a volume's fanotify marks once every consumer has its data:
     /// ignore (an ignore mask; every reload is seen, and each open of the volume's files
-    /// costs its opener about 0.5 us more) or remove (no cost between updates; a reload
+    /// costs its opener about 0.5 us more), remove (no cost between updates; a reload
     /// made in the microseconds before the next data dir is marked is seen only at the
-    /// consumer's next open). Measured in BENCHMARKS.md.
+    /// consumer's next open, or in the files it holds open), or auto (ignore on the
+    /// volumes a consumer watches with inotify, remove on the others). Measured in
+    /// BENCHMARKS.md.
     #[arg(long, value_enum, value_name = "WHAT", default_value = "ignore")]
     settled_marks: reloadscope::opens::SettledMarks,
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).

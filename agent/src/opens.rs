@@ -30,6 +30,11 @@
 //!   (`Reloads::late_mark`); in the lab's accuracy run a `..data` watcher, which
 //!   reopens within microseconds of the swap and closes the file, was missed 22 times
 //!   in 1000 updates (0 with `Ignore`).
+//! - [`SettledMarks::Auto`]: `Ignore`'s mount marks and ignore mask on the volumes some
+//!   consumer watches with inotify in a way that fires at an update (the consumers
+//!   that reload within microseconds), `Remove` on the others (pollers and read-once
+//!   consumers read long after the mark). No filesystem marks. Which volumes are
+//!   watched follows the watch linter's inventories ([`cover`]).
 //!
 //! Either way foreign opens are counted only while some consumer of the volume is
 //! stale.
@@ -56,6 +61,8 @@ use crate::{
     volumes::VolumeKey,
 };
 
+mod cover;
+
 /// What the agent does with a settled volume's marks (see the module's doc).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SettledMarks {
@@ -65,6 +72,9 @@ pub enum SettledMarks {
     /// Remove them: no cost between updates; a reload before a late mark is seen only
     /// if the file is still held open.
     Remove,
+    /// `ignore` for the volumes some consumer watches with inotify (they reload within
+    /// microseconds of an update), `remove` for the others.
+    Auto,
 }
 
 /// What the state loop tells this source.
@@ -92,9 +102,17 @@ pub enum Command {
         ts_dir: String,
     },
     /// A consumer's bind mount of a volume: its opens are watched there
-    /// ([`SettledMarks::Ignore`]).
+    /// ([`SettledMarks::Ignore`], and [`SettledMarks::Auto`] while the volume is
+    /// watched).
     Consumer {
+        key: VolumeKey,
         mount_path: PathBuf,
+    },
+    /// Whether some consumer of the volume watches it with inotify in a way that fires
+    /// at an update ([`SettledMarks::Auto`]).
+    Watched {
+        key: VolumeKey,
+        on: bool,
     },
     Gone {
         key: VolumeKey,
@@ -102,10 +120,12 @@ pub enum Command {
     /// Every consumer of a volume has the data of this dir: its opens are nobody's
     /// reload, so they are ignored or its mark goes ([`SettledMarks`]).
     Settled {
+        key: VolumeKey,
         ts_path: PathBuf,
     },
     /// A consumer that has not reloaded it was found: its opens count again.
     Unsettled {
+        key: VolumeKey,
         ts_path: PathBuf,
     },
 }
@@ -123,6 +143,7 @@ const UNKNOWN_MAX: usize = 1024;
 pub struct Opens {
     fan: Fanotify,
     settled: SettledMarks,
+    covers: cover::Covers,
     proc_root: PathBuf,
     /// The registered data dirs: their volume (shared with [`Self::recent`]) and name.
     dirs: HashMap<DirId, (Arc<VolumeKey>, Box<str>)>,
@@ -151,6 +172,7 @@ impl Opens {
         Opens {
             fan,
             settled,
+            covers: cover::Covers::new(settled),
             proc_root,
             dirs,
             recent: HashMap::new(),
@@ -230,34 +252,23 @@ impl Opens {
             Command::Gone { key } => {
                 self.dirs.retain(|_, (k, _)| **k != key);
                 self.recent.remove(&key);
+                self.covers.gone(&key);
                 Vec::new()
             }
-            Command::Consumer { mount_path } => {
-                if self.settled == SettledMarks::Ignore
-                    && let Err(e) = self.fan.mark_mount(&mount_path)
-                {
-                    debug!(path = %mount_path.display(), error = %e, "cannot mark consumer mount (gone?)");
-                }
+            Command::Consumer { key, mount_path } => {
+                self.covers.consumer(&self.fan, key, mount_path);
                 Vec::new()
             }
-            Command::Settled { ts_path } => {
-                let done = match self.settled {
-                    SettledMarks::Ignore => self.fan.ignore_dir(&ts_path),
-                    SettledMarks::Remove => self.fan.unmark_dir(&ts_path),
-                };
-                if let Err(e) = done {
-                    debug!(path = %ts_path.display(), error = %e, "cannot settle data dir (gone?)");
-                }
+            Command::Watched { key, on } => {
+                self.covers.watched(&self.fan, key, on);
                 Vec::new()
             }
-            Command::Unsettled { ts_path } => {
-                let done = match self.settled {
-                    SettledMarks::Ignore => self.fan.unignore_dir(&ts_path),
-                    SettledMarks::Remove => self.fan.mark_dir(&ts_path),
-                };
-                if let Err(e) = done {
-                    debug!(path = %ts_path.display(), error = %e, "cannot unsettle data dir (gone?)");
-                }
+            Command::Settled { key, ts_path } => {
+                self.covers.settled(&self.fan, key, ts_path);
+                Vec::new()
+            }
+            Command::Unsettled { key, ts_path } => {
+                self.covers.unsettled(&self.fan, &key, &ts_path);
                 Vec::new()
             }
         }

@@ -1,12 +1,13 @@
 //! A data dir marked after its swap (a late mark): the race that the agent loses when
 //! it cannot run between the kubelet's creation of a data dir and its swap, decided
 //! here by the test: the agent (the real binary) is stopped with SIGSTOP before the
-//! update and continued after both consumers have read the new data. The update is
+//! update and continued after the consumers have read the new data. The update is
 //! still recorded, with the probe's swap time, and the late mark is counted. With
-//! `--settled-marks ignore` the consumers' mount marks saw both reads: both are
-//! credited. With `remove` a consumer that opens the data again is credited at that
-//! open, and one that read it only while no mark was there is not (README, limits),
-//! unless it still holds the file open: the consumer scan finds it in its fds.
+//! `--settled-marks ignore` the consumers' mount marks saw every read: all are
+//! credited; so with `auto`, whose watchers make the volume a watched one. With
+//! `remove` a consumer that opens the data again is credited at that open, and one
+//! that read it only while no mark was there is not (README, limits), unless it still
+//! holds the file open: the consumer scan finds it in its fds.
 //! Needs root.
 
 mod support;
@@ -99,7 +100,8 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
     wait_for("the settled data dir", || {
         let m = reloadscope::lab::marks::inode_mark(child.id(), &data).unwrap_or_default();
         let settled = match mode {
-            "ignore" => m.ignored_mask & libc::FAN_OPEN != 0,
+            // `auto`: the watchers make it a watched volume.
+            "ignore" | "auto" => m.ignored_mask & libc::FAN_OPEN != 0,
             _ => m == Default::default(),
         };
         std::future::ready(settled.then_some(()))
@@ -157,7 +159,7 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
             &[("container", who)],
         )
     };
-    if mode == "ignore" {
+    if mode != "remove" {
         // The mount marks saw both reads; fanotify events carry no time, so the agent
         // stamps them when it reads them, after it went on.
         let m = wait_metrics(addr, "the watcher's read credited", |m| {
@@ -230,4 +232,16 @@ async fn configmap_late_mark_with_removed_settled_marks() {
 #[ignore = "needs root: run cargo xtask test"]
 async fn secret_late_mark_with_removed_settled_marks() {
     a_late_mark_is_counted(VolumeType::Secret, "remove").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn configmap_late_mark_with_auto_settled_marks() {
+    a_late_mark_is_counted(VolumeType::ConfigMap, "auto").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn secret_late_mark_with_auto_settled_marks() {
+    a_late_mark_is_counted(VolumeType::Secret, "auto").await;
 }

@@ -1,6 +1,7 @@
 //! What reload measurement costs the node's openers. Settled volumes: once every
 //! consumer of a volume has its data, that data dir's opens are ignored in the kernel
-//! (`--settled-marks ignore`) or its mark goes (`remove`): they are nobody's reload.
+//! (`--settled-marks ignore`) or its mark goes (`remove`), or the one or the other as
+//! a consumer watches the volume or none does (`auto`): they are nobody's reload.
 //! The next update is still measured, with its foreign opens counted while a consumer
 //! is stale. `--no-reloads`: no fanotify group
 //! at all, updates still counted. Needs root.
@@ -23,6 +24,8 @@ fn settled_as(mode: SettledMarks, data: &std::path::Path) -> bool {
     match mode {
         SettledMarks::Ignore => fanotify_ignores(data),
         SettledMarks::Remove => fanotify_mark(data) == Default::default(),
+        // The volumes of these tests have a consumer that watches them.
+        SettledMarks::Auto => settled_as(SettledMarks::Ignore, data),
     }
 }
 
@@ -87,7 +90,7 @@ async fn settled_data_costs_less_and_the_next_update_is_measured(
             > 0.0
     );
     assert!(
-        fanotify_marks(&data) || (mode == SettledMarks::Ignore && !fanotify_ignores(&data)),
+        fanotify_marks(&data) || (mode != SettledMarks::Remove && !fanotify_ignores(&data)),
         "a consumer is stale: the new data dir must count"
     );
 
@@ -122,6 +125,69 @@ async fn secret_settled_data_is_ignored() {
 async fn secret_settled_data_is_unmarked() {
     let mode = SettledMarks::Remove;
     settled_data_costs_less_and_the_next_update_is_measured(VolumeType::Secret, mode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn configmap_settled_data_is_ignored_while_watched() {
+    let mode = SettledMarks::Auto;
+    settled_data_costs_less_and_the_next_update_is_measured(VolumeType::ConfigMap, mode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn secret_settled_data_is_ignored_while_watched() {
+    let mode = SettledMarks::Auto;
+    settled_data_costs_less_and_the_next_update_is_measured(VolumeType::Secret, mode).await;
+}
+
+/// `--settled-marks auto`: a volume no consumer watches loses its settled data dir's
+/// mark and has no mount mark; a consumer with a working watch (a `..data` watcher)
+/// brings the ignore mask and a mount mark on every consumer's bind mount; when it
+/// stops, they go again.
+async fn auto_marks_follow_the_consumers_watches(ty: VolumeType) {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node.add_volume(&pod, ty, "app-config").unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
+    let agent = start_with(reloadscope::agent::Config {
+        settled_marks: SettledMarks::Auto,
+        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let data = w.dir().join("..data");
+    let unwatched = || {
+        let removed = settled_as(SettledMarks::Remove, &data);
+        std::future::ready((removed && fanotify_mount_marks() == 0).then_some(()))
+    };
+    wait_for("the unwatched volume's marks removed", unwatched).await;
+
+    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    wait_for("the watched volume's marks", || {
+        let ignored = settled_as(SettledMarks::Ignore, &data);
+        std::future::ready((ignored && fanotify_mount_marks() == 2).then_some(()))
+    })
+    .await;
+
+    watcher.stop().unwrap();
+    wait_for("the marks removed again", unwatched).await;
+
+    agent.stop().await;
+    naive.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn configmap_auto_marks_follow_the_consumers_watches() {
+    auto_marks_follow_the_consumers_watches(VolumeType::ConfigMap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn secret_auto_marks_follow_the_consumers_watches() {
+    auto_marks_follow_the_consumers_watches(VolumeType::Secret).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

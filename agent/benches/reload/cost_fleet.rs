@@ -60,11 +60,12 @@ impl Fleet {
     /// What `side`'s agent holds once steady, every volume settled. With reloads and
     /// `--settled-marks ignore`: a dir mark on each volume's data dir with an ignore
     /// mask, a filesystem mark on each Secret tmpfs, a mount mark on each consumer's
-    /// bind mount; with `remove`: no mark at all. Detection only: no fanotify group.
+    /// bind mount; with `remove` (and `auto`, no consumer watching): no mark at all. Detection only: no fanotify group.
     pub fn expected_marks(&self, side: Side, settled: SettledMarks) -> Marks {
         match (side.reloads(), settled) {
             (false, _) => Marks::default(),
-            (true, SettledMarks::Remove) => Marks {
+            // `auto`: this fleet's consumers read once and watch nothing.
+            (true, SettledMarks::Remove | SettledMarks::Auto) => Marks {
                 groups: 1,
                 ..Marks::default()
             },

@@ -363,5 +363,6 @@ pub fn settled_label(s: reloadscope::opens::SettledMarks) -> &'static str {
     match s {
         reloadscope::opens::SettledMarks::Ignore => "ignore",
         reloadscope::opens::SettledMarks::Remove => "remove",
+        reloadscope::opens::SettledMarks::Auto => "auto",
     }
 }

@@ -243,6 +243,16 @@ impl Fanotify {
         )
     }
 
+    /// `FAN_MARK_REMOVE | FAN_MARK_MOUNT`. `NotFound` when there is no such mark.
+    pub fn unmark_mount(&self, path: &Path) -> io::Result<()> {
+        self.mark(
+            libc::FAN_MARK_REMOVE | libc::FAN_MARK_MOUNT,
+            libc::FAN_OPEN,
+            path,
+            "remove mount",
+        )
+    }
+
     /// Ignores opens of the files directly in `dir`, for every mark of the group (a
     /// filesystem or mount mark included): `FAN_MARK_IGNORE` with `FAN_OPEN |
     /// FAN_EVENT_ON_CHILD` on the dir (Linux >= 6.0), else, on older kernels, an ignore

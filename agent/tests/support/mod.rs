@@ -215,6 +215,14 @@ pub fn fanotify_marks(path: &std::path::Path) -> bool {
     m.mask & libc::FAN_OPEN != 0 && m.ignored_mask & libc::FAN_OPEN == 0
 }
 
+/// Mount marks in this process's fanotify groups (`fanotify mnt_id:` fdinfo lines).
+pub fn fanotify_mount_marks() -> usize {
+    let groups = lab::marks::fdinfos(std::process::id(), "anon_inode:[fanotify]");
+    (groups.iter().flat_map(|g| g.lines()))
+        .filter(|l| l.starts_with("fanotify mnt_id:"))
+        .count()
+}
+
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Panics in this process so far (any thread, the agent's tasks included); the first
