@@ -21,6 +21,36 @@ async fn handle_next(w: &mut Walker, reader: &mut Reader) {
     }
 }
 
+/// A kubelet root with one ConfigMap volume dir, walked.
+struct OneVolume {
+    _dirs: [tempfile::TempDir; 2],
+    vol: PathBuf,
+    w: Walker,
+    reader: Reader,
+    rx: crate::events::Receiver,
+}
+
+async fn one_volume(marker: Option<Marker>) -> OneVolume {
+    let root = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vol = root
+        .path()
+        .join("pods/u/volumes/kubernetes.io~configmap/cfg");
+    std::fs::create_dir_all(&vol).unwrap();
+    let (tx, rx) = crate::events::channel();
+    let roots = Roots::new([root.path().to_owned()]);
+    let (w, reader) = Walker::start(roots, logs.path().to_owned(), marker, tx)
+        .await
+        .unwrap();
+    OneVolume {
+        _dirs: [root, logs],
+        vol,
+        w,
+        reader,
+        rx,
+    }
+}
+
 /// A root missing at start, created later, removed and created again: followed
 /// each time it is there.
 #[tokio::test]
@@ -75,17 +105,13 @@ async fn a_symlinked_pod_dir_is_not_followed() {
 /// though `..data` points to the second by the time the first is read.
 #[tokio::test]
 async fn a_reader_behind_by_two_swaps_reports_both() {
-    let root = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let vol = root
-        .path()
-        .join("pods/u/volumes/kubernetes.io~configmap/cfg");
-    std::fs::create_dir_all(&vol).unwrap();
-    let (tx, mut rx) = crate::events::channel();
-    let roots = Roots::new([root.path().to_owned()]);
-    let (mut w, mut reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
-        .await
-        .unwrap();
+    let OneVolume {
+        vol,
+        mut w,
+        mut reader,
+        mut rx,
+        ..
+    } = one_volume(None).await;
     let swaps = ["..2026_01_01_00_00_00.1", "..2026_01_01_00_00_00.2"];
     for ts in swaps {
         std::fs::create_dir(vol.join(ts)).unwrap();
@@ -153,18 +179,14 @@ async fn an_overflow_rescan_forgets_what_was_removed_meanwhile() {
 #[ignore = "needs root: run cargo xtask test"]
 async fn the_reader_marks_a_new_data_dir_before_the_walker_runs() {
     use crate::{fanotify::Fanotify, lab::marks::inode_mark};
-    let root = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let vol = root
-        .path()
-        .join("pods/u/volumes/kubernetes.io~configmap/cfg");
-    std::fs::create_dir_all(&vol).unwrap();
     let fan = Fanotify::new().unwrap();
-    let (tx, mut rx) = crate::events::channel();
-    let roots = Roots::new([root.path().to_owned()]);
-    let (mut w, mut reader) = Walker::start(roots, logs.path().to_owned(), Some(fan.marker()), tx)
-        .await
-        .unwrap();
+    let OneVolume {
+        vol,
+        mut w,
+        mut reader,
+        mut rx,
+        ..
+    } = one_volume(Some(fan.marker())).await;
     let ts = vol.join("..2026_01_01_00_00_00.1");
     std::fs::create_dir(&ts).unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), reader.next());
