@@ -43,7 +43,7 @@ usage: cargo xtask bench reload [--quick] [--only cost|accuracy|marks]... [--no-
   --only M       run measure M only (repeatable); marks runs only when named
   --no-ebpf-row  leave out the cost of the agent as deployed (ebpf: true)
   --settled-marks MODE
-                 the agent's --settled-marks (default ignore)
+                 the agent's --settled-marks (default auto)
 
 Needs root (tmpfs and bind mounts, cgroups, fanotify, the eBPF probe).";
 
@@ -68,7 +68,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
         quick: false,
         only: Vec::new(),
         ebpf_row: true,
-        settled: SettledMarks::Ignore,
+        settled: SettledMarks::Auto,
         given: Vec::new(),
     };
     let mut it = raw.iter();

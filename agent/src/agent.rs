@@ -86,7 +86,7 @@ impl Config {
             ebpf: true,
             probe: probe::Choice::Auto,
             reloads: true,
-            settled_marks: opens::SettledMarks::Ignore,
+            settled_marks: opens::SettledMarks::Auto,
             ring_bytes: probe::DEFAULT_RING_BYTES,
             state_file: None,
             rescan: None,

@@ -88,7 +88,7 @@ struct AgentArgs {
     /// consumer's next open, or in the files it holds open), or auto (ignore on the
     /// volumes a consumer watches with inotify, remove on the others). Measured in
     /// BENCHMARKS.md.
-    #[arg(long, value_enum, value_name = "WHAT", default_value = "ignore")]
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "auto")]
     settled_marks: reloadscope::opens::SettledMarks,
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
     #[arg(long, value_name = "BYTES", default_value_t = reloadscope::probe::DEFAULT_RING_BYTES, hide = true)]

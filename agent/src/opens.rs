@@ -14,7 +14,7 @@
 //!
 //! What happens once every consumer of a volume has its current data (it is settled)
 //! is [`SettledMarks`]' choice, measured in BENCHMARKS.md:
-//! - [`SettledMarks::Ignore`], the default: each tmpfs volume also has a filesystem
+//! - [`SettledMarks::Ignore`]: each tmpfs volume also has a filesystem
 //!   mark, and each consumer's own bind mount a mount mark (placed when the consumer is
 //!   found, through `/proc/<pid>/root`), which see the container's opens in any data
 //!   dir with nothing to place at an update: no reload depends on the race above. A
@@ -30,7 +30,7 @@
 //!   (`Reloads::late_mark`); in the lab's accuracy run a `..data` watcher, which
 //!   reopens within microseconds of the swap and closes the file, was missed 22 times
 //!   in 1000 updates (0 with `Ignore`).
-//! - [`SettledMarks::Auto`]: `Ignore`'s mount marks and ignore mask on the volumes some
+//! - [`SettledMarks::Auto`], the default: `Ignore`'s mount marks and ignore mask on the volumes some
 //!   consumer watches with inotify in a way that fires at an update (the consumers
 //!   that reload within microseconds), `Remove` on the others (pollers and read-once
 //!   consumers read long after the mark). No filesystem marks. Which volumes are
@@ -67,13 +67,13 @@ mod cover;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SettledMarks {
     /// Keep the marks, with an ignore mask on the settled data dir: every reload seen.
-    #[default]
     Ignore,
     /// Remove them: no cost between updates; a reload before a late mark is seen only
     /// if the file is still held open.
     Remove,
     /// `ignore` for the volumes some consumer watches with inotify (they reload within
     /// microseconds of an update), `remove` for the others.
+    #[default]
     Auto,
 }
 
