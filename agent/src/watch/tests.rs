@@ -21,7 +21,8 @@ async fn handle_next(w: &mut Walker, reader: &mut Reader) {
     }
 }
 
-/// A kubelet root with one ConfigMap volume dir, walked.
+/// A kubelet root with one ConfigMap volume dir, walked. Bind `_dirs`: dropped, they
+/// remove the tree.
 struct OneVolume {
     _dirs: [tempfile::TempDir; 2],
     vol: PathBuf,
@@ -110,7 +111,7 @@ async fn a_reader_behind_by_two_swaps_reports_both() {
         mut w,
         mut reader,
         mut rx,
-        ..
+        _dirs,
     } = one_volume(None).await;
     let swaps = ["..2026_01_01_00_00_00.1", "..2026_01_01_00_00_00.2"];
     for ts in swaps {
@@ -185,7 +186,7 @@ async fn the_reader_marks_a_new_data_dir_before_the_walker_runs() {
         mut w,
         mut reader,
         mut rx,
-        ..
+        _dirs,
     } = one_volume(Some(fan.marker())).await;
     let ts = vol.join("..2026_01_01_00_00_00.1");
     std::fs::create_dir(&ts).unwrap();
