@@ -21,8 +21,7 @@ async fn handle_next(w: &mut Walker, reader: &mut Reader) {
     }
 }
 
-/// A kubelet root with one ConfigMap volume dir, walked. Bind `_dirs`: dropped, they
-/// remove the tree.
+/// A kubelet root with one ConfigMap volume dir, walked; the tree goes with it.
 struct OneVolume {
     _dirs: [tempfile::TempDir; 2],
     vol: PathBuf,
@@ -106,23 +105,17 @@ async fn a_symlinked_pod_dir_is_not_followed() {
 /// though `..data` points to the second by the time the first is read.
 #[tokio::test]
 async fn a_reader_behind_by_two_swaps_reports_both() {
-    let OneVolume {
-        vol,
-        mut w,
-        mut reader,
-        mut rx,
-        _dirs,
-    } = one_volume(None).await;
+    let mut t = one_volume(None).await;
     let swaps = ["..2026_01_01_00_00_00.1", "..2026_01_01_00_00_00.2"];
     for ts in swaps {
-        std::fs::create_dir(vol.join(ts)).unwrap();
-        std::os::unix::fs::symlink(ts, vol.join("..data_tmp")).unwrap();
-        std::fs::rename(vol.join("..data_tmp"), vol.join(DATA)).unwrap();
+        std::fs::create_dir(t.vol.join(ts)).unwrap();
+        std::os::unix::fs::symlink(ts, t.vol.join("..data_tmp")).unwrap();
+        std::fs::rename(t.vol.join("..data_tmp"), t.vol.join(DATA)).unwrap();
     }
     let mut reported = Vec::new();
     while reported.len() < swaps.len() {
-        handle_next(&mut w, &mut reader).await;
-        while let Ok(ev) = rx.try_recv() {
+        handle_next(&mut t.w, &mut t.reader).await;
+        while let Ok(ev) = t.rx.try_recv() {
             if let Event::Detected(d) = ev {
                 reported.push(d.ts_dir);
             }
@@ -181,16 +174,10 @@ async fn an_overflow_rescan_forgets_what_was_removed_meanwhile() {
 async fn the_reader_marks_a_new_data_dir_before_the_walker_runs() {
     use crate::{fanotify::Fanotify, lab::marks::inode_mark};
     let fan = Fanotify::new().unwrap();
-    let OneVolume {
-        vol,
-        mut w,
-        mut reader,
-        mut rx,
-        _dirs,
-    } = one_volume(Some(fan.marker())).await;
-    let ts = vol.join("..2026_01_01_00_00_00.1");
+    let mut t = one_volume(Some(fan.marker())).await;
+    let ts = t.vol.join("..2026_01_01_00_00_00.1");
     std::fs::create_dir(&ts).unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), reader.next());
+    let next = tokio::time::timeout(Duration::from_secs(5), t.reader.next());
     let batch = next.await.unwrap().unwrap().unwrap();
     let marked: Vec<_> = batch.iter().map(|r| r.marked).collect();
     assert_eq!(
@@ -203,11 +190,11 @@ async fn the_reader_marks_a_new_data_dir_before_the_walker_runs() {
 
     // Unmarked behind the walker's back: the walker does not mark it again.
     fan.unmark_dir(&ts).unwrap();
-    while rx.try_recv().is_ok() {}
+    while t.rx.try_recv().is_ok() {}
     for read in batch {
-        w.handle_read(read).await;
+        t.w.handle_read(read).await;
     }
-    let ev = rx.try_recv().unwrap();
+    let ev = t.rx.try_recv().unwrap();
     assert!(
         matches!(&ev, Event::DataDirCreated { ts_dir, late: false, .. } if ts.ends_with(ts_dir)),
         "{ev:?}"
