@@ -312,11 +312,16 @@ fn tell_watched(
             .map(|(k, _)| k.clone())
             .collect()
     };
-    for (key, on) in
-        (now.difference(told).map(|k| (k, true))).chain(told.difference(&now).map(|k| (k, false)))
-    {
-        let key = key.clone();
-        let _ = marks.send(opens::Command::Watched { key, on });
+    let changed: Vec<(VolumeKey, bool)> = (now.difference(told).map(|k| (k.clone(), true)))
+        .chain(told.difference(&now).map(|k| (k.clone(), false)))
+        .collect();
+    let t = shared.tracker.lock().expect("tracker lock");
+    let r = shared.reloads.lock().expect("reloads lock");
+    for (key, on) in changed {
+        let settled = (t.volume(&key))
+            .filter(|_| r.settled(&key))
+            .and_then(|v| Some(v.dir.join(v.current.as_ref()?)));
+        let _ = marks.send(opens::Command::Watched { key, on, settled });
     }
     *told = now;
 }

@@ -113,6 +113,8 @@ pub enum Command {
     Watched {
         key: VolumeKey,
         on: bool,
+        /// Its data dir, if every consumer has it.
+        settled: Option<PathBuf>,
     },
     Gone {
         key: VolumeKey,
@@ -259,8 +261,8 @@ impl Opens {
                 self.covers.consumer(&self.fan, key, mount_path);
                 Vec::new()
             }
-            Command::Watched { key, on } => {
-                self.covers.watched(&self.fan, key, on);
+            Command::Watched { key, on, settled } => {
+                self.covers.watched(&self.fan, key, on, settled);
                 Vec::new()
             }
             Command::Settled { key, ts_path } => {

@@ -75,12 +75,17 @@ impl Covers {
         }
     }
 
-    /// With `Auto`: whether some consumer of `key` watches it now.
-    pub fn watched(&mut self, fan: &Fanotify, key: VolumeKey, on: bool) {
+    /// With `Auto`: whether some consumer of `key` watches it now; `settled`: its data
+    /// dir if settled, for a volume settled before it had a consumer (not recorded
+    /// then, so removed).
+    pub fn watched(&mut self, fan: &Fanotify, key: VolumeKey, on: bool, settled: Option<PathBuf>) {
         if self.mode != SettledMarks::Auto {
             return;
         }
         let c = self.by_volume.entry(key).or_default();
+        if c.settled.is_none() {
+            c.settled = settled.map(|p| (p, SettledMarks::Remove));
+        }
         if c.on == on {
             return;
         }
@@ -107,11 +112,13 @@ impl Covers {
         }
     }
 
+    /// Recorded for consumed volumes only: a node's other volumes are many (kept for
+    /// all, 10,000 of them took 4-5 MiB).
     pub fn settled(&mut self, fan: &Fanotify, key: VolumeKey, ts_path: PathBuf) {
         let how = self.how(&key);
         settle(fan, how, &ts_path);
-        if self.mode == SettledMarks::Auto {
-            self.by_volume.entry(key).or_default().settled = Some((ts_path, how));
+        if let Some(c) = self.by_volume.get_mut(&key) {
+            c.settled = Some((ts_path, how));
         }
     }
 
