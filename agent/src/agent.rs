@@ -297,7 +297,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Gives the watch linter one scan's inventory of each consumer's inotify watches.
 /// Tells the opens source which volumes some consumer watches in a way that fires at
 /// an update (the linter's `ok`), where that changed since `told`.
 fn tell_watched(
@@ -320,12 +319,13 @@ fn tell_watched(
     for (key, on) in changed {
         let settled = (t.volume(&key))
             .filter(|_| r.settled(&key))
-            .and_then(|v| Some(v.dir.join(v.current.as_ref()?)));
+            .and_then(|v| v.data_dir());
         let _ = marks.send(opens::Command::Watched { key, on, settled });
     }
     *told = now;
 }
 
+/// Gives the watch linter one scan's inventory of each consumer's inotify watches.
 fn lint(
     shared: &Shared,
     scan: &consumers::Scan,
@@ -622,9 +622,7 @@ impl StateLoop {
         let mut r = self.shared.reloads.lock().expect("reloads lock");
         let mut cmds = Vec::new();
         for key in r.take_changed() {
-            let current = t
-                .volume(&key)
-                .and_then(|v| Some(v.dir.join(v.current.as_ref()?)));
+            let current = t.volume(&key).and_then(|v| v.data_dir());
             let want = current.clone().filter(|_| r.settled(&key));
             let had = match &want {
                 Some(p) => self.settled.insert(key.clone(), p.clone()),

@@ -164,8 +164,9 @@ pub struct Reloads {
     restored: HashMap<(VolumeKey, String), bool>,
     /// Volumes whose [`Self::settled`] may have changed since [`Self::take_changed`].
     changed: HashSet<VolumeKey>,
-    /// The latest data dir of each volume whose mark went on after its swap, when no
-    /// other mark covers that (`--settled-marks remove`): see [`Self::late_mark`].
+    /// The latest data dir of each consumed volume whose mark went on after its swap,
+    /// when no other mark covers that (`--settled-marks remove`, or `auto` on a volume
+    /// no consumer watches): see [`Self::late_mark`].
     late: HashMap<VolumeKey, String>,
 }
 

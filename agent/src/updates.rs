@@ -75,6 +75,13 @@ pub struct VolumeState {
     closed: Closed,
 }
 
+impl VolumeState {
+    /// The path of its current data dir, when known.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.join(self.current.as_ref()?))
+    }
+}
+
 const PENDING_MAX: usize = 4096;
 
 /// Pod names, from the pod-logs dir.

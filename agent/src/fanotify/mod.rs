@@ -8,9 +8,10 @@
 //! A volume's timestamped data dir gets an inode mark (`FAN_EVENT_ON_CHILD`), on tmpfs
 //! and disk alike: a dir mark is not recursive, and sees opens made through `..data`, a
 //! user-visible symlink or a container's bind mount only because those resolve to a
-//! file whose parent is that real dir. With `--settled-marks ignore` (the default), each
-//! tmpfs volume also gets a filesystem mark and each consumer's bind mount a mount mark,
-//! and a settled data dir an ignore mask (see `crate::opens`).
+//! file whose parent is that real dir. With `--settled-marks ignore`, each tmpfs volume
+//! also gets a filesystem mark and each consumer's bind mount a mount mark, and a settled
+//! data dir an ignore mask; with `auto` (the default), the mount marks and ignore masks
+//! on the volumes a consumer watches (see `crate::opens`).
 //!
 //! Every event's pid is the opener's tgid as the agent's pid namespace sees it: the
 //! host's, for an agent running with the host pid namespace.
