@@ -14,10 +14,10 @@
 //!
 //! What happens once every consumer of a volume has its current data (it is settled)
 //! is [`SettledMarks`]' choice, measured in BENCHMARKS.md:
-//! - [`SettledMarks::Ignore`]: each tmpfs volume also has a filesystem
-//!   mark, and each consumer's own bind mount a mount mark (placed when the consumer is
-//!   found, through `/proc/<pid>/root`), which see the container's opens in any data
-//!   dir with nothing to place at an update: no reload depends on the race above. A
+//! - [`SettledMarks::Ignore`]: each tmpfs volume also has a filesystem mark, and each
+//!   consumer's own bind mount a mount mark (placed when the consumer is found, through
+//!   `/proc/<pid>/root`), which see the container's opens in any data dir with nothing
+//!   to place at an update: no reload depends on the race above. A
 //!   settled data dir gets an ignore mask (`FAN_MARK_IGNORE`), taken back when a
 //!   consumer that lacks it is found; the next update's files are new inodes it does
 //!   not cover. Each open of a settled volume's files still costs its opener the
@@ -30,13 +30,13 @@
 //!   (`Reloads::late_mark`); in the lab's accuracy run a `..data` watcher, which
 //!   reopens within microseconds of the swap and closes the file, was missed 22 times
 //!   in 1000 updates (0 with `Ignore`).
-//! - [`SettledMarks::Auto`], the default: `Ignore`'s mount marks and ignore mask on the volumes some
-//!   consumer watches with inotify in a way that fires at an update (the consumers
-//!   that reload within microseconds), `Remove` on the others (pollers and read-once
-//!   consumers read long after the mark). No filesystem marks. Which volumes are
-//!   watched follows the watch linter's inventories ([`cover`]).
+//! - [`SettledMarks::Auto`], the default: `Ignore`'s mount marks and ignore mask on
+//!   the volumes some consumer watches with inotify in a way that fires at an update
+//!   (the consumers that reload within microseconds), `Remove` on the others (pollers
+//!   and read-once consumers read long after the mark). No filesystem marks. Which
+//!   volumes are watched follows the watch linter's inventories ([`cover`]).
 //!
-//! Either way foreign opens are counted only while some consumer of the volume is
+//! In every mode foreign opens are counted only while some consumer of the volume is
 //! stale.
 //!
 //! The group reports directory handles and names, never file descriptors: the agent
@@ -144,7 +144,6 @@ const UNKNOWN_MAX: usize = 1024;
 
 pub struct Opens {
     fan: Fanotify,
-    settled: SettledMarks,
     covers: cover::Covers,
     proc_root: PathBuf,
     /// The registered data dirs: their volume (shared with [`Self::recent`]) and name.
@@ -173,7 +172,6 @@ impl Opens {
         let (dirs, unknown) = (HashMap::new(), VecDeque::new());
         Opens {
             fan,
-            settled,
             covers: cover::Covers::new(settled),
             proc_root,
             dirs,
@@ -220,7 +218,7 @@ impl Opens {
     fn command(&mut self, cmd: Command) -> Vec<Event> {
         match cmd {
             Command::Volume { key, dir, current } => {
-                if self.settled == SettledMarks::Ignore && key.volume_type.is_tmpfs() {
+                if self.covers.filesystem_marks() && key.volume_type.is_tmpfs() {
                     self.mark_with(&key, Fanotify::mark_filesystem, &dir);
                 }
                 let Some(ts) = current else { return Vec::new() };

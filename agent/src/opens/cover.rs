@@ -44,6 +44,12 @@ impl Covers {
         }
     }
 
+    /// Whether each tmpfs volume gets a filesystem mark (`Ignore` only: `Auto` sees its
+    /// watched volumes' reads through the consumers' mount marks).
+    pub fn filesystem_marks(&self) -> bool {
+        self.mode == SettledMarks::Ignore
+    }
+
     /// How `key`'s data dir is settled now: `Ignore` or `Remove`.
     fn how(&self, key: &VolumeKey) -> SettledMarks {
         match self.mode {
