@@ -7,7 +7,7 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use reloadscope::{
-    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload},
+    lab::{ContainerSpec, LabContainer, Strategy},
     volumes::VolumeType,
 };
 use support::*;
@@ -15,13 +15,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn containers_starting_and_stopping_are_seen_without_polling() {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[("config.yaml", "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(VolumeType::ConfigMap, "app-config");
     let agent = start_with(reloadscope::agent::Config {
         rescan: Some(Duration::from_secs(3600)),
         ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())

@@ -74,11 +74,7 @@ fn opens_since(c: &LabContainer, t: SystemTime) -> Vec<SystemTime> {
 }
 
 async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node.add_volume(&pod, ty, "app-config").unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(ty, "app-config");
     let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     let poller = lab_container(&node, &pod, &w, "poller", Strategy::TimerPoller, false);
     let holder = holder(&node, &pod, &w);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use reloadscope::{
-    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload},
+    lab::{ContainerSpec, LabContainer, Strategy},
     volumes::VolumeType,
 };
 use support::*;
@@ -35,13 +35,7 @@ with open(f"{vol}/config.yaml") as f:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn the_swap_writer_is_the_kubelet_whatever_its_name() {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[("config.yaml", "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(VolumeType::ConfigMap, "app-config");
     let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
     // Never reloads: the volume's opens stay reported after the update.
     let spec = ContainerSpec::new("naive", w.dir(), "config.yaml", Strategy::NaiveModify);

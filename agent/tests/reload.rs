@@ -196,13 +196,7 @@ async fn secret_reloads_match_the_consumers_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn the_state_file_keeps_who_is_stale_across_a_restart() {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(VolumeType::ConfigMap, "app-config");
     let once = lab_container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
     let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     let state = tempfile::tempdir().unwrap();
@@ -269,11 +263,7 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn a_container_started_after_the_update_has_it() {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node.add_volume(&pod, VolumeType::Secret, "tls").unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(VolumeType::Secret, "tls");
     let old = lab_container(&node, &pod, &w, "old", Strategy::ReadOnce, false);
     let agent = start(&node, true).await;
     wait_metrics(agent.addr, "the old container", |m| {

@@ -9,7 +9,7 @@
 mod support;
 
 use reloadscope::{
-    lab::{CallStyle, LabNode, Strategy, payload},
+    lab::{CallStyle, Strategy, payload},
     opens::SettledMarks,
     volumes::VolumeType,
 };
@@ -33,11 +33,7 @@ async fn settled_data_costs_less_and_the_next_update_is_measured(
     ty: VolumeType,
     mode: SettledMarks,
 ) {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node.add_volume(&pod, ty, "app-config").unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(ty, "app-config");
     let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
     let agent = start_with(reloadscope::agent::Config {
@@ -146,11 +142,7 @@ async fn secret_settled_data_is_ignored_while_watched() {
 /// brings the ignore mask and a mount mark on every consumer's bind mount; when it
 /// stops, they go again.
 async fn auto_marks_follow_the_consumers_watches(ty: VolumeType) {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node.add_volume(&pod, ty, "app-config").unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(ty, "app-config");
     let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
     let agent = start_with(reloadscope::agent::Config {
         settled_marks: SettledMarks::Auto,
@@ -193,11 +185,7 @@ async fn secret_auto_marks_follow_the_consumers_watches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn without_reloads_updates_count_and_no_open_is_watched() {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node.add_volume(&pod, VolumeType::Secret, "tls").unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(VolumeType::Secret, "tls");
     let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     assert_eq!(fanotify_groups(), 0);
     let agent = start_with(reloadscope::agent::Config {

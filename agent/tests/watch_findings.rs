@@ -205,13 +205,7 @@ async fn secret_watchers_get_their_findings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn a_watch_added_later_is_seen_when_it_is_added() {
-    let mut node = LabNode::temp().unwrap();
-    let pod = node.add_pod("shop", "web").unwrap();
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
+    let (node, pod, w) = shop_volume(VolumeType::ConfigMap, "app-config");
     let go = tempfile::tempdir().unwrap();
     let go = go.path().join("go");
     // Waits for `go` to exist, then watches its file for IN_MODIFY only.

@@ -335,6 +335,20 @@ pub fn lab_container(
     lab::LabContainer::start(bin, node, pod, &spec).unwrap()
 }
 
+/// A lab node with one pod, `shop/web`, and one volume of it, written once (`KEY`:
+/// `revision: 0`).
+pub fn shop_volume(
+    ty: reloadscope::volumes::VolumeType,
+    name: &str,
+) -> (LabNode, lab::LabPod, lab::AtomicWriter) {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node.add_volume(&pod, ty, name).unwrap();
+    w.write(&lab::payload(&[(KEY, "revision: 0")]), lab::CallStyle::GoAt)
+        .unwrap();
+    (node, pod, w)
+}
+
 /// `cat`s `KEY` of `w`'s volume from a host process, as the kubelet's sync re-reads it.
 pub fn host_reread(w: &lab::AtomicWriter) {
     let status = std::process::Command::new("cat")
