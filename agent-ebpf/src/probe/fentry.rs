@@ -7,7 +7,6 @@
 
 use agent_common::{swap::Syscall, watch::WatchCall};
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
@@ -19,7 +18,9 @@ use super::{Args, swap, watch};
 const REGS: [usize; 5] = [112, 104, 96, 56, 72];
 
 /// Argument `i` of the syscall, from its `pt_regs` (the functions' only argument, at
-/// entry and at exit alike: the handler returns before `regs->ax` is set).
+/// entry and at exit alike: the handler returns before `regs->ax` is set). A plain
+/// load, not a helper call: the verifier types `regs` from the function's BTF as a
+/// `struct pt_regs` pointer and checks the offset against its fields.
 #[inline(always)]
 fn arg(regs: *const u8, i: usize) -> u64 {
     let offset = match i {
@@ -29,8 +30,9 @@ fn arg(regs: *const u8, i: usize) -> u64 {
         3 => REGS[3],
         _ => REGS[4],
     };
-    // SAFETY: `regs` is the syscall's pt_regs, read with the kernel-read helper.
-    unsafe { bpf_probe_read_kernel(regs.add(offset).cast::<u64>()) }.unwrap_or(0)
+    // SAFETY: `regs` is the syscall's pt_regs, valid for the whole call, and `offset`
+    // one of its register fields; the kernel turns the load into a checked one.
+    unsafe { core::ptr::read_volatile(regs.add(offset).cast::<u64>()) }
 }
 
 /// All five arguments.
@@ -39,8 +41,7 @@ fn args(regs: *const u8) -> Args {
     let mut a = [0u64; 5];
     let mut i = 0;
     while i < 5 {
-        // SAFETY: `regs` is the syscall's pt_regs, read with the kernel-read helper.
-        a[i] = unsafe { bpf_probe_read_kernel(regs.add(REGS[i]).cast::<u64>()) }.unwrap_or(0);
+        a[i] = arg(regs, i);
         i += 1;
     }
     a
