@@ -12,7 +12,11 @@
 //! - `loop`: `variant`, `loop`, `calls` (per side), `rounds`, `a_ns`, `b_ns` (medians
 //!   of the rounds), `ratio` (median of the per-round B/A), `ratio_min`, `ratio_max`,
 //!   `ci_lo`, `ci_hi` (95% confidence interval of that median), `goal` (or null),
-//!   `met` (`ratio` at most `goal`; or null);
+//!   `met` (`ratio` at most `goal`; or null); for fentry two more on `rename`, whose
+//!   `floor_of` names the variant: `<variant>, no-op program` (B is a no-op fexit
+//!   program on the loop's call alone: the trampoline, the floor under any fentry or
+//!   fexit program) and `<variant>, over no-op` (A is that no-op program, B the
+//!   probe: the probe's programs' own work);
 //! - `done`: `seconds`.
 
 use std::{fmt::Write as _, time::Duration};
@@ -108,7 +112,10 @@ impl Report {
              after the side. Each loop runs about {} ms per side, at nice {nice}, timed in \
              {CHUNKS} chunks whose fastest is the side's figure; figures are medians over \
              the rounds, the ratio the median of the per-round B/A (with the 95% confidence \
-             interval of that median).",
+             interval of that median). fentry rounds have a third side for the rename \
+             loop, a no-op fexit program alone on its call: the row `no-op program` is \
+             that side against A (the trampoline's cost, the floor under any fentry or \
+             fexit program), `over no-op` the probe against it (the programs' own work).",
             common::kernel_release(),
             common::nproc(),
             common::loadavg(),
@@ -129,7 +136,6 @@ impl Report {
 
     pub fn figures(&mut self, f: &Figures, calls: &Calls) {
         let label = f.variant.label();
-        let rounds = f.a[0].len();
         self.emit(json!({
             "kind": "variant",
             "variant": label,
@@ -140,44 +146,18 @@ impl Report {
         }));
         for l in Loop::ALL {
             let (a, b) = (&f.a[l as usize], &f.b[l as usize]);
-            let ratios: Vec<f64> = b.iter().zip(a).map(|(b, a)| b / a).collect();
-            let ratio = common::median(&ratios);
-            let (lo, hi) = min_max(&ratios);
-            let (ci_lo, ci_hi) = median_ci(&ratios);
-            let goal = l.goal(f.variant);
-            let met = goal.map(|g| ratio <= g);
-            let (a_ns, b_ns) = (common::median(a), common::median(b));
-            self.emit(json!({
-                "kind": "loop",
-                "variant": label,
-                "loop": l.name(),
-                "calls": calls.per_side(l),
-                "rounds": rounds,
-                "a_ns": a_ns,
-                "b_ns": b_ns,
-                "ratio": ratio,
-                "ratio_min": lo,
-                "ratio_max": hi,
-                "ci_lo": ci_lo,
-                "ci_hi": ci_hi,
-                "goal": goal,
-                "met": met,
-            }));
-            let _ = writeln!(
-                self.rows,
-                "| {label} | {} | {} | {} | {} | {:.3}x ({ci_lo:.3}-{ci_hi:.3}) | {} | {} |",
-                l.name(),
-                calls.per_side(l),
-                common::fmt_ns(a_ns),
-                common::fmt_ns(b_ns),
-                ratio,
-                goal.map_or("-".into(), |g| format!("≤ {g:.2}x")),
-                match met {
-                    Some(true) => "met",
-                    Some(false) => "**not met**",
-                    None => "-",
-                },
+            self.ratio_row(label, None, l, calls, a, b, l.goal(f.variant));
+        }
+        if !f.floor.is_empty() {
+            let (l, a, b) = (
+                Loop::Rename,
+                &f.a[Loop::Rename as usize],
+                &f.b[Loop::Rename as usize],
             );
+            let no_op = format!("{label}, no-op program");
+            self.ratio_row(&no_op, Some(label), l, calls, a, &f.floor, None);
+            let over = format!("{label}, over no-op");
+            self.ratio_row(&over, Some(label), l, calls, &f.floor, b, None);
         }
         let _ = writeln!(
             self.notes,
@@ -189,6 +169,58 @@ impl Report {
                 "none".to_owned()
             } else {
                 f.holders.join(", ")
+            },
+        );
+    }
+
+    /// One loop's line and row: `b` against `a`, per round.
+    #[allow(clippy::too_many_arguments)]
+    fn ratio_row(
+        &mut self,
+        label: &str,
+        floor_of: Option<&str>,
+        l: Loop,
+        calls: &Calls,
+        a: &[f64],
+        b: &[f64],
+        goal: Option<f64>,
+    ) {
+        let ratios: Vec<f64> = b.iter().zip(a).map(|(b, a)| b / a).collect();
+        let ratio = common::median(&ratios);
+        let (lo, hi) = min_max(&ratios);
+        let (ci_lo, ci_hi) = median_ci(&ratios);
+        let met = goal.map(|g| ratio <= g);
+        let (a_ns, b_ns) = (common::median(a), common::median(b));
+        self.emit(json!({
+            "kind": "loop",
+            "variant": label,
+            "floor_of": floor_of,
+            "loop": l.name(),
+            "calls": calls.per_side(l),
+            "rounds": ratios.len(),
+            "a_ns": a_ns,
+            "b_ns": b_ns,
+            "ratio": ratio,
+            "ratio_min": lo,
+            "ratio_max": hi,
+            "ci_lo": ci_lo,
+            "ci_hi": ci_hi,
+            "goal": goal,
+            "met": met,
+        }));
+        let _ = writeln!(
+            self.rows,
+            "| {label} | {} | {} | {} | {} | {:.3}x ({ci_lo:.3}-{ci_hi:.3}) | {} | {} |",
+            l.name(),
+            calls.per_side(l),
+            common::fmt_ns(a_ns),
+            common::fmt_ns(b_ns),
+            ratio,
+            goal.map_or("-".into(), |g| format!("≤ {g:.2}x")),
+            match met {
+                Some(true) => "met",
+                Some(false) => "**not met**",
+                None => "-",
             },
         );
     }

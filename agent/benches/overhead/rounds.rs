@@ -1,5 +1,5 @@
 //! The three loops, how many calls each makes per side, and the interleaved A/B
-//! rounds of one probe variant.
+//! rounds of one probe variant (A/B/F for fentry: F is its floor, a no-op program).
 
 use std::{
     ffi::CString,
@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reloadscope::probe::{DEFAULT_RING_BYTES, Probe, Variant};
+use reloadscope::probe::{DEFAULT_RING_BYTES, Floor, Probe, Variant};
 
 use crate::{
     Args, common,
@@ -186,10 +186,21 @@ pub struct Figures {
     pub drops: Vec<Duration>,
     /// Other processes holding tracepoint BPF programs, before or after the rounds.
     pub holders: Vec<String>,
+    /// fentry only: the rename loop's ns per call on a third side of each round, with
+    /// nothing but a no-op fexit program on its call ([`Floor`]); empty otherwise.
+    pub floor: Vec<f64>,
+}
+
+/// The sides of a round.
+#[derive(Clone, Copy)]
+enum Side {
+    NoProbe,
+    Probe,
+    Floor,
 }
 
 pub enum Outcome {
-    Measured(Figures),
+    Measured(Box<Figures>),
     /// The variant did not load on this kernel: why.
     NotAvailable(String),
 }
@@ -204,7 +215,8 @@ fn measure(files: &Files, calls: &Calls, into: &mut [Vec<f64>; 3]) -> anyhow::Re
 /// The A/B rounds of `variant`: A B, then B A, alternating, so that a drift over the
 /// run weighs on both sides alike. Each B side loads and attaches the probe anew and
 /// drops it after; its ring buffer is held, not read (no loop makes a `..data` swap,
-/// so nothing reaches it).
+/// so nothing reaches it). For fentry each round has a third side, F, which times the
+/// rename loop with only a no-op fexit program on its call (A B F, then F B A).
 pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyhow::Result<Outcome> {
     let label = variant.label();
     let t = Instant::now();
@@ -234,39 +246,62 @@ pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyho
         loads: Vec::new(),
         drops: Vec::new(),
         holders: Vec::new(),
+        floor: Vec::new(),
     };
+    let mut sides = vec![Side::NoProbe, Side::Probe];
+    if variant == Variant::Fentry {
+        sides.push(Side::Floor);
+    }
     for round in 0..args.rounds {
-        let mut order = [false, true];
+        let mut order = sides.clone();
         if round % 2 == 1 {
             order.reverse();
         }
-        for with_probe in order {
-            if !with_probe {
-                let held = own_bpf_progs();
-                if held > 0 {
-                    bail!("this process still holds {held} BPF program(s) on the no-probe side");
+        for side in order {
+            match side {
+                Side::NoProbe => {
+                    let held = own_bpf_progs();
+                    if held > 0 {
+                        bail!(
+                            "this process still holds {held} BPF program(s) on the no-probe side"
+                        );
+                    }
+                    measure(files, calls, &mut f.a)?;
                 }
-                measure(files, calls, &mut f.a)?;
-                continue;
+                Side::Probe => {
+                    let t = Instant::now();
+                    let (probe, ring) = Probe::load_variant(variant, DEFAULT_RING_BYTES)
+                        .context("load the probe")?;
+                    f.loads.push(t.elapsed());
+                    let measured = measure(files, calls, &mut f.b);
+                    let t = Instant::now();
+                    drop(ring);
+                    drop(probe);
+                    f.drops.push(t.elapsed());
+                    measured?;
+                }
+                Side::Floor => {
+                    let floor = Floor::attach().context("attach the no-op fexit program")?;
+                    let measured = files.side(Loop::Rename, calls.chunk(Loop::Rename));
+                    drop(floor);
+                    f.floor.push(measured?);
+                }
             }
-            let t = Instant::now();
-            let (probe, ring) =
-                Probe::load_variant(variant, DEFAULT_RING_BYTES).context("load the probe")?;
-            f.loads.push(t.elapsed());
-            let measured = measure(files, calls, &mut f.b);
-            let t = Instant::now();
-            drop(ring);
-            drop(probe);
-            f.drops.push(t.elapsed());
-            measured?;
         }
-        let last: Vec<String> = Loop::ALL
+        let mut last: Vec<String> = Loop::ALL
             .iter()
             .map(|&l| {
                 let (a, b) = (f.a[l as usize][round], f.b[l as usize][round]);
                 format!("{} {:.0}/{:.0} ns {:.3}x", l.name(), a, b, b / a)
             })
             .collect();
+        if let Some(floor) = f.floor.get(round) {
+            let a = f.a[Loop::Rename as usize][round];
+            last.push(format!(
+                "rename, no-op program {floor:.0} ns {:.3}x",
+                floor / a
+            ));
+        }
         eprintln!(
             "[overhead] {label} round {}/{} (no probe/probe): {}",
             round + 1,
@@ -278,5 +313,5 @@ pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyho
     holders.sort();
     holders.dedup();
     f.holders = holders;
-    Ok(Outcome::Measured(f))
+    Ok(Outcome::Measured(Box::new(f)))
 }

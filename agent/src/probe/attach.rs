@@ -170,6 +170,11 @@ fn tracepoint(
     Ok(())
 }
 
+/// The no-op `floor_renameat` fexit program on `__x64_sys_renameat`.
+pub fn floor(ebpf: &mut Ebpf, btf: &Btf, links: &mut Links) -> Result<(), ProbeError> {
+    fexit(ebpf, btf, "floor_renameat", "__x64_sys_renameat", links)
+}
+
 /// `fexit_<call>` on `__x64_sys_<call>`, after `fentry_<call>` if `entry`.
 fn hook(
     ebpf: &mut Ebpf,
@@ -189,13 +194,23 @@ fn hook(
         let id = prog.attach().map_err(hook_err(&function))?;
         links.push(Box::new(prog.take_link(id).map_err(hook_err(&function))?));
     }
-    let exit = format!("fexit_{call}");
-    let prog: &mut FExit = (ebpf.program_mut(&exit))
+    fexit(ebpf, btf, &format!("fexit_{call}"), &function, links)
+}
+
+/// The fexit program `name` on the kernel function `function`.
+fn fexit(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &str,
+    function: &str,
+    links: &mut Links,
+) -> Result<(), ProbeError> {
+    let prog: &mut FExit = (ebpf.program_mut(name))
         .ok_or(ProbeError::Missing("an fexit program"))?
         .try_into()
-        .map_err(hook_err(&exit))?;
-    prog.load(&function, btf).map_err(hook_err(&function))?;
-    let id = prog.attach().map_err(hook_err(&function))?;
-    links.push(Box::new(prog.take_link(id).map_err(hook_err(&function))?));
+        .map_err(hook_err(name))?;
+    prog.load(function, btf).map_err(hook_err(function))?;
+    let id = prog.attach().map_err(hook_err(function))?;
+    links.push(Box::new(prog.take_link(id).map_err(hook_err(function))?));
     Ok(())
 }

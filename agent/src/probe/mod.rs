@@ -1,8 +1,9 @@
 //! The eBPF swap probe: loads the kernel programs, attaches them, reads their ring
 //! buffer and turns its records into detections.
 //!
-//! This is the one place that knows which probe variant runs (today: syscall
-//! tracepoints); the rest of the agent sees `Probe::start` and detections.
+//! This is the one place that knows which probe variant runs (fentry/fexit or
+//! syscall tracepoints, `attach::Variant`); the rest of the agent sees
+//! `Probe::start` and detections.
 
 mod attach;
 mod resolve;
@@ -111,6 +112,33 @@ impl ReaderStats {
             }
             w.push_back(tgid);
         }
+    }
+}
+
+/// A no-op fexit program on `__x64_sys_renameat`, attached: what the kernel's
+/// trampoline alone costs a hooked call, the floor under the fentry variant's cost.
+/// For `cargo xtask bench overhead`; the agent never loads it. Detached when dropped.
+pub struct Floor {
+    links: attach::Links,
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    pub fn attach() -> Result<Floor, ProbeError> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(ProbeError::Arch);
+        }
+        let (mut ebpf, btf) = attach::load(Variant::Fentry, DEFAULT_RING_BYTES)?;
+        let btf = btf.ok_or(ProbeError::Missing("the kernel's BTF"))?;
+        let mut links = Vec::new();
+        attach::floor(&mut ebpf, &btf, &mut links)?;
+        Ok(Floor { links, _ebpf: ebpf })
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        attach::detach_all(std::mem::take(&mut self.links));
     }
 }
 

@@ -466,6 +466,38 @@ fn rows(place: &Place, goals: &mut Vec<(String, bool)>) -> String {
     out
 }
 
+/// A sentence for each goal that a no-op program alone already misses at `place`:
+/// there no program on that call can meet it.
+fn above_floor(place: &Place) -> Vec<String> {
+    let loops: Vec<&Value> = place.of_kind("loop").collect();
+    let mut out = Vec::new();
+    for floor in loops.iter().filter(|l| {
+        l["variant"]
+            .as_str()
+            .is_some_and(|v| v.ends_with(", no-op program"))
+    }) {
+        let goal = loops
+            .iter()
+            .find(|l| l["variant"] == floor["floor_of"] && l["loop"] == floor["loop"]);
+        let Some(goal) = goal.and_then(|l| l["goal"].as_f64()) else {
+            continue;
+        };
+        if floor["ratio"].as_f64().is_some_and(|r| r > goal) {
+            out.push(format!(
+                "Floor: on {}, a no-op fexit program alone costs the {} loop {} (95% CI {}-{}; \
+                 goal ≤ {goal:.2}x): no {} program on that call can meet the goal there.",
+                place.name,
+                floor["loop"].as_str().unwrap_or("?"),
+                fmt_ratio(&floor["ratio"]),
+                fmt_bound(&floor["ci_lo"]),
+                fmt_bound(&floor["ci_hi"]),
+                floor["floor_of"].as_str().unwrap_or("?"),
+            ));
+        }
+    }
+    out
+}
+
 /// The benchmark's chunks per side, from its `calls` lines.
 fn chunks(places: &[Place]) -> String {
     let mut seen: Vec<String> = (places.iter())
@@ -578,7 +610,11 @@ fn report(
          VM, timed in {} chunks whose fastest is the side's ns per call (what other work \
          on a shared machine adds only ever slows a chunk). A and B: medians over the \
          rounds; the ratio is the median of the per-round B/A, with the 95% confidence \
-         interval of that median (from its order statistics). Goals (issue 7), for \
+         interval of that median (from its order statistics). fentry rounds have a third \
+         side (A B F, then F B A) that times the rename loop with only a no-op fexit \
+         program on its call: the row `fentry, no-op program` is F against A (the \
+         kernel's trampoline, the floor under any fentry or fexit program), `fentry, over \
+         no-op` is B against F (the probe's programs' own work). Goals (issue 7), for \
          fentry: at most 1.01x on getppid and open+close, at most 1.03x on rename.\n",
         args.side_ms,
         args.vm_side_ms,
@@ -606,6 +642,9 @@ fn report(
         if !not.is_empty() {
             let _ = writeln!(s, "Not met: {}.", not.join("; "));
         }
+    }
+    for floor in places.iter().flat_map(above_floor) {
+        let _ = writeln!(s, "{floor}");
     }
     s.push('\n');
     for place in places {
@@ -704,6 +743,36 @@ RELOADSCOPE-OVERHEAD {"kind":"variant","variant":"tracepoint","available":false,
                 .unwrap()
                 .contains("fentry load + attach 900.0 ms")
         );
+    }
+
+    #[test]
+    fn a_floor_above_the_goal_is_said() {
+        let rename = r#"RELOADSCOPE-OVERHEAD {"kind":"loop","variant":"fentry","loop":"rename","calls":2000,"rounds":6,"a_ns":52000.0,"b_ns":55000.0,"ratio":1.05,"goal":1.03,"met":false}"#;
+        let floor = |ratio: f64| {
+            format!(
+                r#"{rename}
+RELOADSCOPE-OVERHEAD {{"kind":"loop","variant":"fentry, no-op program","floor_of":"fentry","loop":"rename","calls":2000,"rounds":6,"a_ns":52000.0,"b_ns":53000.0,"ratio":{ratio},"ci_lo":1.01,"ci_hi":1.05,"goal":null,"met":null}}"#
+            )
+        };
+        let above = above_floor(&place(&floor(1.034), None));
+        assert_eq!(
+            above,
+            [
+                "Floor: on 6.1, a no-op fexit program alone costs the rename loop 1.034x (95% CI \
+              1.010-1.050; goal ≤ 1.03x): no fentry program on that call can meet the goal \
+              there."
+            ]
+        );
+        assert!(above_floor(&place(&floor(1.02), None)).is_empty());
+        // The floor's rows carry no goal of their own.
+        let mut goals = Vec::new();
+        assert_eq!(
+            rows(&place(&floor(1.034), None), &mut goals)
+                .lines()
+                .count(),
+            2
+        );
+        assert_eq!(goals.len(), 1);
     }
 
     #[test]
