@@ -33,7 +33,7 @@ mod util;
 
 use std::{process::ExitCode, time::Duration, time::Instant};
 
-use reloadscope::probe::{Choice, Variant};
+use reloadscope::probe::{Choice, RenameHook, Variant};
 
 const USAGE: &str = "\
 usage: cargo bench -p reloadscope --bench overhead -- [--probe VARIANT] [--rounds N]
@@ -144,8 +144,21 @@ fn main() -> ExitCode {
     let mut failed = false;
     let variants: &[Variant] = args.choice.variants();
     for &variant in variants {
-        match rounds::run(variant, &args, &files, &calls) {
-            Ok(rounds::Outcome::Measured(figures)) => out.figures(&figures, &calls),
+        match rounds::run(variant, RenameHook::VfsRename, &args, &files, &calls) {
+            Ok(rounds::Outcome::Measured(figures)) => {
+                out.figures(&figures, &calls);
+                if figures.renames == Some(RenameHook::VfsRename) {
+                    // The same variant with the syscall hooks that older kernels get.
+                    match rounds::run(variant, RenameHook::Syscalls, &args, &files, &calls) {
+                        Ok(rounds::Outcome::Measured(f)) => out.figures(&f, &calls),
+                        Ok(rounds::Outcome::NotAvailable(r)) => out.not_available(variant, &r),
+                        Err(e) => {
+                            out.failed(variant, &format!("{e:#}"));
+                            failed = true;
+                        }
+                    }
+                }
+            }
             Ok(rounds::Outcome::NotAvailable(reason)) => out.not_available(variant, &reason),
             Err(e) => {
                 eprintln!("[overhead] {}: {e:#}", variant.label());

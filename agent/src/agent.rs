@@ -161,7 +161,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 for (v, e) in tried {
                     info!("eBPF {} probe unavailable, trying the next: {e}", v.label());
                 }
-                info!(probe = probe.variant().label(), "eBPF swap probe attached");
+                let renames = probe.rename_hook().map_or("syscalls", |h| h.label());
+                info!(
+                    probe = probe.variant().label(),
+                    renames, "eBPF swap probe attached"
+                );
                 if cfg.reloads {
                     match probe.watch_calls() {
                         Ok(calls) => {

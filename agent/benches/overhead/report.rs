@@ -135,7 +135,7 @@ impl Report {
     }
 
     pub fn figures(&mut self, f: &Figures, calls: &Calls) {
-        let label = f.variant.label();
+        let label = f.label.as_str();
         self.emit(json!({
             "kind": "variant",
             "variant": label,

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reloadscope::probe::{DEFAULT_RING_BYTES, Floor, Probe, Variant};
+use reloadscope::probe::{DEFAULT_RING_BYTES, Floor, Probe, RenameHook, Variant};
 
 use crate::{
     Args, common,
@@ -178,6 +178,9 @@ fn round2(x: f64) -> u64 {
 /// fastest chunk).
 pub struct Figures {
     pub variant: Variant,
+    /// The variant, with where fentry hooks the renames: `fentry (vfs_rename)`.
+    pub label: String,
+    pub renames: Option<RenameHook>,
     /// `[loop][round]`.
     pub a: [Vec<f64>; 3],
     pub b: [Vec<f64>; 3],
@@ -217,12 +220,18 @@ fn measure(files: &Files, calls: &Calls, into: &mut [Vec<f64>; 3]) -> anyhow::Re
 /// drops it after; its ring buffer is held, not read (no loop makes a `..data` swap,
 /// so nothing reaches it). For fentry each round has a third side, F, which times the
 /// rename loop with only a no-op fexit program on its call (A B F, then F B A).
-pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyhow::Result<Outcome> {
-    let label = variant.label();
+pub fn run(
+    variant: Variant,
+    want: RenameHook,
+    args: &Args,
+    files: &Files,
+    calls: &Calls,
+) -> anyhow::Result<Outcome> {
     let t = Instant::now();
-    match Probe::load_variant(variant, DEFAULT_RING_BYTES) {
-        Ok(loaded) => drop(loaded),
+    let renames = match Probe::load_hooked(variant, DEFAULT_RING_BYTES, want) {
+        Ok((probe, _)) => probe.rename_hook(),
         Err(e) => {
+            let label = variant.label();
             // One line: the loader's message may hold the verifier's, over many.
             let reason = e
                 .to_string()
@@ -232,7 +241,11 @@ pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyho
             eprintln!("[overhead] {label}: not available: {reason}");
             return Ok(Outcome::NotAvailable(reason));
         }
-    }
+    };
+    let label = match renames {
+        Some(hook) => format!("{} ({})", variant.label(), hook.label()),
+        None => variant.label().to_owned(),
+    };
     eprintln!(
         "[overhead] {label}: loads and attaches ({:.1} ms); {} rounds",
         t.elapsed().as_secs_f64() * 1e3,
@@ -241,6 +254,8 @@ pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyho
     let mut holders = common::tracepoint_prog_holders();
     let mut f = Figures {
         variant,
+        label: label.clone(),
+        renames,
         a: Default::default(),
         b: Default::default(),
         loads: Vec::new(),
@@ -270,7 +285,7 @@ pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyho
                 }
                 Side::Probe => {
                     let t = Instant::now();
-                    let (probe, ring) = Probe::load_variant(variant, DEFAULT_RING_BYTES)
+                    let (probe, ring) = Probe::load_hooked(variant, DEFAULT_RING_BYTES, want)
                         .context("load the probe")?;
                     f.loads.push(t.elapsed());
                     let measured = measure(files, calls, &mut f.b);
@@ -281,7 +296,8 @@ pub fn run(variant: Variant, args: &Args, files: &Files, calls: &Calls) -> anyho
                     measured?;
                 }
                 Side::Floor => {
-                    let floor = Floor::attach().context("attach the no-op fexit program")?;
+                    let floor = Floor::attach(renames.unwrap_or(RenameHook::Syscalls))
+                        .context("attach the no-op fexit program")?;
                     let measured = files.side(Loop::Rename, calls.chunk(Loop::Rename));
                     drop(floor);
                     f.floor.push(measured?);

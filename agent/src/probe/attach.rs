@@ -7,6 +7,8 @@ use aya::{
     programs::{FEntry, FExit, TracePoint},
 };
 
+use tracing::debug;
+
 use super::{OBJECT, ProbeError};
 
 /// Attachments taken out of their programs: each detaches when dropped.
@@ -26,8 +28,9 @@ pub fn detach_all(links: Links) {
 /// How the probe hooks the syscalls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Variant {
-    /// fentry/fexit on the syscalls' functions (x86_64, BTF, BPF trampolines): the
-    /// hooked calls pay, nothing else.
+    /// fexit on the syscalls' functions, and on `vfs_rename` for renames where the
+    /// kernel allows it (x86_64, BTF, BPF trampolines): the hooked calls pay,
+    /// nothing else.
     Fentry,
     /// Syscall tracepoints: any kernel with tracefs, but every syscall on the node
     /// takes the slow path.
@@ -77,30 +80,111 @@ impl Choice {
     }
 }
 
-/// The object, loaded for `variant` (with the kernel's BTF for fentry).
-pub fn load(variant: Variant, ring_bytes: u32) -> Result<(Ebpf, Option<Btf>), ProbeError> {
+/// Where the fentry variant hooks the rename syscalls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameHook {
+    /// `vfs_rename`, filtering on the destination's dentry name (5.12 and newer, with
+    /// `bpf_task_pt_regs`, 5.15): unrelated renames read no user memory.
+    VfsRename,
+    /// The syscalls' own functions, filtering on the new path read from user memory.
+    Syscalls,
+}
+
+impl RenameHook {
+    pub fn label(self) -> &'static str {
+        match self {
+            RenameHook::VfsRename => "vfs_rename",
+            RenameHook::Syscalls => "syscalls",
+        }
+    }
+}
+
+/// The object loaded for `variant`, with the kernel's BTF for fentry, and whether the
+/// `vfs_rename` hook's offsets were found in that BTF (`kbtf`) and set.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub btf: Option<Btf>,
+    pub vfs_rename: bool,
+}
+
+/// The object, loaded for `variant`.
+pub fn load(variant: Variant, ring_bytes: u32) -> Result<Loaded, ProbeError> {
     let btf = match variant {
         Variant::Fentry => Some(Btf::from_sys_fs().map_err(ProbeError::Btf)?),
         Variant::Tracepoint => None,
     };
     let mut loader = EbpfLoader::new();
+    let mut vfs_rename = false;
+    let offsets;
     if let Some(btf) = &btf {
         loader.btf(btf);
+        offsets = rename_offsets();
+        if let Some(o) = &offsets {
+            loader.override_global("RENAME_NEW_DENTRY", &o.new_dentry, true);
+            loader.override_global("DENTRY_NAME_LEN", &o.name_len, true);
+            loader.override_global("DENTRY_NAME_PTR", &o.name_ptr, true);
+            vfs_rename = true;
+        }
     }
     let ebpf = (loader.map_max_entries("EVENTS", ring_bytes))
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
-    Ok((ebpf, btf))
+    Ok(Loaded {
+        ebpf,
+        btf,
+        vfs_rename,
+    })
 }
 
-/// The swap programs of `variant`; their attachments go to `links`.
-pub fn swaps(ebpf: &mut Ebpf, btf: Option<&Btf>, links: &mut Links) -> Result<(), ProbeError> {
-    match btf {
+/// The `vfs_rename` hook's offsets from the kernel's raw BTF, or None (logged).
+fn rename_offsets() -> Option<super::kbtf::RenameOffsets> {
+    let raw = match std::fs::read("/sys/kernel/btf/vmlinux") {
+        Ok(raw) => raw,
+        Err(e) => {
+            debug!("reading /sys/kernel/btf/vmlinux for vfs_rename's offsets: {e}");
+            return None;
+        }
+    };
+    match super::kbtf::rename_offsets(&raw) {
+        Ok(Some(o)) => Some(o),
+        Ok(None) => {
+            debug!(
+                "no vfs_rename(struct renamedata *) in the kernel's BTF: rename syscalls hooked"
+            );
+            None
+        }
+        Err(e) => {
+            debug!("kernel BTF unreadable for vfs_rename's offsets ({e}): rename syscalls hooked");
+            None
+        }
+    }
+}
+
+/// The swap programs of the loaded variant; their attachments go to `links`. For
+/// fentry, where the renames are hooked (None for tracepoints): at `want` where the
+/// kernel allows it, else on the syscalls.
+pub fn swaps(
+    loaded: &mut Loaded,
+    want: RenameHook,
+    links: &mut Links,
+) -> Result<Option<RenameHook>, ProbeError> {
+    let ebpf = &mut loaded.ebpf;
+    match &loaded.btf {
         Some(btf) => {
-            for sc in Syscall::ALL {
-                hook(ebpf, btf, sc.name(), false, links)?;
+            let mut renames = RenameHook::Syscalls;
+            if loaded.vfs_rename && want == RenameHook::VfsRename {
+                match fexit(ebpf, btf, "fexit_vfs_rename", "vfs_rename", links) {
+                    Ok(()) => renames = RenameHook::VfsRename,
+                    Err(e) => debug!("vfs_rename not hooked ({e}): rename syscalls hooked"),
+                }
             }
-            Ok(())
+            for sc in Syscall::ALL {
+                let rename = !matches!(sc, Syscall::Symlink | Syscall::Symlinkat);
+                if !(rename && renames == RenameHook::VfsRename) {
+                    hook(ebpf, btf, sc.name(), false, links)?;
+                }
+            }
+            Ok(Some(renames))
         }
         None => {
             for sc in Syscall::ALL {
@@ -111,7 +195,8 @@ pub fn swaps(ebpf: &mut Ebpf, btf: Option<&Btf>, links: &mut Links) -> Result<()
                 .map(|s| format!("sys_exit_{}", s.name()))
                 .collect();
             let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
-            tracepoint(ebpf, "sys_exit_swap", &exits, links)
+            tracepoint(ebpf, "sys_exit_swap", &exits, links)?;
+            Ok(None)
         }
     }
 }
@@ -170,9 +255,18 @@ fn tracepoint(
     Ok(())
 }
 
-/// The no-op `floor_renameat` fexit program on `__x64_sys_renameat`.
-pub fn floor(ebpf: &mut Ebpf, btf: &Btf, links: &mut Links) -> Result<(), ProbeError> {
-    fexit(ebpf, btf, "floor_renameat", "__x64_sys_renameat", links)
+/// A no-op fexit program where `renames` hooks the benchmark's `renameat`:
+/// `floor_vfs_rename` or `floor_renameat`.
+pub fn floor(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    renames: RenameHook,
+    links: &mut Links,
+) -> Result<(), ProbeError> {
+    match renames {
+        RenameHook::VfsRename => fexit(ebpf, btf, "floor_vfs_rename", "vfs_rename", links),
+        RenameHook::Syscalls => fexit(ebpf, btf, "floor_renameat", "__x64_sys_renameat", links),
+    }
 }
 
 /// `fexit_<call>` on `__x64_sys_<call>`, after `fentry_<call>` if `entry`.

@@ -6,6 +6,7 @@
 //! `Probe::start` and detections.
 
 mod attach;
+mod kbtf;
 mod resolve;
 pub mod watches;
 
@@ -19,7 +20,7 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
-pub use attach::{Choice, Variant};
+pub use attach::{Choice, RenameHook, Variant};
 pub use resolve::{Resolver, Skip, read_target};
 
 use crate::{events::Event, events::Sender, volumes::Roots};
@@ -81,6 +82,8 @@ pub struct Probe {
     ebpf: Ebpf,
     btf: Option<aya::Btf>,
     variant: Variant,
+    /// fentry: where the renames are hooked.
+    renames: Option<RenameHook>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -115,23 +118,25 @@ impl ReaderStats {
     }
 }
 
-/// A no-op fexit program on `__x64_sys_renameat`, attached: what the kernel's
-/// trampoline alone costs a hooked call, the floor under the fentry variant's cost.
-/// For `cargo xtask bench overhead`; the agent never loads it. Detached when dropped.
+/// A no-op fexit program where the fentry variant hooks `renameat` (`vfs_rename` or
+/// `__x64_sys_renameat`, as `renames` says), attached: what the kernel's trampoline
+/// alone costs a hooked call, the floor under the fentry variant's cost. For `cargo
+/// xtask bench overhead`; the agent never loads it. Detached when dropped.
 pub struct Floor {
     links: attach::Links,
     _ebpf: Ebpf,
 }
 
 impl Floor {
-    pub fn attach() -> Result<Floor, ProbeError> {
+    pub fn attach(renames: RenameHook) -> Result<Floor, ProbeError> {
         if !cfg!(target_arch = "x86_64") {
             return Err(ProbeError::Arch);
         }
-        let (mut ebpf, btf) = attach::load(Variant::Fentry, DEFAULT_RING_BYTES)?;
+        let loaded = attach::load(Variant::Fentry, DEFAULT_RING_BYTES)?;
+        let (mut ebpf, btf) = (loaded.ebpf, loaded.btf);
         let btf = btf.ok_or(ProbeError::Missing("the kernel's BTF"))?;
         let mut links = Vec::new();
-        attach::floor(&mut ebpf, &btf, &mut links)?;
+        attach::floor(&mut ebpf, &btf, renames, &mut links)?;
         Ok(Floor { links, _ebpf: ebpf })
     }
 }
@@ -155,21 +160,36 @@ impl Probe {
         Self::load_variant(Variant::Tracepoint, ring_bytes)
     }
 
-    /// Loads and attaches `variant`.
+    /// Loads and attaches `variant`; fentry hooks renames at `vfs_rename` where the
+    /// kernel allows it.
     pub fn load_variant(
         variant: Variant,
         ring_bytes: u32,
     ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
+        Self::load_hooked(variant, ring_bytes, RenameHook::VfsRename)
+    }
+
+    /// [`Probe::load_variant`], with fentry's renames hooked at `renames` where the
+    /// kernel allows it, else on the syscalls (tests and the overhead benchmark run
+    /// both; tracepoints ignore it).
+    pub fn load_hooked(
+        variant: Variant,
+        ring_bytes: u32,
+        renames: RenameHook,
+    ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
         if variant == Variant::Fentry && !cfg!(target_arch = "x86_64") {
             return Err(ProbeError::Arch);
         }
-        let (mut ebpf, btf) = attach::load(variant, ring_bytes)?;
+        let mut loaded = attach::load(variant, ring_bytes)?;
         let mut links = Vec::new();
-        let attached = attach::swaps(&mut ebpf, btf.as_ref(), &mut links);
-        if let Err(e) = attached {
-            attach::detach_all(links);
-            return Err(e);
-        }
+        let renames = match attach::swaps(&mut loaded, renames, &mut links) {
+            Ok(renames) => renames,
+            Err(e) => {
+                attach::detach_all(links);
+                return Err(e);
+            }
+        };
+        let (mut ebpf, btf) = (loaded.ebpf, loaded.btf);
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or(ProbeError::Missing("EVENTS"))?,
@@ -181,6 +201,7 @@ impl Probe {
             ebpf,
             btf,
             variant,
+            renames,
             stats,
         };
         Ok((probe, ring))
@@ -204,6 +225,11 @@ impl Probe {
 
     pub fn variant(&self) -> Variant {
         self.variant
+    }
+
+    /// fentry: where the rename syscalls are hooked; None for tracepoints.
+    pub fn rename_hook(&self) -> Option<RenameHook> {
+        self.renames
     }
 
     /// Attaches the `inotify_add_watch` / `inotify_rm_watch` programs of the same
