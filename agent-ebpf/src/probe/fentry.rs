@@ -29,19 +29,25 @@ use super::{Args, swap, watch};
 /// order: di, si, dx, r10, r8.
 const REGS: [usize; 5] = [112, 104, 96, 56, 72];
 
+/// The offset of argument `i`'s register, with constant indexes for the verifier.
+#[inline(always)]
+fn reg(i: usize) -> usize {
+    match i {
+        0 => REGS[0],
+        1 => REGS[1],
+        2 => REGS[2],
+        3 => REGS[3],
+        _ => REGS[4],
+    }
+}
+
 /// Argument `i` of the syscall, from its `pt_regs` (the functions' only argument, at
 /// entry and at exit alike: the handler returns before `regs->ax` is set). A plain
 /// load, not a helper call: the verifier types `regs` from the function's BTF as a
 /// `struct pt_regs` pointer and checks the offset against its fields.
 #[inline(always)]
 fn arg(regs: *const u8, i: usize) -> u64 {
-    let offset = match i {
-        0 => REGS[0],
-        1 => REGS[1],
-        2 => REGS[2],
-        3 => REGS[3],
-        _ => REGS[4],
-    };
+    let offset = reg(i);
     // SAFETY: `regs` is the syscall's pt_regs, valid for the whole call, and `offset`
     // one of its register fields; the kernel turns the load into a checked one.
     unsafe { core::ptr::read_volatile(regs.add(offset).cast::<u64>()) }
@@ -162,13 +168,7 @@ pub fn fexit_vfs_rename(ctx: FExitContext) -> u32 {
 /// Argument `i` from a `pt_regs` the verifier does not type (a helper's result).
 #[inline(always)]
 fn read_arg(regs: *const u8, i: usize) -> u64 {
-    let offset = match i {
-        0 => REGS[0],
-        1 => REGS[1],
-        2 => REGS[2],
-        3 => REGS[3],
-        _ => REGS[4],
-    };
+    let offset = reg(i);
     // SAFETY: the task's pt_regs, read with the kernel-read helper.
     unsafe { bpf_probe_read_kernel(regs.add(offset).cast::<u64>()) }.unwrap_or(0)
 }

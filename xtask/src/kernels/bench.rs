@@ -59,16 +59,16 @@ pub struct OverheadArgs {
     /// Milliseconds each loop runs per side of a round on the host
     #[arg(long, value_name = "MS", default_value_t = 50)]
     side_ms: u64,
-    /// A/B rounds in each VM (under TCG a round takes about 2.8 s with fentry, whose
-    /// load and detach take 1.5 s, and 2 s with tracepoints: with the defaults both
-    /// kernels take about 7.5 minutes)
+    /// A/B rounds in each VM (under TCG fentry runs twice, with renames hooked at
+    /// vfs_rename and on the syscalls, with a third side per round; with the
+    /// defaults a kernel takes 5-6 minutes, both about 11)
     #[arg(long, value_name = "N", default_value_t = 40)]
     vm_rounds: usize,
     /// Milliseconds each loop runs per side of a round in a VM
     #[arg(long, value_name = "MS", default_value_t = 200)]
     vm_side_ms: u64,
     /// Kill a VM still running after this many seconds
-    #[arg(long, value_name = "SECONDS", default_value_t = 480)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 720)]
     timeout: u64,
 }
 
