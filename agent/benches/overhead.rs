@@ -144,26 +144,23 @@ fn main() -> ExitCode {
     let mut failed = false;
     let variants: &[Variant] = args.choice.variants();
     for &variant in variants {
-        match rounds::run(variant, RenameHook::VfsRename, &args, &files, &calls) {
-            Ok(rounds::Outcome::Measured(figures)) => {
-                out.figures(&figures, &calls);
-                if figures.renames == Some(RenameHook::VfsRename) {
-                    // The same variant with the syscall hooks that older kernels get.
-                    match rounds::run(variant, RenameHook::Syscalls, &args, &files, &calls) {
-                        Ok(rounds::Outcome::Measured(f)) => out.figures(&f, &calls),
-                        Ok(rounds::Outcome::NotAvailable(r)) => out.not_available(variant, &r),
-                        Err(e) => {
-                            out.failed(variant, &format!("{e:#}"));
-                            failed = true;
-                        }
+        // fentry runs again with the syscall hooks older kernels get, when it hooked
+        // renames at vfs_rename.
+        let mut hook = Some(RenameHook::VfsRename);
+        while let Some(want) = hook.take() {
+            match rounds::run(variant, want, &args, &files, &calls) {
+                Ok(rounds::Outcome::Measured(figures)) => {
+                    out.figures(&figures, &calls);
+                    if figures.renames == Some(RenameHook::VfsRename) {
+                        hook = Some(RenameHook::Syscalls);
                     }
                 }
-            }
-            Ok(rounds::Outcome::NotAvailable(reason)) => out.not_available(variant, &reason),
-            Err(e) => {
-                eprintln!("[overhead] {}: {e:#}", variant.label());
-                out.failed(variant, &format!("{e:#}"));
-                failed = true;
+                Ok(rounds::Outcome::NotAvailable(reason)) => out.not_available(variant, &reason),
+                Err(e) => {
+                    eprintln!("[overhead] {}: {e:#}", variant.label());
+                    out.failed(variant, &format!("{e:#}"));
+                    failed = true;
+                }
             }
         }
     }

@@ -83,10 +83,9 @@ macro_rules! swap_call {
     };
 }
 
-swap_call!(fexit_rename, "__x64_sys_rename", Syscall::Rename);
 // Where the loader finds `vfs_rename` taking a `struct renamedata *` (5.12 and newer),
 // the three rename syscalls are hooked there instead: `fexit_vfs_rename` below.
-
+swap_call!(fexit_rename, "__x64_sys_rename", Syscall::Rename);
 swap_call!(fexit_renameat, "__x64_sys_renameat", Syscall::Renameat);
 swap_call!(fexit_renameat2, "__x64_sys_renameat2", Syscall::Renameat2);
 swap_call!(fexit_symlink, "__x64_sys_symlink", Syscall::Symlink);

@@ -135,7 +135,8 @@ impl Report {
     }
 
     pub fn figures(&mut self, f: &Figures, calls: &Calls) {
-        let label = f.label.as_str();
+        let label = f.label();
+        let label = label.as_str();
         self.emit(json!({
             "kind": "variant",
             "variant": label,

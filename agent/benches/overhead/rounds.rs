@@ -178,8 +178,7 @@ fn round2(x: f64) -> u64 {
 /// fastest chunk).
 pub struct Figures {
     pub variant: Variant,
-    /// The variant, with where fentry hooks the renames: `fentry (vfs_rename)`.
-    pub label: String,
+    /// Where fentry hooked the renames.
     pub renames: Option<RenameHook>,
     /// `[loop][round]`.
     pub a: [Vec<f64>; 3],
@@ -192,6 +191,20 @@ pub struct Figures {
     /// fentry only: the rename loop's ns per call on a third side of each round, with
     /// nothing but a no-op fexit program on its call ([`Floor`]); empty otherwise.
     pub floor: Vec<f64>,
+}
+
+impl Figures {
+    pub fn label(&self) -> String {
+        label(self.variant, self.renames)
+    }
+}
+
+/// The variant, with where fentry hooks the renames: `fentry (vfs_rename)`.
+fn label(variant: Variant, renames: Option<RenameHook>) -> String {
+    match renames {
+        Some(hook) => format!("{} ({})", variant.label(), hook.label()),
+        None => variant.label().to_owned(),
+    }
 }
 
 /// The sides of a round.
@@ -242,10 +255,7 @@ pub fn run(
             return Ok(Outcome::NotAvailable(reason));
         }
     };
-    let label = match renames {
-        Some(hook) => format!("{} ({})", variant.label(), hook.label()),
-        None => variant.label().to_owned(),
-    };
+    let label = label(variant, renames);
     eprintln!(
         "[overhead] {label}: loads and attaches ({:.1} ms); {} rounds",
         t.elapsed().as_secs_f64() * 1e3,
@@ -254,7 +264,6 @@ pub fn run(
     let mut holders = common::tracepoint_prog_holders();
     let mut f = Figures {
         variant,
-        label: label.clone(),
         renames,
         a: Default::default(),
         b: Default::default(),

@@ -3,7 +3,7 @@
 
 use agent_common::swap::Syscall;
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, BtfError, Ebpf, EbpfLoader, Endianness,
     programs::{FEntry, FExit, TracePoint},
 };
 
@@ -107,24 +107,32 @@ pub struct Loaded {
     pub vfs_rename: bool,
 }
 
+/// The kernel's BTF, read once: parsed for aya, and searched by `kbtf`.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 /// The object, loaded for `variant`.
 pub fn load(variant: Variant, ring_bytes: u32) -> Result<Loaded, ProbeError> {
-    let btf = match variant {
-        Variant::Fentry => Some(Btf::from_sys_fs().map_err(ProbeError::Btf)?),
-        Variant::Tracepoint => None,
+    let (btf, offsets) = match variant {
+        Variant::Fentry => {
+            let raw = std::fs::read(KERNEL_BTF).map_err(|error| {
+                ProbeError::Btf(BtfError::FileError {
+                    path: KERNEL_BTF.into(),
+                    error,
+                })
+            })?;
+            let btf = Btf::parse(&raw, Endianness::default()).map_err(ProbeError::Btf)?;
+            (Some(btf), rename_offsets(&raw))
+        }
+        Variant::Tracepoint => (None, None),
     };
     let mut loader = EbpfLoader::new();
-    let mut vfs_rename = false;
-    let offsets;
     if let Some(btf) = &btf {
         loader.btf(btf);
-        offsets = rename_offsets();
-        if let Some(o) = &offsets {
-            loader.override_global("RENAME_NEW_DENTRY", &o.new_dentry, true);
-            loader.override_global("DENTRY_NAME_LEN", &o.name_len, true);
-            loader.override_global("DENTRY_NAME_PTR", &o.name_ptr, true);
-            vfs_rename = true;
-        }
+    }
+    if let Some(o) = &offsets {
+        loader.override_global("RENAME_NEW_DENTRY", &o.new_dentry, true);
+        loader.override_global("DENTRY_NAME_LEN", &o.name_len, true);
+        loader.override_global("DENTRY_NAME_PTR", &o.name_ptr, true);
     }
     let ebpf = (loader.map_max_entries("EVENTS", ring_bytes))
         .load(OBJECT)
@@ -132,20 +140,13 @@ pub fn load(variant: Variant, ring_bytes: u32) -> Result<Loaded, ProbeError> {
     Ok(Loaded {
         ebpf,
         btf,
-        vfs_rename,
+        vfs_rename: offsets.is_some(),
     })
 }
 
 /// The `vfs_rename` hook's offsets from the kernel's raw BTF, or None (logged).
-fn rename_offsets() -> Option<super::kbtf::RenameOffsets> {
-    let raw = match std::fs::read("/sys/kernel/btf/vmlinux") {
-        Ok(raw) => raw,
-        Err(e) => {
-            debug!("reading /sys/kernel/btf/vmlinux for vfs_rename's offsets: {e}");
-            return None;
-        }
-    };
-    match super::kbtf::rename_offsets(&raw) {
+fn rename_offsets(raw: &[u8]) -> Option<super::kbtf::RenameOffsets> {
+    match super::kbtf::rename_offsets(raw) {
         Ok(Some(o)) => Some(o),
         Ok(None) => {
             debug!(
