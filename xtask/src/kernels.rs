@@ -486,12 +486,12 @@ fn accelerator(choice: AccelChoice) -> Result<Option<Accel>> {
 /// informational lines.
 const CMDLINE: &str = "console=ttyS0 loglevel=5 panic=-1";
 
-/// Runs the boots `args` selects and fails naming each failing kernel and test.
 /// Whether the kernel's first complaint on the console was a soft lockup.
 fn soft_lockup(transcript: &console::Transcript) -> bool {
     (transcript.kernel_trouble.as_deref()).is_some_and(|t| t.contains("BUG: soft lockup"))
 }
 
+/// Runs the boots `args` selects and fails naming each failing kernel and test.
 pub fn run(args: &VmTestArgs) -> Result<()> {
     let mut jobs = jobs(args)?;
     let Some(accel) = accelerator(args.accel)? else {
