@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::cmd;
+use crate::{cmd, prereqs};
 
 /// `kubectl kustomize deploy/` (the base), for `kubectl apply -f`.
 const RENDERED: &str = "deploy/reloadscope.yaml";
@@ -23,9 +23,30 @@ const RENDERED_HEADER: &str = "\
 const KUSTOMIZATIONS: &[&str] = &["deploy", "deploy/base"];
 const OVERLAYS: &str = "deploy/overlays";
 
-/// The oldest version the manifests support (the container's `appArmorProfile`
-/// field is GA in 1.30) and a current one.
-const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.34.0"];
+/// The Kubernetes versions the manifests support, oldest and newest (README.md and
+/// deploy/README.md say so): 1.20, the oldest a real node of which can be run here
+/// (Debian 12's packages), where everything the manifests use and the agent calls
+/// is GA; 1.37, the newest kubernetes-validate has schemas for.
+const OLDEST: &str = "1.20";
+const NEWEST: &str = "1.37";
+
+/// The versions validated against: the oldest supported, one in the middle and the
+/// newest, each with the kubernetes-validate release that has its schemas.
+const KUBERNETES_VERSIONS: &[(&str, Validator)] = &[
+    ("1.20.0", Validator::Old),
+    ("1.28.0", Validator::Current),
+    ("1.37.0", Validator::Current),
+];
+
+/// The kubernetes-validate releases `cargo xtask prereqs` installs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Validator {
+    /// The one installed in python3's environment: schemas of 1.25 to 1.37.
+    Current,
+    /// [`prereqs::KUBERNETES_VALIDATE_OLD_VERSION`] in a directory of its own, put on
+    /// `PYTHONPATH`: schemas of 1.20 to 1.28.
+    Old,
+}
 /// Custom resources: kubernetes-validate has no schema for them and only warns.
 /// Any other kind it has no schema for (a typo) fails the check.
 const CUSTOM_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
@@ -124,10 +145,12 @@ pub fn check() -> Result<()> {
 
     validate(&rendered)?;
     let names: Vec<&str> = rendered.iter().map(|(name, _)| name.as_str()).collect();
+    let versions: Vec<&str> = KUBERNETES_VERSIONS.iter().map(|(v, _)| *v).collect();
     println!(
-        "{} render and validate against Kubernetes {}; {RENDERED} is up to date",
+        "{} render and validate against Kubernetes {} (supported: {OLDEST} to {NEWEST}); \
+         {RENDERED} is up to date",
         names.join(", "),
-        KUBERNETES_VERSIONS.join(" and ")
+        versions.join(", ")
     );
     Ok(())
 }
@@ -253,36 +276,52 @@ fn kustomize(root: &Path, dir: &str) -> Result<String> {
 }
 
 /// Runs kubernetes-validate (strict: unknown fields fail) on every rendered
-/// kustomization, for each of [`KUBERNETES_VERSIONS`].
+/// kustomization, for each of [`KUBERNETES_VERSIONS`], once per release of it.
 fn validate(rendered: &[(String, String)]) -> Result<()> {
     let dir = TempDir::new()?;
-    let mut validate = Command::new("python3");
-    validate.args(["-m", "kubernetes_validate", "--strict", "--quiet"]);
-    for version in KUBERNETES_VERSIONS {
-        validate.args(["-k", version]);
-    }
+    let mut files = Vec::new();
     for (name, text) in rendered {
         let file = dir.0.join(format!("{}.yaml", name.replace('/', "_")));
         fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-        validate.arg(file);
+        files.push(file);
     }
-    let output = validate
-        .output()
-        .context("could not run python3 -m kubernetes_validate")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("No module named kubernetes_validate") {
-        bail!("kubernetes-validate is not installed for python3: run `cargo xtask prereqs`");
-    }
-    let report =
-        String::from_utf8_lossy(&output.stdout).replace(&format!("{}/", dir.0.display()), "");
-    let problems = problems(&report);
-    if !output.status.success() || !problems.is_empty() {
-        bail!(
-            "kubernetes-validate rejected the rendered manifests ({}):\n{}\n{}",
-            output.status,
-            problems.join("\n"),
-            stderr.trim()
-        );
+    for validator in [Validator::Old, Validator::Current] {
+        let versions = KUBERNETES_VERSIONS
+            .iter()
+            .filter(|(_, v)| *v == validator)
+            .map(|(version, _)| *version);
+        let mut validate = Command::new("python3");
+        validate.args(["-m", "kubernetes_validate", "--strict", "--quiet"]);
+        for version in versions {
+            validate.args(["-k", version]);
+        }
+        validate.args(&files);
+        let installed = match validator {
+            Validator::Current => "for python3".to_owned(),
+            Validator::Old => {
+                let old = prereqs::kubernetes_validate_old_dir();
+                validate.env("PYTHONPATH", &old);
+                format!("in {}", old.display())
+            }
+        };
+        let output = validate
+            .output()
+            .context("could not run python3 -m kubernetes_validate")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("No module named kubernetes_validate") {
+            bail!("kubernetes-validate is not installed {installed}: run `cargo xtask prereqs`");
+        }
+        let report =
+            String::from_utf8_lossy(&output.stdout).replace(&format!("{}/", dir.0.display()), "");
+        let problems = problems(&report);
+        if !output.status.success() || !problems.is_empty() {
+            bail!(
+                "kubernetes-validate ({installed}) rejected the rendered manifests ({}):\n{}\n{}",
+                output.status,
+                problems.join("\n"),
+                stderr.trim()
+            );
+        }
     }
     Ok(())
 }
@@ -386,6 +425,23 @@ ERROR a.yaml did not validate for resource daemonset/x against version 1.34: spe
         let found = problems(report);
         assert_eq!(found.len(), 2);
         assert!(found[0].contains("DeamonSet") && found[1].starts_with("ERROR"));
+    }
+
+    #[test]
+    fn the_oldest_and_newest_supported_versions_are_validated_and_documented() {
+        let (first, last) = (
+            KUBERNETES_VERSIONS[0].0,
+            KUBERNETES_VERSIONS.last().unwrap().0,
+        );
+        assert_eq!(first, format!("{OLDEST}.0"));
+        assert_eq!(last, format!("{NEWEST}.0"));
+        let said = format!("Kubernetes {OLDEST} to {NEWEST}");
+        for doc in ["README.md", "deploy/README.md"] {
+            let text = fs::read_to_string(cmd::workspace_root().join(doc)).unwrap();
+            // Markdown wraps lines: compare with whitespace collapsed.
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(text.contains(&said), "{doc} does not say \"{said}\"");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! mounted tracefs. Everything is checked cheaply first; only what is missing is
 //! installed, so a second run does nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cmd::TOOLCHAIN;
@@ -42,6 +42,19 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// Validates the rendered deploy/ manifests against Kubernetes' schemas (PyPI).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate";
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// A release of it ships the schemas of the Kubernetes versions up to its own from
+/// some years back: 1.37.0 those of 1.25 to 1.37. This older one has those of 1.20 to
+/// 1.28, for the oldest version the manifests support (`deploy::KUBERNETES_VERSIONS`).
+/// It goes, with its dependencies, in a directory of its own that the check puts on
+/// `PYTHONPATH`: [`kubernetes_validate_old_dir`].
+pub const KUBERNETES_VALIDATE_OLD_VERSION: &str = "1.28.3";
+
+/// Where [`KUBERNETES_VALIDATE_OLD_VERSION`] is installed, under cargo's target dir.
+pub fn kubernetes_validate_old_dir() -> PathBuf {
+    cmd::target_dir().join(format!(
+        "{KUBERNETES_VALIDATE}-{KUBERNETES_VALIDATE_OLD_VERSION}"
+    ))
+}
 
 /// What the checks found missing.
 struct Missing {
@@ -51,6 +64,7 @@ struct Missing {
     bpf_linker: bool,
     tracefs: bool,
     kubernetes_validate: bool,
+    kubernetes_validate_old: bool,
 }
 
 impl Missing {
@@ -63,6 +77,7 @@ impl Missing {
             bpf_linker: !bpf_linker_present(),
             tracefs: !tracefs_mounted(),
             kubernetes_validate: !kubernetes_validate.present(),
+            kubernetes_validate_old: !kubernetes_validate_old_present(),
         })
     }
 
@@ -72,6 +87,7 @@ impl Missing {
             && !self.bpf_linker
             && !self.tracefs
             && !self.kubernetes_validate
+            && !self.kubernetes_validate_old
     }
 
     /// Installing packages and mounting tracefs need root; the rest installs
@@ -102,6 +118,12 @@ impl Missing {
         if self.kubernetes_validate {
             items.push(format!(
                 "{KUBERNETES_VALIDATE} {KUBERNETES_VALIDATE_VERSION}"
+            ));
+        }
+        if self.kubernetes_validate_old {
+            items.push(format!(
+                "{KUBERNETES_VALIDATE} {KUBERNETES_VALIDATE_OLD_VERSION} in {}",
+                kubernetes_validate_old_dir().display()
             ));
         }
         items.join("; ")
@@ -156,6 +178,15 @@ pub fn ensure() -> Result<()> {
         step(
             &format!("installed {KUBERNETES_VALIDATE} {KUBERNETES_VALIDATE_VERSION}"),
             install_kubernetes_validate,
+        )?;
+    }
+    if missing.kubernetes_validate_old {
+        step(
+            &format!(
+                "installed {KUBERNETES_VALIDATE} {KUBERNETES_VALIDATE_OLD_VERSION} in {}",
+                kubernetes_validate_old_dir().display()
+            ),
+            install_kubernetes_validate_old,
         )?;
     }
 
@@ -360,6 +391,28 @@ fn install_kubernetes_validate() -> Result<()> {
             .arg("--root-user-action=ignore")
             .arg(format!(
                 "{KUBERNETES_VALIDATE}=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+    )
+}
+
+/// Its package and its dist-info directory (which names the version) are there.
+fn kubernetes_validate_old_present() -> bool {
+    let dir = kubernetes_validate_old_dir();
+    let dist_info = format!("kubernetes_validate-{KUBERNETES_VALIDATE_OLD_VERSION}.dist-info");
+    dir.join(dist_info).is_dir() && dir.join("kubernetes_validate").is_dir()
+}
+
+/// With its own dependencies, in its directory alone (`--target`: the environment's
+/// packages stay as they are; `--upgrade` replaces what an interrupted install left).
+fn install_kubernetes_validate_old() -> Result<()> {
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--upgrade"])
+            .args(["--break-system-packages", "--root-user-action=ignore"])
+            .arg("--target")
+            .arg(kubernetes_validate_old_dir())
+            .arg(format!(
+                "{KUBERNETES_VALIDATE}=={KUBERNETES_VALIDATE_OLD_VERSION}"
             )),
     )
 }
