@@ -2,6 +2,7 @@
 //! in the workspace. Every command runs its children from the workspace root.
 
 mod checks;
+mod cluster;
 mod cmd;
 mod deploy;
 mod e2e;
@@ -110,6 +111,21 @@ enum Task {
     #[command(hide = true)]
     CheckDeploy,
 
+    /// A real single-node Kubernetes (v1.20, from Debian's packages) on this machine
+    ///
+    /// `up` builds it once (into target/cluster/) and starts etcd, containerd,
+    /// the control plane, kube-proxy and a kubelet, all on loopback or the node's
+    /// own bridge; `down` stops exactly what `up` started and removes every
+    /// container, mount, cgroup, network rule and state dir it made; `status`
+    /// says what runs. Needs root. Then:
+    ///   export KUBECONFIG=/var/lib/reloadscope-cluster/admin.kubeconfig
+    ///   kubectl apply -k deploy/
+    #[command(verbatim_doc_comment)]
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
+
     /// Boot the kernels of the matrix under QEMU and run the eBPF tests in each
     #[command(hide = true)]
     VmTest(kernels::VmTestArgs),
@@ -173,6 +189,7 @@ fn run(task: Task) -> Result<()> {
             prereqs::ensure()?;
             e2e::run()
         }
+        Task::Cluster { action } => cluster::run(action),
         Task::VmTest(args) => {
             prereqs::ensure()?;
             kernels::run(&args)

@@ -72,7 +72,7 @@ impl Missing {
         // Python starts slowly: its check runs while the others do.
         let kubernetes_validate = KubernetesValidateCheck::start();
         Ok(Self {
-            packages: missing_packages()?,
+            packages: missing_packages(APT_PACKAGES)?,
             components: missing_components()?,
             bpf_linker: !bpf_linker_present(),
             tracefs: !tracefs_mounted(),
@@ -205,13 +205,32 @@ fn step(done: &str, action: impl FnOnce() -> Result<()>) -> Result<()> {
     Ok(())
 }
 
-fn missing_packages() -> Result<Vec<&'static str>> {
+/// Installs those of `packages` that are missing (needs root then), with one
+/// `apt-get update` first; does nothing when all are installed.
+pub fn ensure_packages(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_packages(packages)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "missing apt packages {}: installing them needs root",
+            missing.join(", ")
+        );
+    }
+    step(
+        &format!("installed apt packages {}", missing.join(", ")),
+        || install_packages(&missing),
+    )
+}
+
+fn missing_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
     // dpkg-query exits 1 when a package is unknown to dpkg; the output still
     // lists the others, so the exit status is not used.
     let output = Command::new("dpkg-query")
         .arg("-W")
         .arg("-f=${Package}\t${Status}\n")
-        .args(APT_PACKAGES)
+        .args(packages)
         .output()
         .context("could not run dpkg-query (xtask expects a Debian machine)")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -221,7 +240,7 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .filter(|(_, status)| *status == "install ok installed")
         .map(|(package, _)| package)
         .collect();
-    Ok(APT_PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|package| !installed.contains(package))
