@@ -186,7 +186,13 @@ pub const CREATE_MANAGER: &str = "kubectl-create";
 impl FakeApiServer {
     /// Serves on a free port of 127.0.0.1.
     pub async fn start() -> std::io::Result<FakeApiServer> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serves on `addr` (port 0: a free one), so that a client can be given the
+    /// address before anything listens there.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<FakeApiServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let conns = Arc::new(net::Connections::default());
         let inner = Arc::new(Inner {
