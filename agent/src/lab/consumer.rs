@@ -6,18 +6,11 @@
 //! the file with one [`Strategy`], or execs an external program given after `--`
 //! (see [`ConsumerArgs::exec`]), which then runs as the container's process.
 //!
-//! Each open of the file appends one line to the open log:
-//!
-//! ```text
-//! open <unix nanos> <head>
-//! ```
-//!
-//! `<unix nanos>` is the wall-clock time taken right before open(2); `<head>` is the
-//! first [`HEAD_BYTES`] bytes read, in lower-case hex (`-` for an empty file), or
-//! `!<errno>` when the open or the read failed. Each line is one write(2) on an
-//! O_APPEND file, so a reader sees whole lines only (it skips an unfinished last one).
-//! After its watch is in place and its first open is logged it writes `ready\n` to its
-//! stdout.
+//! Each open of the file appends one line to the open log, in the format of
+//! [`lab_consumer::openlog`] (`open <unix nanos> <head>`). Each line is one write(2) on
+//! an O_APPEND file, so a reader sees whole lines only (it skips an unfinished last
+//! one). After its watch is in place and its first open is logged it writes `ready\n`
+//! to its stdout.
 //!
 //! With a program after `--` there is no open log and no `ready`: once set up, it
 //! writes `exec\n` to its stdout, moves that pipe to a close-on-exec descriptor, points
@@ -28,18 +21,18 @@
 
 use std::{
     ffi::OsString,
-    fmt::Write as _,
     fs::{self, File, OpenOptions},
-    io::{self, Read as _, Write as _},
+    io::{self, Write as _},
     os::{
         fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::process::CommandExt as _,
     },
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::Context as _;
+use lab_consumer::{Host, Open, READY, Target, Wake, wait};
 use nix::{
     errno::Errno,
     mount::{MntFlags, MsFlags},
@@ -48,9 +41,6 @@ use nix::{
 
 use super::Strategy;
 use super::container::mountinfo;
-
-/// How much of the file each open logs.
-const HEAD_BYTES: usize = 32;
 
 /// Options of the hidden `reloadscope lab-consumer` command. Only
 /// [`LabContainer::start`](super::LabContainer::start) runs it.
@@ -171,14 +161,16 @@ pub fn consumer_main(args: ConsumerArgs) -> anyhow::Result<()> {
         Run::Strategy(strategy, log) => (strategy, log),
         Run::Exec(argv, output) => return exec(&argv, output.as_deref()),
     };
-    let mut c = Consumer {
+    let target = Target {
         file,
         dir: args.mount_dir,
         period,
+    };
+    let mut c = Consumer {
         log,
         lifeline: args.exit_with_stdin,
     };
-    match strategy.run(&mut c)? {}
+    strategy.run(&target, &mut c)
 }
 
 /// Replaces this process with `argv` (see the module docs for what the lab reads on
@@ -259,106 +251,46 @@ fn hide_mounts_under(dir: &Path, keep: &Path) -> anyhow::Result<()> {
     anyhow::bail!("mounts under {dir:?} keep coming back")
 }
 
-/// The consumer's side of a strategy: what it reads, and how it reports.
-pub(super) struct Consumer {
-    /// `<mount dir>/<key>`: for a whole-volume mount the user-visible symlink.
-    file: PathBuf,
-    /// The mount path.
-    dir: PathBuf,
-    period: Duration,
+/// The lab container's side of a strategy: where its opens go, and how it waits.
+struct Consumer {
     log: File,
     /// Watch stdin for end of file.
     lifeline: bool,
 }
 
-impl Consumer {
-    /// The file as the container sees it.
-    pub(super) fn file(&self) -> &Path {
-        &self.file
-    }
-
-    /// The volume's mount path as the container sees it.
-    pub(super) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub(super) fn period(&self) -> Duration {
-        self.period
-    }
-
-    /// Opens and reads the whole file, as an application reloading it does, and logs
-    /// the open (time taken right before open(2), then the first bytes or the errno).
-    pub(super) fn open(&mut self) -> anyhow::Result<()> {
-        let at = SystemTime::now();
-        let head = File::open(&self.file).and_then(|mut f| {
-            let mut content = Vec::new();
-            f.read_to_end(&mut content)?;
-            Ok(content)
-        });
-        let nanos = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let mut line = format!("open {nanos} ");
-        match &head {
-            Ok(content) if content.is_empty() => line.push('-'),
-            Ok(content) => {
-                for b in &content[..content.len().min(HEAD_BYTES)] {
-                    let _ = write!(line, "{b:02x}");
-                }
-            }
-            Err(e) => {
-                eprintln!("open {:?}: {e}", self.file);
-                let _ = write!(line, "!{}", e.raw_os_error().unwrap_or(libc::EIO));
-            }
-        }
-        line.push('\n');
+impl Host for Consumer {
+    /// Appends the open's line to the open log, in one write(2).
+    fn log_open(&mut self, open: &Open) -> anyhow::Result<()> {
         self.log
-            .write_all(line.as_bytes())
+            .write_all(open.line().as_bytes())
             .context("write the open log")
     }
 
     /// Tells the lab the watch is in place and the first open is logged.
-    pub(super) fn ready(&mut self) -> anyhow::Result<()> {
+    fn ready(&mut self) -> anyhow::Result<()> {
         let mut out = io::stdout().lock();
-        out.write_all(b"ready\n")
+        out.write_all(format!("{READY}\n").as_bytes())
             .and_then(|()| out.flush())
             .context("report ready on stdout")
     }
 
-    /// Blocks until `fd` is readable (returns true), `timeout` passes or a signal
-    /// interrupts (false). Exits the process when the lifeline (stdin) is closed.
-    pub(super) fn wait(
+    /// Stops when the lifeline (stdin) is closed.
+    fn wait(
         &mut self,
         fd: Option<BorrowedFd<'_>>,
         timeout: Option<Duration>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Wake> {
         let mut fds = Vec::with_capacity(2);
         if let Some(fd) = fd {
-            fds.push(pollfd(fd.as_raw_fd()));
+            fds.push(wait::pollfd(fd.as_raw_fd()));
         }
         if self.lifeline {
-            fds.push(pollfd(libc::STDIN_FILENO));
+            fds.push(wait::pollfd(libc::STDIN_FILENO));
         }
-        let ms = match timeout {
-            // Rounded up: a timer that wakes early would spin until its time.
-            Some(t) => t
-                .as_nanos()
-                .div_ceil(1_000_000)
-                .min(i32::MAX as u128)
-                .try_into()
-                .unwrap_or(i32::MAX),
-            None => -1,
-        };
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(e).context("poll");
-        }
+        wait::poll(&mut fds, timeout).context("poll")?;
         if self.lifeline {
             let life = fds.last().expect("lifeline pollfd");
-            if life.revents != 0 {
+            if wait::ready(life) {
                 let mut buf = [0u8; 64];
                 // Unbuffered, past std's stdin buffer: anything written to stdin is
                 // ignored; end of file (or an error other than EINTR) ends the process.
@@ -367,18 +299,14 @@ impl Consumer {
                 let interrupted =
                     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
                 if n == 0 || (n < 0 && !interrupted) {
-                    std::process::exit(0);
+                    return Ok(Wake::Stop);
                 }
             }
         }
-        Ok(fd.is_some() && fds[0].revents != 0)
-    }
-}
-
-fn pollfd(fd: libc::c_int) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+        Ok(if fd.is_some() && wait::ready(&fds[0]) {
+            Wake::Readable
+        } else {
+            Wake::Idle
+        })
     }
 }

@@ -20,16 +20,16 @@ pub mod marks;
 mod node;
 mod run;
 pub mod scrape;
-mod strategy;
 mod sys;
 mod writer;
 
 pub use consumer::{ConsumerArgs, consumer_main};
 pub use container::{ContainerSpec, LabContainer, Open, cgroup2_mount, example_bin};
+/// How a lab container's process consumes its file (the `lab_consumer` crate).
+pub use lab_consumer::Strategy;
 pub use marks::SwapGate;
 pub use node::{LabNode, LabPod};
 pub use run::{LabArgs, run};
-pub use strategy::Strategy;
 pub use writer::{AtomicWriter, CallStyle, KeyError, Payload, WriteOutcome, payload};
 
 /// The agent's configuration for `node`: its roots and log dirs, the probe on or off.

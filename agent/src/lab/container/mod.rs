@@ -41,7 +41,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -160,13 +160,7 @@ pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// One open of the file, from the process's open log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Open {
-    /// Wall-clock time taken right before open(2).
-    pub at: SystemTime,
-    /// The first 32 bytes it read, or the errno of a failed open or read.
-    pub head: Result<Vec<u8>, i32>,
-}
+pub use lab_consumer::Open;
 
 /// A running lab container. See the module docs. Dropping it kills the process and
 /// undoes what [`LabContainer::start`] made, as well as it can.
@@ -389,7 +383,7 @@ impl LabContainer {
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         complete
             .lines()
-            .map(|l| parse_open(l).with_context(|| format!("bad open log line {l:?}")))
+            .map(|l| Open::parse(l).with_context(|| format!("bad open log line {l:?}")))
             .collect()
     }
 

@@ -1,5 +1,5 @@
 //! A lab container's pieces: names and keys checked, its cgroup, container log and
-//! subPath bind made and removed, its process's ready line and open log read.
+//! subPath bind made and removed, its process's ready line read.
 
 use super::*;
 
@@ -257,40 +257,6 @@ pub(super) fn read_stdout(
     }
 }
 
-/// `open <unix nanos> <hex | - | !errno>`
-pub(super) fn parse_open(line: &str) -> Option<Open> {
-    let mut parts = line.split(' ');
-    if parts.next()? != "open" {
-        return None;
-    }
-    let nanos: u64 = parts.next()?.parse().ok()?;
-    let head = parts.next()?;
-    if parts.next().is_some() {
-        return None;
-    }
-    let head = if head == "-" {
-        Ok(Vec::new())
-    } else if let Some(errno) = head.strip_prefix('!') {
-        Err(errno.parse().ok()?)
-    } else {
-        Ok(unhex(head)?)
-    };
-    Some(Open {
-        at: UNIX_EPOCH + Duration::from_nanos(nanos),
-        head,
-    })
-}
-
-pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 pub(super) fn remove_file(path: &Path) -> anyhow::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -308,38 +274,6 @@ pub(in crate::lab) fn mountinfo(path: &Path) -> io::Result<Vec<Mount>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn open_log_lines() {
-        let at = UNIX_EPOCH + Duration::from_nanos(1_795_615_806_123_456_789);
-        assert_eq!(
-            parse_open("open 1795615806123456789 72657600ff"),
-            Some(Open {
-                at,
-                head: Ok(b"rev\0\xff".to_vec())
-            })
-        );
-        assert_eq!(
-            parse_open("open 1795615806123456789 -").unwrap().head,
-            Ok(vec![])
-        );
-        assert_eq!(
-            parse_open("open 1795615806123456789 !2").unwrap().head,
-            Err(2)
-        );
-        for bad in [
-            "",
-            "open",
-            "open 1",
-            "open x 00",
-            "open 1 0",
-            "open 1 zz",
-            "open 1 00 extra",
-            "close 1 00",
-        ] {
-            assert_eq!(parse_open(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn names_and_keys() {

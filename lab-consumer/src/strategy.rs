@@ -1,20 +1,68 @@
-//! How a lab container consumes its volume: the ways real applications watch or re-read
-//! a mounted ConfigMap or Secret file (DOMAIN.md 5), each done with the same inotify
-//! calls such an application makes, so that the broken ones are broken for the real
-//! reason and not because they were told to ignore updates.
+//! The strategies: the ways real applications watch or re-read a mounted ConfigMap or
+//! Secret file (DOMAIN.md 5), each done with the same inotify calls such an application
+//! makes, so that the broken ones are broken for the real reason and not because they
+//! were told to ignore updates.
 //!
-//! Every strategy runs in the consumer process (see `consumer`); it reads the file
-//! through the container's view of it and reports each open through
-//! [`Consumer::open`].
+//! A strategy reads the file through the consumer's view of it and leaves logging each
+//! open, reporting ready and waiting to its [`Host`].
 
-use std::{convert::Infallible, ffi::OsStr, io, os::fd::AsFd};
+use std::{
+    ffi::OsStr,
+    io,
+    os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use inotify::{Event, EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use super::consumer::Consumer;
+use crate::Open;
 
-/// How a lab container's process watches or re-reads its file.
+/// What a strategy reads, as the consumer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The file: on a whole-volume mount the user-visible symlink `<mount dir>/<key>`,
+    /// on a subPath mount the bind-mounted file itself.
+    pub file: PathBuf,
+    /// The directory the volume is mounted at (whole-volume mount); for a subPath
+    /// mount, the directory the file is mounted in.
+    pub dir: PathBuf,
+    /// Time between two reads of the timer poller.
+    pub period: Duration,
+}
+
+/// Why [`Host::wait`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The descriptor waited on is readable.
+    Readable,
+    /// The timeout passed, or a signal interrupted the wait: nothing to read yet.
+    Idle,
+    /// The consumer is to stop: the strategy returns.
+    Stop,
+}
+
+/// The process a strategy runs in: where its opens go and how it waits.
+pub trait Host {
+    /// Logs one open of the file (made by the strategy with [`Open::read`]).
+    fn log_open(&mut self, open: &Open) -> anyhow::Result<()>;
+
+    /// Reports that the watch is in place and the first open is logged.
+    fn ready(&mut self) -> anyhow::Result<()>;
+
+    /// Blocks until `fd` is readable, `timeout` (`None`: none) passes, a signal
+    /// interrupts, or the consumer is to stop. Whether what is queued on `fd` is
+    /// handled before a stop is the host's choice: answering [`Wake::Readable`] while
+    /// `fd` is readable handles it first.
+    fn wait(
+        &mut self,
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Wake>;
+}
+
+/// How a consumer watches or re-reads its file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Strategy {
     /// inotify on the mounted volume dir; reopens when `..data` is moved in
@@ -79,17 +127,63 @@ impl Strategy {
     }
 
     /// Sets up the watch, makes the first open, reports ready, then reopens whenever
-    /// the strategy says so. Returns only on error.
-    pub(super) fn run(self, c: &mut Consumer) -> anyhow::Result<Infallible> {
+    /// the strategy says so, until the host says stop (`Ok`) or an error.
+    pub fn run(self, target: &Target, host: &mut dyn Host) -> anyhow::Result<()> {
+        let mut c = Run { target, host };
         match self {
-            Strategy::DataDirWatcher => data_dir_watcher(c),
-            Strategy::FileRewatcher => file_rewatcher(c),
-            Strategy::NaiveModify => naive_modify(c),
-            Strategy::DontFollow => dont_follow(c),
-            Strategy::TimestampedDirWatcher => timestamped_dir_watcher(c),
-            Strategy::FileWatcherNoRewatch => file_watcher_no_rewatch(c),
-            Strategy::TimerPoller => timer_poller(c),
-            Strategy::ReadOnce => read_once(c),
+            Strategy::DataDirWatcher => data_dir_watcher(&mut c),
+            Strategy::FileRewatcher => file_rewatcher(&mut c),
+            Strategy::NaiveModify => naive_modify(&mut c),
+            Strategy::DontFollow => dont_follow(&mut c),
+            Strategy::TimestampedDirWatcher => timestamped_dir_watcher(&mut c),
+            Strategy::FileWatcherNoRewatch => file_watcher_no_rewatch(&mut c),
+            Strategy::TimerPoller => timer_poller(&mut c),
+            Strategy::ReadOnce => read_once(&mut c),
+        }
+    }
+}
+
+/// A strategy at work: its target and its host.
+struct Run<'a> {
+    target: &'a Target,
+    host: &'a mut dyn Host,
+}
+
+impl Run<'_> {
+    fn file(&self) -> PathBuf {
+        self.target.file.clone()
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.target.dir.clone()
+    }
+
+    /// Opens and reads the file, and logs it.
+    fn open(&mut self) -> anyhow::Result<()> {
+        self.host.log_open(&Open::read(&self.target.file))
+    }
+
+    /// The first open, then ready.
+    fn start(&mut self) -> anyhow::Result<()> {
+        self.open()?;
+        self.host.ready()
+    }
+
+    /// Waits for `ino`, then reads the events queued on it (none after a wake-up with
+    /// nothing to read); `None` when the host says stop.
+    fn events<'b>(
+        &mut self,
+        ino: &mut Inotify,
+        buf: &'b mut [u8],
+    ) -> anyhow::Result<Option<Vec<Event<&'b OsStr>>>> {
+        match self.host.wait(Some(ino.as_fd()), None)? {
+            Wake::Stop => Ok(None),
+            Wake::Idle => Ok(Some(Vec::new())),
+            Wake::Readable => match ino.read_events(buf) {
+                Ok(events) => Ok(Some(events.collect())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(Vec::new())),
+                Err(e) => Err(e).context("read inotify events"),
+            },
         }
     }
 }
@@ -97,40 +191,25 @@ impl Strategy {
 /// Room for a few dozen events with names.
 const EVENT_BUF: usize = 4096;
 
-/// The events queued on `ino`, after `Consumer::wait` said it is readable.
-fn read_events<'b>(
-    ino: &mut Inotify,
-    buf: &'b mut [u8],
-) -> io::Result<Vec<inotify::Event<&'b OsStr>>> {
-    match ino.read_events(buf) {
-        Ok(events) => Ok(events.collect()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
 /// configmap-reload and the AtomicWriter's own comment: watch the directory the volume
 /// is mounted at and reload when `..data` is renamed into it (the commit point). One
 /// reopen per `..data` rename.
-fn data_dir_watcher(c: &mut Consumer) -> anyhow::Result<Infallible> {
+fn data_dir_watcher(c: &mut Run<'_>) -> anyhow::Result<()> {
     let mut ino = Inotify::init().context("inotify_init1")?;
-    let dir = c.dir().to_path_buf();
+    let dir = c.dir();
     ino.watches()
         .add(&dir, WatchMask::MOVED_TO)
         .with_context(|| format!("inotify_add_watch {dir:?}"))?;
-    c.open()?;
-    c.ready()?;
+    c.start()?;
     let mut buf = [0u8; EVENT_BUF];
-    loop {
-        if !c.wait(Some(ino.as_fd()), None)? {
-            continue;
-        }
-        for ev in read_events(&mut ino, &mut buf).context("read inotify events")? {
+    while let Some(events) = c.events(&mut ino, &mut buf)? {
+        for ev in events {
             if ev.mask.contains(EventMask::MOVED_TO) && ev.name == Some(OsStr::new("..data")) {
                 c.open()?;
             }
         }
     }
+    Ok(())
 }
 
 /// What a file watcher library asks for on a file (fsnotify's set, minus the
@@ -147,22 +226,18 @@ const FILE_EVENTS: WatchMask = WatchMask::MODIFY
 /// IN_IGNORED that ends its watch), drop the broken watch, watch the path again (it now
 /// names the new file) and reload. Without the re-add, only the first update would be
 /// seen: the watch dies with the old file.
-fn file_rewatcher(c: &mut Consumer) -> anyhow::Result<Infallible> {
+fn file_rewatcher(c: &mut Run<'_>) -> anyhow::Result<()> {
     let mut ino = Inotify::init().context("inotify_init1")?;
-    let file = c.file().to_path_buf();
+    let file = c.file();
     let mut wd: Option<WatchDescriptor> = Some(
         ino.watches()
             .add(&file, FILE_EVENTS)
             .with_context(|| format!("inotify_add_watch {file:?}"))?,
     );
-    c.open()?;
-    c.ready()?;
+    c.start()?;
     let mut buf = [0u8; EVENT_BUF];
-    loop {
-        if !c.wait(Some(ino.as_fd()), None)? {
-            continue;
-        }
-        for ev in read_events(&mut ino, &mut buf).context("read inotify events")? {
+    while let Some(events) = c.events(&mut ino, &mut buf)? {
+        for ev in events {
             // Events of a watch already replaced (its IN_IGNORED, mostly).
             if wd.as_ref() != Some(&ev.wd) {
                 continue;
@@ -190,26 +265,23 @@ fn file_rewatcher(c: &mut Consumer) -> anyhow::Result<Infallible> {
             }
         }
     }
+    Ok(())
 }
 
 /// The habit from ordinary files: watch the file for writes. The kubelet never writes
 /// to a file a consumer has: it writes new files in a new dir, so no event ever comes
 /// (the watch ends with an IN_IGNORED when the old file is deleted, which this code,
 /// like its models, does not look at).
-fn naive_modify(c: &mut Consumer) -> anyhow::Result<Infallible> {
+fn naive_modify(c: &mut Run<'_>) -> anyhow::Result<()> {
     let mut ino = Inotify::init().context("inotify_init1")?;
-    let file = c.file().to_path_buf();
+    let file = c.file();
     ino.watches()
         .add(&file, WatchMask::MODIFY | WatchMask::CLOSE_WRITE)
         .with_context(|| format!("inotify_add_watch {file:?}"))?;
-    c.open()?;
-    c.ready()?;
+    c.start()?;
     let mut buf = [0u8; EVENT_BUF];
-    loop {
-        if !c.wait(Some(ino.as_fd()), None)? {
-            continue;
-        }
-        for ev in read_events(&mut ino, &mut buf).context("read inotify events")? {
+    while let Some(events) = c.events(&mut ino, &mut buf)? {
+        for ev in events {
             if ev
                 .mask
                 .intersects(EventMask::MODIFY | EventMask::CLOSE_WRITE)
@@ -218,15 +290,16 @@ fn naive_modify(c: &mut Consumer) -> anyhow::Result<Infallible> {
             }
         }
     }
+    Ok(())
 }
 
 /// IN_DONT_FOLLOW on the user-visible path watches the symlink `key -> ..data/key`
 /// itself, which no update touches: no event, ever. Reloads on any event it gets.
 /// (On a subPath mount the path is the bind-mounted old file, not a symlink: the
 /// update's unlink of it gives one IN_ATTRIB, and the reopen reads the old content.)
-fn dont_follow(c: &mut Consumer) -> anyhow::Result<Infallible> {
+fn dont_follow(c: &mut Run<'_>) -> anyhow::Result<()> {
     let mut ino = Inotify::init().context("inotify_init1")?;
-    let file = c.file().to_path_buf();
+    let file = c.file();
     let mask = WatchMask::DONT_FOLLOW
         | WatchMask::MODIFY
         | WatchMask::ATTRIB
@@ -235,17 +308,14 @@ fn dont_follow(c: &mut Consumer) -> anyhow::Result<Infallible> {
     ino.watches()
         .add(&file, mask)
         .with_context(|| format!("inotify_add_watch {file:?}"))?;
-    c.open()?;
-    c.ready()?;
+    c.start()?;
     let mut buf = [0u8; EVENT_BUF];
-    loop {
-        if !c.wait(Some(ino.as_fd()), None)? {
-            continue;
-        }
-        for _ in read_events(&mut ino, &mut buf).context("read inotify events")? {
+    while let Some(events) = c.events(&mut ino, &mut buf)? {
+        for _ in events {
             c.open()?;
         }
     }
+    Ok(())
 }
 
 /// What the timestamped dir watcher asks for: writes and new entries in the dir.
@@ -261,7 +331,7 @@ const TIMESTAMPED_DIR_EVENTS: WatchMask = WatchMask::MODIFY
 /// watch with an IN_IGNORED (the kernel sends it whatever the mask), which this code,
 /// like its models, takes for no reason to reload. The watch is never added again, so
 /// no update is ever seen. (No `..data` on a subPath mount: it fails to start there.)
-fn timestamped_dir_watcher(c: &mut Consumer) -> anyhow::Result<Infallible> {
+fn timestamped_dir_watcher(c: &mut Run<'_>) -> anyhow::Result<()> {
     let mut ino = Inotify::init().context("inotify_init1")?;
     let data = c.dir().join("..data");
     let target = std::fs::read_link(&data).with_context(|| format!("readlink {data:?}"))?;
@@ -271,21 +341,18 @@ fn timestamped_dir_watcher(c: &mut Consumer) -> anyhow::Result<Infallible> {
         .watches()
         .add(&real, TIMESTAMPED_DIR_EVENTS)
         .with_context(|| format!("inotify_add_watch {real:?}"))?;
-    c.open()?;
-    c.ready()?;
+    c.start()?;
     let mut buf = [0u8; EVENT_BUF];
     let asked =
         EventMask::MODIFY | EventMask::CLOSE_WRITE | EventMask::CREATE | EventMask::MOVED_TO;
-    loop {
-        if !c.wait(Some(ino.as_fd()), None)? {
-            continue;
-        }
-        for ev in read_events(&mut ino, &mut buf).context("read inotify events")? {
+    while let Some(events) = c.events(&mut ino, &mut buf)? {
+        for ev in events {
             if ev.wd == wd && ev.mask.intersects(asked) {
                 c.open()?;
             }
         }
     }
+    Ok(())
 }
 
 /// A file watcher that knows the file can be replaced but not that its watch goes with
@@ -293,20 +360,16 @@ fn timestamped_dir_watcher(c: &mut Consumer) -> anyhow::Result<Infallible> {
 /// reopens on either. The first update deletes the watched file: IN_DELETE_SELF, a
 /// reopen that reads the new content, and the watch is gone (IN_IGNORED, not looked
 /// at). It never adds one again: every later update is missed.
-fn file_watcher_no_rewatch(c: &mut Consumer) -> anyhow::Result<Infallible> {
+fn file_watcher_no_rewatch(c: &mut Run<'_>) -> anyhow::Result<()> {
     let mut ino = Inotify::init().context("inotify_init1")?;
-    let file = c.file().to_path_buf();
+    let file = c.file();
     ino.watches()
         .add(&file, WatchMask::MODIFY | WatchMask::DELETE_SELF)
         .with_context(|| format!("inotify_add_watch {file:?}"))?;
-    c.open()?;
-    c.ready()?;
+    c.start()?;
     let mut buf = [0u8; EVENT_BUF];
-    loop {
-        if !c.wait(Some(ino.as_fd()), None)? {
-            continue;
-        }
-        for ev in read_events(&mut ino, &mut buf).context("read inotify events")? {
+    while let Some(events) = c.events(&mut ino, &mut buf)? {
+        for ev in events {
             if ev
                 .mask
                 .intersects(EventMask::MODIFY | EventMask::DELETE_SELF)
@@ -315,20 +378,22 @@ fn file_watcher_no_rewatch(c: &mut Consumer) -> anyhow::Result<Infallible> {
             }
         }
     }
+    Ok(())
 }
 
 /// Re-reads every period, on a fixed schedule (a late turn does not shift later ones,
 /// unless a whole period was missed).
-fn timer_poller(c: &mut Consumer) -> anyhow::Result<Infallible> {
-    let period = c.period();
+fn timer_poller(c: &mut Run<'_>) -> anyhow::Result<()> {
+    let period = c.target.period;
     anyhow::ensure!(!period.is_zero(), "the period must not be zero");
-    c.open()?;
-    c.ready()?;
-    let mut next = std::time::Instant::now() + period;
+    c.start()?;
+    let mut next = Instant::now() + period;
     loop {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         if now < next {
-            c.wait(None, Some(next - now))?;
+            if c.host.wait(None, Some(next - now))? == Wake::Stop {
+                return Ok(());
+            }
             continue;
         }
         c.open()?;
@@ -340,12 +405,10 @@ fn timer_poller(c: &mut Consumer) -> anyhow::Result<Infallible> {
 }
 
 /// Reads its configuration at start and keeps it.
-fn read_once(c: &mut Consumer) -> anyhow::Result<Infallible> {
-    c.open()?;
-    c.ready()?;
-    loop {
-        c.wait(None, None)?;
-    }
+fn read_once(c: &mut Run<'_>) -> anyhow::Result<()> {
+    c.start()?;
+    while c.host.wait(None, None)? != Wake::Stop {}
+    Ok(())
 }
 
 #[cfg(test)]
