@@ -1,8 +1,11 @@
 # The reloadscope agent image, built from the repository root:
 #   docker build -t ghcr.io/reloadscope/reloadscope:0.1.0 .
-# Not built in CI (no container engine there); deploy/README.md says how it is used.
+# `cargo xtask image` makes the same image's files into an archive with no container
+# engine (deploy/README.md, "Image"). Not built in CI: no container engine there.
 
-# Build: xtask/src/prereqs.rs' recipe, less what only the tests need.
+# Build: what `cargo xtask image` checks for (xtask/src/prereqs.rs, `ensure_build`;
+# an xtask test holds this file to it and to the image's config), none of the test
+# tools of `cargo xtask prereqs`.
 FROM docker.io/library/rust:1-bookworm AS build
 # LLVM 22 (bookworm-security) for bpf-linker, which also links zstd and zlib.
 RUN apt-get update \
@@ -17,18 +20,23 @@ RUN PATH="/usr/lib/llvm-22/bin:$PATH" LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
       --no-default-features --features llvm-22
 WORKDIR /src
 COPY . .
-# What `cargo xtask build` runs once its prerequisites are there; the xtask itself
-# would also install the test tools and mount tracefs, which a build cannot.
-RUN RUSTUP_TOOLCHAIN="$TOOLCHAIN" cargo build -p reloadscope --release --locked \
- && cp target/release/reloadscope /reloadscope
+# xtask (built by this stage's stable toolchain) finds its build prerequisites, builds
+# the release agent with the pinned one (`cargo build -p reloadscope --release
+# --locked`) and lays out the image's root filesystem in /rootfs with the code that
+# packs `cargo xtask image`'s archive: /usr/bin/reloadscope, the shared objects and
+# the ELF interpreter it loads (this stage's glibc and libgcc), /etc/passwd and
+# /etc/group for root.
+RUN cargo xtask image --rootfs /rootfs agent
 
-# Runtime: glibc and libgcc, no shell, no package manager, no setuid binary.
-FROM gcr.io/distroless/cc-debian13
-COPY --from=build /reloadscope /reloadscope
-# uid 0, not distroless' nonroot user: Kubernetes puts the capabilities the agent
-# needs in the effective set of uid 0 only, and the state file's hostPath belongs to
-# root. The DaemonSet drops every other capability (deploy/base/daemonset.yaml).
+# Runtime: that root filesystem alone. No shell, no package manager, no setuid binary.
+FROM scratch
+COPY --from=build /rootfs /
+# As `docker run` sets it: `kubectl exec <pod> -- reloadscope inspect` finds it.
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# uid 0: Kubernetes puts the capabilities the agent needs in the effective set of
+# uid 0 only, and the state file's hostPath belongs to root. The DaemonSet drops
+# every other capability (deploy/base/daemonset.yaml).
 USER 0
-EXPOSE 9741
-ENTRYPOINT ["/reloadscope"]
+EXPOSE 9741/tcp
+ENTRYPOINT ["/usr/bin/reloadscope"]
 CMD ["agent"]

@@ -63,6 +63,8 @@ pub const STEPS: &[Step] = &[
     Step::new("rule-tests", "promtool test rules dashboards/tests/alerts_test.yaml"),
     Step::new("test", "cargo test --workspace --exclude agent-ebpf -- --include-ignored --test-threads=1")
         .root("the integration tests load eBPF programs"),
+    Step::new("image", "cargo xtask check-image")
+        .root("containerd imports the images and runs them with runc"),
     KERNELS,
     Step::new("e2e", "cargo xtask e2e")
         .root("the lab mounts tmpfs and runs containers; the agent loads eBPF"),

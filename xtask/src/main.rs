@@ -6,6 +6,7 @@ mod cluster;
 mod cmd;
 mod deploy;
 mod e2e;
+mod image;
 mod kernels;
 mod mixin;
 mod prereqs;
@@ -40,7 +41,8 @@ enum Task {
     /// built against LLVM 22, tracefs mounted at /sys/kernel/tracing, and
     /// kubernetes-validate 1.37.0 (pip, for python3 on PATH).
     /// Installing packages and mounting tracefs need root. `test`, `lab`,
-    /// `bench`, `build` and `e2e` run this first.
+    /// `bench`, `build` and `e2e` run this first; `image` the part a build
+    /// needs (LLVM 22, the toolchain with rust-src, bpf-linker).
     #[command(verbatim_doc_comment)]
     Prereqs,
 
@@ -51,7 +53,9 @@ enum Task {
     /// files up to date, deploy/ rendered and validated (kubernetes-validate),
     /// `promtool check rules` and `promtool test rules`,
     /// `cargo test` including the `#[ignore]`d root integration tests, one test
-    /// at a time (each loads the eBPF probe), the kernel matrix (the eBPF tests
+    /// at a time (each loads the eBPF probe), the image archives built, read by
+    /// skopeo, imported and run by a containerd of their own (`check-image`,
+    /// needs containerd, runc and skopeo), the kernel matrix (the eBPF tests
     /// on Debian's 6.1 and 6.12 cloud kernels under QEMU, and 6.12 without BTF;
     /// skipped without /dev/kvm), then `cargo xtask e2e`. The tests need root.
     /// `.ci/run` runs exactly this.
@@ -92,6 +96,28 @@ enum Task {
 
     /// Build the release agent: `cargo build -p reloadscope --release`
     Build,
+
+    /// Build the image archives in target/images/, or one image's root filesystem
+    ///
+    /// From the working tree, with no container engine and no registry. Each
+    /// image is one layer: the release binary at /usr/bin/<name>, the shared
+    /// objects and the ELF interpreter it loads (as ldd finds them on this
+    /// machine), /etc/passwd and /etc/group for root; nothing else, no shell.
+    ///   agent     ghcr.io/reloadscope/reloadscope:<version>  target/images/reloadscope.tar
+    ///   consumer  reloadscope-test/consumer:<version>        target/images/consumer.tar
+    /// The archives are docker-archives, for `ctr -n k8s.io images import`,
+    /// `docker load`, `podman load` or `skopeo copy docker-archive:<file> ...`;
+    /// deterministic (sorted entries, mtime 0, uid and gid 0): the same tree
+    /// gives the same digests. `--rootfs DIR agent` lays the agent's root
+    /// filesystem out in DIR instead, as the Dockerfile's build stage does.
+    /// Checks only what a build needs (LLVM 22, the pinned toolchain with
+    /// rust-src, bpf-linker) and installs what is missing.
+    #[command(verbatim_doc_comment)]
+    Image(image::ImageArgs),
+
+    /// Build the images, read them with skopeo, import and run them with a containerd of the check's own
+    #[command(hide = true)]
+    CheckImage,
 
     /// Write the generated files: dashboards/alerts.yaml and dashboards/reloadscope.json
     ///
@@ -185,6 +211,8 @@ fn run(task: Task) -> Result<()> {
         }
         Task::CheckGenerated => mixin::check(),
         Task::CheckDeploy => deploy::check(),
+        Task::Image(args) => image::run(args),
+        Task::CheckImage => image::check(),
         Task::E2e => {
             prereqs::ensure()?;
             e2e::run()

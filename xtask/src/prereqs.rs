@@ -1,7 +1,8 @@
 //! Machine prerequisites for building the eBPF programs and running the root
 //! tests: Debian packages, the pinned nightly with rust-src, bpf-linker and a
 //! mounted tracefs. Everything is checked cheaply first; only what is missing is
-//! installed, so a second run does nothing.
+//! installed, so a second run does nothing. [`ensure_build`] checks only what a
+//! build needs (`cargo xtask image`, the Dockerfile's build stage).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,14 +14,19 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker, bpftool, and the tools the tests use
-/// (prometheus provides the server and promtool; QEMU and a static busybox boot
-/// the kernel matrix's VMs).
-const APT_PACKAGES: &[&str] = &[
+/// Debian packages a build needs: LLVM 22 for bpf-linker, and what it links.
+/// The Dockerfile's build stage installs these (a test checks it).
+pub const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+];
+
+/// Debian packages the tests need besides: bpftool, and the tools the tests use
+/// (prometheus provides the server and promtool; QEMU and a static busybox boot
+/// the kernel matrix's VMs).
+const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "prometheus",
     "strace",
@@ -33,8 +39,10 @@ const APT_PACKAGES: &[&str] = &[
 /// Must match `rust-toolchain.toml`; its LLVM major version matches bpf-linker's.
 /// rust-src for `-Z build-std=core` on the bpf target; rustfmt and clippy for `test`.
 const COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
+/// Those a build needs.
+const BUILD_COMPONENTS: &[&str] = &["rust-src"];
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -56,8 +64,32 @@ pub fn kubernetes_validate_old_dir() -> PathBuf {
     ))
 }
 
+/// What is checked: what a build needs, or everything.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Build,
+    All,
+}
+
+impl Scope {
+    fn packages(self) -> Vec<&'static str> {
+        match self {
+            Scope::Build => BUILD_PACKAGES.to_vec(),
+            Scope::All => [BUILD_PACKAGES, TEST_PACKAGES].concat(),
+        }
+    }
+
+    fn components(self) -> &'static [&'static str] {
+        match self {
+            Scope::Build => BUILD_COMPONENTS,
+            Scope::All => COMPONENTS,
+        }
+    }
+}
+
 /// What the checks found missing.
 struct Missing {
+    scope: Scope,
     packages: Vec<&'static str>,
     /// `None`: the toolchain itself is not installed.
     components: Option<Vec<&'static str>>,
@@ -68,16 +100,18 @@ struct Missing {
 }
 
 impl Missing {
-    fn check() -> Result<Self> {
+    fn check(scope: Scope) -> Result<Self> {
+        let all = scope == Scope::All;
         // Python starts slowly: its check runs while the others do.
-        let kubernetes_validate = KubernetesValidateCheck::start();
+        let kubernetes_validate = all.then(KubernetesValidateCheck::start);
         Ok(Self {
-            packages: missing_packages(APT_PACKAGES)?,
-            components: missing_components()?,
+            scope,
+            packages: missing_packages(&scope.packages())?,
+            components: missing_components(scope.components())?,
             bpf_linker: !bpf_linker_present(),
-            tracefs: !tracefs_mounted(),
-            kubernetes_validate: !kubernetes_validate.present(),
-            kubernetes_validate_old: !kubernetes_validate_old_present(),
+            tracefs: all && !tracefs_mounted(),
+            kubernetes_validate: kubernetes_validate.is_some_and(|check| !check.present()),
+            kubernetes_validate_old: all && !kubernetes_validate_old_present(),
         })
     }
 
@@ -132,10 +166,25 @@ impl Missing {
 
 /// Checks every prerequisite and installs what is missing.
 pub fn ensure() -> Result<()> {
+    ensure_scope(Scope::All)
+}
+
+/// Checks what a build of the release binaries needs (the apt LLVM, the pinned
+/// toolchain with rust-src, bpf-linker) and installs what is missing; not the
+/// tools only the tests use.
+pub fn ensure_build() -> Result<()> {
+    ensure_scope(Scope::Build)
+}
+
+fn ensure_scope(scope: Scope) -> Result<()> {
     let start = Instant::now();
-    let missing = Missing::check()?;
+    let missing = Missing::check(scope)?;
+    let what = match scope {
+        Scope::Build => "build prerequisites",
+        Scope::All => "prerequisites",
+    };
     if missing.is_empty() {
-        eprintln!("prerequisites present ({} ms)", start.elapsed().as_millis());
+        eprintln!("{what} present ({} ms)", start.elapsed().as_millis());
         return Ok(());
     }
 
@@ -155,10 +204,9 @@ pub fn ensure() -> Result<()> {
         )?;
     }
     match &missing.components {
-        None => step(
-            &format!("installed toolchain {TOOLCHAIN}"),
-            install_toolchain,
-        )?,
+        None => step(&format!("installed toolchain {TOOLCHAIN}"), || {
+            install_toolchain(missing.scope.components())
+        })?,
         Some(components) if !components.is_empty() => step(
             &format!("added {} to {TOOLCHAIN}", components.join(", ")),
             || add_components(components),
@@ -190,10 +238,7 @@ pub fn ensure() -> Result<()> {
         )?;
     }
 
-    eprintln!(
-        "prerequisites ready ({:.1} s)",
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("{what} ready ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -259,7 +304,7 @@ fn install_packages(packages: &[&str]) -> Result<()> {
 
 /// The components missing from the pinned toolchain, or `None` when the
 /// toolchain is not installed at all.
-fn missing_components() -> Result<Option<Vec<&'static str>>> {
+fn missing_components(wanted: &[&'static str]) -> Result<Option<Vec<&'static str>>> {
     let output = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", TOOLCHAIN])
         .output()
@@ -276,7 +321,7 @@ fn missing_components() -> Result<Option<Vec<&'static str>>> {
         })
     };
     Ok(Some(
-        COMPONENTS
+        wanted
             .iter()
             .copied()
             .filter(|component| !installed(component))
@@ -285,10 +330,10 @@ fn missing_components() -> Result<Option<Vec<&'static str>>> {
 }
 
 // Both use the default RUSTUP_HOME, whose settings keep rustup from replacing itself.
-fn install_toolchain() -> Result<()> {
+fn install_toolchain(components: &[&str]) -> Result<()> {
     let mut rustup = Command::new("rustup");
     rustup.args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal"]);
-    for component in COMPONENTS {
+    for component in components {
         rustup.args(["-c", component]);
     }
     cmd::run(&mut rustup)
