@@ -84,27 +84,29 @@ impl Linter {
         self.consumers.get(&(key.clone(), id.to_owned()))
     }
 
-    /// Takes in one consumer's inventory at `now`.
+    /// Takes in one consumer's inventory at `now`; returns whether it has a watch on
+    /// the volume now.
     ///
     /// Watches on the current data say it all. Without any, either an update killed
     /// the ones it had (a watch on a file goes with the file), and what they were
     /// stands, except that a file watcher must hold a new one once the grace is over;
     /// or it has none (any more) and nothing is said.
-    pub fn observe(&mut self, s: Seen, now: SystemTime) {
+    pub fn observe(&mut self, s: Seen, now: SystemTime) -> bool {
         let st = self
             .consumers
             .entry((s.key.clone(), s.id.to_owned()))
             .or_default();
         st.name = s.name.to_owned();
         let c = classify(s.mount, s.watches, s.inodes);
-        if c.on_volume > 0 || s.mount == MountKind::SubPath {
+        let watching = c.on_volume > 0;
+        if watching || s.mount == MountKind::SubPath {
             st.watched = s.current.map(str::to_owned);
             st.file_watch = c.file_watch;
             st.rewatch_by = None;
             st.findings = c.findings;
         } else if st.watched.is_some() && st.watched.as_deref() != s.current {
             if !st.file_watch {
-                return;
+                return false;
             }
             // The grace runs from the swap.
             let by = *st
@@ -121,6 +123,7 @@ impl Linter {
                 ..State::default()
             };
         }
+        watching
     }
 
     /// Forgets consumers `keep` says are gone.
