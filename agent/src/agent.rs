@@ -242,7 +242,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         });
         if let Some((follower, stream)) = followed {
             let stop = stopped(stop_rx.clone());
-            tasks.push(tokio::spawn(follower.run(stream, rescan.clone(), stop)));
+            let run = follower.run(stream, rescan.clone(), tx.clone(), stop);
+            tasks.push(tokio::spawn(run));
         }
         let consumers = consumer_loop(
             shared.clone(),
@@ -329,13 +330,15 @@ fn tell_watched(
     *told = now;
 }
 
-/// Gives the watch linter one scan's inventory of each consumer's inotify watches.
+/// Gives the watch linter one scan's inventory of each consumer's inotify watches;
+/// returns the consumers (volume, container id) with a watch on their volume.
 fn lint(
     shared: &Shared,
     scan: &consumers::Scan,
     inodes: &HashMap<VolumeKey, (Option<String>, watches::VolumeInodes)>,
     updated: &HashMap<VolumeKey, SystemTime>,
-) {
+) -> HashSet<(VolumeKey, String)> {
+    let mut watching = HashSet::new();
     let now = SystemTime::now();
     let mut l = shared.linter.lock().expect("linter lock");
     let mut observed: HashMap<String, usize> = HashMap::new();
@@ -359,7 +362,9 @@ fn lint(
                 inodes: vi,
                 watches: held,
             };
-            l.observe(seen, now);
+            if l.observe(seen, now) {
+                watching.insert((key.clone(), f.id.clone()));
+            }
         }
     }
     l.observed = observed;
@@ -368,6 +373,7 @@ fn lint(
         (scan.consumers.get(k)).is_some_and(|fs| fs.iter().any(|f| f.id == id))
     };
     l.retain(found);
+    watching
 }
 
 /// Without fanotify: the approximate source (inotify, unattributed), or nothing.
@@ -413,9 +419,12 @@ fn restore(shared: &Shared, path: &std::path::Path) {
     let mut t = shared.tracker.lock().expect("tracker lock");
     let mut r = shared.reloads.lock().expect("reloads lock");
     let mut restored = 0;
-    for v in cp.volumes {
+    for mut v in cp.volumes {
         let Some(key) = v.key() else { continue };
         t.saved(key.clone(), v.ts_dir.clone());
+        // Whether each consumer reads the volume holds whatever its data dir now.
+        let readers = std::mem::take(&mut v.readers);
+        r.restore_reads(&key, readers, std::mem::take(&mut v.non_readers));
         // No update known then (swap 0): nothing pending to restore.
         let current = probe::read_target(&v.dir.join(crate::volumes::DATA));
         if v.swap_unix_ns == 0 || current.as_deref() != Some(v.ts_dir.as_str()) {
@@ -493,7 +502,12 @@ async fn consumer_loop(
         let Ok((mut scan, inodes, updated)) = scan.await else {
             return;
         };
-        lint(&shared, &scan, &inodes, &updated);
+        let watching = lint(&shared, &scan, &inodes, &updated);
+        for (key, fs) in scan.consumers.iter_mut() {
+            for f in fs {
+                f.watches = watching.contains(&(key.clone(), f.id.clone()));
+            }
+        }
         if let Some(m) = &marks {
             // Each consumer's own mount is told once, when first found.
             for (key, fs) in &scan.consumers {
@@ -524,6 +538,7 @@ async fn consumer_loop(
             for (key, found) in scan.consumers.drain() {
                 r.set_consumers(&key, found);
             }
+            r.scanned(&scan.ids);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -580,17 +595,22 @@ impl StateLoop {
         let volumes = {
             let t = self.shared.tracker.lock().expect("tracker lock");
             let r = self.shared.reloads.lock().expect("reloads lock");
-            let mut newest: HashMap<_, _> = (r.snapshot().into_iter())
-                .map(|(key, ts, swap, consumers)| (key, (ts, swap, consumers)))
+            let mut known: HashMap<_, _> = (r.snapshot().into_iter())
+                .map(|s| (s.volume.clone(), s))
                 .collect();
             // Every volume with its data dir, so that the next run sees updates made
-            // while none ran; with its newest update and who is stale, when known.
+            // while none ran; with its newest update and who is stale, when known, and
+            // who reads it.
             t.volumes()
                 .filter_map(|(key, v)| {
-                    let (ts_dir, swap, consumers) = match newest.remove(key) {
+                    let s = known.remove(key);
+                    let (ts_dir, swap) = match s.as_ref().and_then(|s| s.newest.clone()) {
                         Some(n) => n,
-                        None => (v.current.clone()?, SystemTime::UNIX_EPOCH, Vec::new()),
+                        None => (v.current.clone()?, SystemTime::UNIX_EPOCH),
                     };
+                    let (consumers, readers, non_readers) = s
+                        .map(|s| (s.stale, s.readers, s.non_readers))
+                        .unwrap_or_default();
                     Some(checkpoint::SavedVolume {
                         dir: v.dir.clone(),
                         pod_uid: key.pod_uid.clone(),
@@ -601,6 +621,8 @@ impl StateLoop {
                             .duration_since(SystemTime::UNIX_EPOCH)
                             .map_or(0, |d| d.as_nanos() as u64),
                         consumers,
+                        readers,
+                        non_readers,
                     })
                 })
                 .collect()
@@ -625,7 +647,13 @@ impl StateLoop {
         let t = self.shared.tracker.lock().expect("tracker lock");
         let mut r = self.shared.reloads.lock().expect("reloads lock");
         let mut cmds = Vec::new();
-        for key in r.take_changed() {
+        let mut changed = r.take_changed();
+        let pods = r.take_changed_pods();
+        if !pods.is_empty() {
+            let of_pods = t.volumes().map(|(k, _)| k);
+            changed.extend(of_pods.filter(|k| pods.contains(&k.pod_uid)).cloned());
+        }
+        for key in changed {
             let current = t.volume(&key).and_then(|v| v.data_dir());
             let want = current.clone().filter(|_| r.settled(&key));
             let had = match &want {
@@ -701,7 +729,15 @@ impl StateLoop {
                     current: current.clone(),
                 };
                 self.mark(cmd);
-                shared.reloads.lock().expect("reloads lock").touch(&key);
+                {
+                    let mut r = shared.reloads.lock().expect("reloads lock");
+                    r.touch(&key);
+                    // New since the first walk: its pod is starting, and its
+                    // containers' first reads are to be seen.
+                    if shared.ready.load(Relaxed) && t.volume(&key).is_none() {
+                        r.volume_appeared(&key, SystemTime::now());
+                    }
+                }
                 let data = dir.join(crate::volumes::DATA);
                 let swapped = || {
                     std::fs::symlink_metadata(&data)
@@ -740,6 +776,10 @@ impl StateLoop {
                 shared.reloads.lock().expect("reloads lock").pod_gone(&uid);
             }
             Event::PodNamed { uid, name } => t.pod_named(uid, name),
+            Event::ContainerStarting { pod_uid, id } => {
+                let mut r = shared.reloads.lock().expect("reloads lock");
+                r.container_starting(&pod_uid, &id, SystemTime::now());
+            }
             Event::DataDirCreated {
                 key,
                 dir,

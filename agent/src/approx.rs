@@ -2,7 +2,9 @@
 //! inotify `IN_OPEN` on each volume's data dirs. inotify names the file, not the
 //! opener, so a reload is credited to the volume: every stale consumer of it (they are
 //! all containers of one pod). `reloadscope_consumer_info{measurement="approximate"}`
-//! says so.
+//! says so. So is a read: any open of the volume's files not taken for the kubelet's
+//! makes every consumer running then a reader (`Reloads::open`), and only a reader can
+//! be stale; a pod none of whose containers reads a volume has no stale consumer of it.
 //!
 //! - Watches, in one inotify instance of its own: each volume dir (`IN_CREATE`,
 //!   `IN_MOVED_TO`) and each data dir (`IN_OPEN`). A new data dir is watched the moment

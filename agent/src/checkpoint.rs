@@ -2,12 +2,15 @@
 //!
 //! Rebuilt from the node alone: volumes, their current data dir, consumers, their start.
 //! Not rebuildable: which consumers had not reloaded the newest update yet (a stale
-//! consumer looks exactly like one that reloaded and closed its file), and whether a
-//! volume was updated while no agent ran. So every volume's data dir is saved, with its
-//! newest update's swap time (0 when none was seen) and, per consumer known then,
-//! whether it was still pending. On start a volume found pointing elsewhere was updated
+//! consumer looks exactly like one that reloaded and closed its file), which consumers
+//! read the volume (a container that read it once at its start left no trace), and
+//! whether a volume was updated while no agent ran. So every volume's data dir is
+//! saved, with its newest update's swap time (0 when none was seen), per consumer known
+//! then whether it was still pending, and the consumers seen reading it or seen not
+//! reading it at their start. On start a volume found pointing elsewhere was updated
 //! meanwhile; the pending measurements are used only while it still points at the same
-//! data dir.
+//! data dir, who reads it whatever it points at. Files from before the readers were
+//! saved read as none known: those consumers' reads are unknown.
 
 use std::{
     io::{self, Write as _},
@@ -37,6 +40,12 @@ pub struct SavedVolume {
     pub swap_unix_ns: u64,
     /// Consumers known when saved: container id, and whether it was still stale.
     pub consumers: Vec<(String, bool)>,
+    /// The ids of the consumers seen reading the volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
+    /// The ids of the consumers whose start was watched and that were not seen reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_readers: Vec<String>,
 }
 
 impl SavedVolume {
@@ -109,6 +118,8 @@ mod tests {
                 ts_dir: "..2026_01_01_00_00_00.1".into(),
                 swap_unix_ns: 1_795_000_000_123_456_789,
                 consumers: vec![("a".into(), true), ("b".into(), false)],
+                readers: vec!["a".into()],
+                non_readers: vec!["c".into()],
             }],
         }
     }
@@ -131,6 +142,20 @@ mod tests {
                 .as_nanos(),
             1_795_000_000_123_456_789
         );
+    }
+
+    /// A file written before the readers were saved: read, with none known.
+    #[test]
+    fn a_file_without_readers_reads_as_none_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let old = r#"{"version": 1, "volumes": [{"pod_uid": "u", "volume_type": "secret",
+            "name": "tls", "dir": "/v", "ts_dir": "..1", "swap_unix_ns": 5,
+            "consumers": [["a", true]]}]}"#;
+        std::fs::write(&path, old).unwrap();
+        let v = &read(&path).unwrap().unwrap().volumes[0];
+        assert_eq!(v.consumers, [("a".to_string(), true)]);
+        assert!(v.readers.is_empty() && v.non_readers.is_empty());
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub enum Event {
         uid: String,
         name: PodName,
     },
+    /// A container's cgroup appeared in pod `pod_uid`: container `id` is starting.
+    ContainerStarting {
+        pod_uid: String,
+        id: String,
+    },
     /// The inotify queue overflowed: a rescan follows.
     InotifyOverflow,
     /// A walk of `pods_dir` found these volumes and no others below it.

@@ -12,8 +12,9 @@
 //!   swap is counted as late;
 //! - the current one of each volume when the agent finds it.
 //!
-//! What happens once every consumer of a volume has its current data (it is settled)
-//! is [`SettledMarks`]' choice, measured in BENCHMARKS.md:
+//! What happens once no consumer that reads a volume, or may, lacks its current data
+//! and no consumer's first read is awaited (it is settled: `Reloads::settled`) is
+//! [`SettledMarks`]' choice, measured in BENCHMARKS.md:
 //! - [`SettledMarks::Ignore`]: each tmpfs volume also has a filesystem mark, and each
 //!   consumer's own bind mount a mount mark (placed when the consumer is found, through
 //!   `/proc/<pid>/root`), which see the container's opens in any data dir with nothing
@@ -36,8 +37,7 @@
 //!   and read-once consumers read long after the mark). No filesystem marks. Which
 //!   volumes are watched follows the watch linter's inventories ([`cover`]).
 //!
-//! In every mode foreign opens are counted only while some consumer of the volume is
-//! stale.
+//! In every mode foreign opens are counted only while the volume is not settled.
 //!
 //! The group reports directory handles and names, never file descriptors: the agent
 //! holds no Secret file open and reads none.

@@ -5,9 +5,22 @@
 //! - A container's reload: the first open, by any process of that container, of a file
 //!   in the new timestamped dir, at or after the swap. Latency = reload - swap.
 //! - Opens by the kubelet, by host processes or by other pods are never reloads.
-//! - A container is stale for a volume while it has not reloaded the newest update.
+//! - A container *reads* a volume once the agent has seen it open a file of the volume
+//!   (any data dir, before or after an update), found it holding one open, or found an
+//!   inotify watch of its processes on the volume ([`Reads`]).
+//! - A container is stale for a volume while it reads it and has not reloaded the
+//!   newest update. One never seen reading is not: whether it holds old data is not
+//!   known (most never read their `kube-api-access-*` token, which the kubelet rewrites
+//!   every hour or so).
 //! - A container whose processes started after the swap reloaded at its start.
 //! - subPath consumers never get an update: they are reported as such, never as stale.
+//!
+//! A read made once at a container's start is seen only if the volume's opens are
+//! reported then: a volume that appears while the agent runs (a pod starting), and the
+//! volumes of a pod one of whose containers is starting (its cgroup appears), keep
+//! their opens reported for the first-read window, and a consumer whose start was
+//! watched so keeps them reported until it is seen reading or the window after its
+//! start ends ([`Reloads::settled`]).
 //!
 //! Pure state; time comes in as arguments.
 
@@ -71,7 +84,44 @@ pub struct Found {
     /// The data dirs its processes hold a file of open, and when their fds were listed.
     pub holds: Vec<String>,
     pub listed_at: SystemTime,
+    /// Its processes hold an inotify watch on an inode of the volume (the watch
+    /// linter's inventory).
+    pub watches: bool,
 }
+
+/// Whether a consumer reads its volume: only one that does can be stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// Seen opening a file of the volume (any data dir), holding one open, or watching
+    /// it with inotify.
+    Yes,
+    /// Its start was watched (the volume's opens were reported when it started) and it
+    /// has not been seen reading yet: the volume's opens stay reported until `until`,
+    /// its start and the first-read window.
+    Undecided { until: SystemTime },
+    /// Its start was watched, and it was not seen reading in the window after it.
+    No,
+    /// Not seen reading, and its start was not watched: it ran before the agent, or
+    /// started while its volume's opens went unreported.
+    Unknown,
+}
+
+impl Reads {
+    /// `reads` on `reloadscope_consumer_info`: `yes`, `no`, or `unknown` (undecided
+    /// ones included).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reads::Yes => "yes",
+            Reads::No => "no",
+            Reads::Undecided { .. } | Reads::Unknown => "unknown",
+        }
+    }
+}
+
+/// How long after a container's start (or a volume's appearance) its volume's opens
+/// stay reported while it has not been seen reading: its first reads are seen if they
+/// come within it.
+pub const FIRST_READ_WINDOW: Duration = Duration::from_secs(120);
 
 /// Latency histogram buckets (seconds): 5 ms to 1 h.
 pub const BUCKETS: [f64; 18] = [
@@ -120,17 +170,41 @@ pub struct Consumer {
     /// Latency of the last reload, seconds.
     pub last_latency: Option<f64>,
     pub latency: Histogram,
+    pub reads: Reads,
 }
 
 impl Consumer {
-    /// 0 when the container has the newest update.
+    /// Whether its staleness is measured: a whole-volume consumer known to read the
+    /// volume.
+    pub fn measured(&self) -> bool {
+        self.mount == MountKind::Volume && self.reads == Reads::Yes
+    }
+
+    /// 0 when the container has the newest update, or its staleness is not measured.
     pub fn stale_seconds(&self, now: SystemTime) -> f64 {
-        match (&self.pending, self.mount) {
-            (Some((_, swap)), MountKind::Volume) => {
+        match &self.pending {
+            Some((_, swap)) if self.measured() => {
                 now.duration_since(*swap).map_or(0.0, |d| d.as_secs_f64())
             }
             _ => 0.0,
         }
+    }
+
+    /// Whether it keeps its volume's opens reported: it may read the volume and has
+    /// not reloaded the newest update (a reader, or one whose reads are unknown), or
+    /// its first reads are still awaited. One seen not to read at its start is not
+    /// waited for.
+    fn awaited(&self) -> bool {
+        match self.reads {
+            Reads::Undecided { .. } => true,
+            Reads::Yes | Reads::Unknown => self.pending.is_some(),
+            Reads::No => false,
+        }
+    }
+
+    /// Seen reading: true when that is news.
+    fn reads(&mut self) -> bool {
+        std::mem::replace(&mut self.reads, Reads::Yes) != Reads::Yes
     }
 }
 
@@ -149,11 +223,24 @@ struct EarlyOpen {
 const EARLY_KEPT: Duration = Duration::from_secs(10);
 const EARLY_MAX: usize = 4096;
 
-/// A volume's newest update: (volume, data dir, swap time, consumers known and
-/// whether each is still stale).
-pub type Snapshot = (VolumeKey, String, SystemTime, Vec<(String, bool)>);
+/// What a checkpoint keeps of a consumed or updated volume.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub volume: VolumeKey,
+    /// Its newest update: data dir and swap time.
+    pub newest: Option<(String, SystemTime)>,
+    /// Its consumers, and whether each is still stale (with an update only).
+    pub stale: Vec<(String, bool)>,
+    /// The consumers seen reading it.
+    pub readers: Vec<String>,
+    /// The consumers whose start was watched and that were not seen reading.
+    pub non_readers: Vec<String>,
+}
 
-#[derive(Debug, Default)]
+/// First reads kept for containers not found yet, at most.
+const FIRST_READS_MAX: usize = 4096;
+
+#[derive(Debug)]
 pub struct Reloads {
     consumers: HashMap<VolumeKey, HashMap<String, Consumer>>,
     /// The newest update of each volume: (timestamped dir, swap time).
@@ -168,9 +255,52 @@ pub struct Reloads {
     /// when no other mark covers that (`--settled-marks remove`, or `auto` on a volume
     /// no consumer watches): see [`Self::late_mark`].
     late: HashMap<VolumeKey, String>,
+    /// How long a consumer's first reads are watched for ([`FIRST_READ_WINDOW`]).
+    window: Duration,
+    /// Containers whose cgroup appeared (they are starting) and that no consumer scan
+    /// has seen yet, by id: their pod's uid, and when their window ends. Their pod's
+    /// volumes keep their opens reported meanwhile.
+    starting: HashMap<String, (String, SystemTime)>,
+    /// Volumes that appeared while the agent ran (their pod is starting), and when
+    /// their window ends: their opens stay reported until then.
+    fresh: HashMap<VolumeKey, SystemTime>,
+    /// Opens of a volume by containers of its pod not known as its consumers yet (a
+    /// container's first reads come before the scan that finds it; None: an
+    /// unattributed open), and when the first was seen.
+    first_reads: HashMap<(VolumeKey, Option<String>), SystemTime>,
+    /// From a checkpoint: consumers' reads, by volume and container id.
+    restored_reads: HashMap<(VolumeKey, String), Reads>,
+    /// Pods whose volumes' [`Self::settled`] may have changed (a container starting,
+    /// or found).
+    changed_pods: HashSet<String>,
+}
+
+impl Default for Reloads {
+    fn default() -> Self {
+        Reloads {
+            consumers: HashMap::new(),
+            newest: HashMap::new(),
+            early: VecDeque::new(),
+            foreign: [0; 3],
+            restored: HashMap::new(),
+            changed: HashSet::new(),
+            late: HashMap::new(),
+            window: FIRST_READ_WINDOW,
+            starting: HashMap::new(),
+            fresh: HashMap::new(),
+            first_reads: HashMap::new(),
+            restored_reads: HashMap::new(),
+            changed_pods: HashSet::new(),
+        }
+    }
 }
 
 impl Reloads {
+    /// How long a consumer's first reads are watched for.
+    pub fn set_first_read_window(&mut self, window: Duration) {
+        self.window = window;
+    }
+
     pub fn consumers(&self) -> impl Iterator<Item = (&VolumeKey, &String, &Consumer)> {
         self.consumers
             .iter()
@@ -186,20 +316,59 @@ impl Reloads {
         self.consumers.get(volume)?.get(id)
     }
 
-    /// Whether every consumer of `volume` has its newest update (none is stale, and
-    /// none a checkpoint named stale is still to be found): its data dir's opens are
-    /// nobody's reload any more.
+    /// Whether `volume`'s opens are nobody's reload and nobody's first read any more
+    /// (it is settled): no consumer that reads it or may read it lacks its newest
+    /// update, none a checkpoint named stale is still to be found, and no first read is
+    /// awaited (a consumer in the window after its start, a container of its pod
+    /// starting, the volume itself new).
     pub fn settled(&self, volume: &VolumeKey) -> bool {
-        let cs = self
+        let mut cs = self
             .consumers
             .get(volume)
             .into_iter()
             .flat_map(|cs| cs.values());
-        !cs.into_iter().any(|c| c.pending.is_some())
+        !cs.any(Consumer::awaited)
             && !self
                 .restored
                 .iter()
                 .any(|((v, _), stale)| *stale && v == volume)
+            && !self.fresh.contains_key(volume)
+            && !(self.starting.values()).any(|(uid, _)| *uid == volume.pod_uid)
+    }
+
+    /// A container of pod `pod_uid` is starting (its cgroup appeared at `now`): the
+    /// pod's volumes keep their opens reported until a consumer scan sees it, or the
+    /// first-read window ends.
+    pub fn container_starting(&mut self, pod_uid: &str, id: &str, now: SystemTime) {
+        let until = now + self.window;
+        self.starting
+            .insert(id.to_owned(), (pod_uid.to_owned(), until));
+        self.changed_pods.insert(pod_uid.to_owned());
+    }
+
+    /// `volume` appeared at `now`, while the agent runs (its pod is starting, its
+    /// containers not yet): its opens stay reported for the first-read window.
+    pub fn volume_appeared(&mut self, volume: &VolumeKey, now: SystemTime) {
+        self.fresh.insert(volume.clone(), now + self.window);
+        self.changed.insert(volume.clone());
+    }
+
+    /// A consumer scan saw the processes of containers `ids`: the starting ones among
+    /// them are found (as consumers of the volumes they mount, or of none).
+    pub fn scanned(&mut self, ids: &HashSet<String>) {
+        let changed = &mut self.changed_pods;
+        self.starting.retain(|id, (uid, _)| {
+            let seen = ids.contains(id);
+            if seen {
+                changed.insert(uid.clone());
+            }
+            !seen
+        });
+    }
+
+    /// The pods whose volumes' [`Self::settled`] may have changed since the last call.
+    pub fn take_changed_pods(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.changed_pods)
     }
 
     /// Asks [`Self::take_changed`] to report `volume` (its data dir changed).
@@ -223,9 +392,10 @@ impl Reloads {
             .iter()
             .map(|f| self.restored.remove(&(volume.clone(), f.id.clone())))
             .collect();
+        let reads: Vec<Reads> = found.iter().map(|f| self.reads_of(volume, f)).collect();
         let cs = self.consumers.entry(volume.clone()).or_default();
         cs.retain(|id, _| found.iter().any(|f| &f.id == id));
-        for (f, was_pending) in found.into_iter().zip(was_pending) {
+        for ((f, was_pending), reads) in found.into_iter().zip(was_pending).zip(reads) {
             let c = cs.entry(f.id).or_insert_with(|| Consumer {
                 name: f.name.clone(),
                 mount: f.mount,
@@ -241,7 +411,12 @@ impl Reloads {
                 last_reload: None,
                 last_latency: None,
                 latency: Histogram::default(),
+                reads,
             });
+            // Holding a file of the volume open, or watching it, is reading it.
+            if f.watches || !f.holds.is_empty() {
+                c.reads();
+            }
             if f.start_ticks != c.start_ticks {
                 // Restarted: its processes read the volume afresh.
                 c.started = f.started;
@@ -267,16 +442,61 @@ impl Reloads {
         }
     }
 
-    /// Each volume's newest update and its known consumers, for a checkpoint.
+    /// What is known of whether `f`, found consuming `volume`, reads it; its own record
+    /// if it is known already.
+    fn reads_of(&mut self, volume: &VolumeKey, f: &Found) -> Reads {
+        if let Some(c) = self.consumer(volume, &f.id) {
+            return c.reads;
+        }
+        // Its first reads, seen before this scan found it.
+        let mine = (volume.clone(), Some(f.id.clone()));
+        let unattributed = (volume.clone(), None);
+        if self.first_reads.remove(&mine).is_some()
+            || (self.first_reads.get(&unattributed)).is_some_and(|at| *at >= f.started)
+        {
+            return Reads::Yes;
+        }
+        if let Some(r) = self.restored_reads.remove(&(volume.clone(), f.id.clone())) {
+            return r;
+        }
+        // Its start was watched: the volume's opens were reported when it started.
+        if self.starting.contains_key(&f.id) || self.fresh.contains_key(volume) {
+            return Reads::Undecided {
+                until: f.started + self.window,
+            };
+        }
+        Reads::Unknown
+    }
+
+    /// Each updated or consumed volume's newest update and its known consumers, for a
+    /// checkpoint.
     pub fn snapshot(&self) -> Vec<Snapshot> {
-        self.newest
-            .iter()
-            .map(|(v, (ts, swap))| {
-                let cs = self.consumers.get(v).into_iter().flatten();
-                let known = cs
-                    .map(|(id, c)| (id.clone(), c.pending.is_some()))
-                    .collect();
-                (v.clone(), ts.clone(), *swap, known)
+        let volumes: HashSet<&VolumeKey> =
+            self.newest.keys().chain(self.consumers.keys()).collect();
+        volumes
+            .into_iter()
+            .map(|v| {
+                let newest = self.newest.get(v).cloned();
+                let cs: Vec<(&String, &Consumer)> =
+                    self.consumers.get(v).into_iter().flatten().collect();
+                let ids = |r: Reads| {
+                    (cs.iter())
+                        .filter(|(_, c)| c.reads == r)
+                        .map(|(id, _)| (*id).clone())
+                        .collect()
+                };
+                Snapshot {
+                    volume: v.clone(),
+                    stale: match newest {
+                        Some(_) => (cs.iter())
+                            .map(|(id, c)| ((*id).clone(), c.pending.is_some()))
+                            .collect(),
+                        None => Vec::new(),
+                    },
+                    newest,
+                    readers: ids(Reads::Yes),
+                    non_readers: ids(Reads::No),
+                }
             })
             .collect()
     }
@@ -297,6 +517,22 @@ impl Reloads {
         self.newest.insert(volume, (ts_dir, swap));
     }
 
+    /// A checkpoint's readers of `volume` and the consumers seen not reading it at
+    /// their start: found later, they are so again (a container keeps its id for its
+    /// life, whatever data dir the volume points at now).
+    pub fn restore_reads(
+        &mut self,
+        volume: &VolumeKey,
+        readers: Vec<String>,
+        non_readers: Vec<String>,
+    ) {
+        let reads = (readers.into_iter().map(|id| (id, Reads::Yes)))
+            .chain(non_readers.into_iter().map(|id| (id, Reads::No)));
+        for (id, r) in reads {
+            self.restored_reads.insert((volume.clone(), id), r);
+        }
+    }
+
     /// `ts_dir`, a new data dir of `volume`, was marked after its swap, and nothing
     /// else saw the opens before: a consumer's reload then is looked for in the files
     /// its processes hold open, at the next consumer scan (the only trace such an open
@@ -314,6 +550,9 @@ impl Reloads {
         self.consumers.remove(volume);
         self.newest.remove(volume);
         self.early.retain(|e| &e.volume != volume);
+        self.fresh.remove(volume);
+        self.first_reads.retain(|(v, _), _| v != volume);
+        self.restored_reads.retain(|(v, _), _| v != volume);
     }
 
     pub fn pod_gone(&mut self, uid: &str) {
@@ -321,6 +560,10 @@ impl Reloads {
         self.consumers.retain(|v, _| v.pod_uid != uid);
         self.newest.retain(|v, _| v.pod_uid != uid);
         self.early.retain(|e| e.volume.pod_uid != uid);
+        self.fresh.retain(|v, _| v.pod_uid != uid);
+        self.first_reads.retain(|(v, _), _| v.pod_uid != uid);
+        self.restored_reads.retain(|(v, _), _| v.pod_uid != uid);
+        self.starting.retain(|_, (pod, _)| pod != uid);
     }
 
     /// `volume` was swapped to `ts_dir` at `swap`: every whole-volume consumer is stale
@@ -381,15 +624,33 @@ impl Reloads {
         let id = match opener {
             Opener::Kubelet => return self.foreign[0] += 1,
             Opener::Host => return self.foreign[1] += 1,
-            Opener::Unattributed => None,
+            Opener::Unattributed => {
+                // Someone read it: taken for each consumer running then, as a reload is.
+                let cs = self.consumers.get_mut(volume).into_iter().flatten();
+                let mut news = false;
+                for (_, c) in cs.filter(|(_, c)| c.mount == MountKind::Volume && c.started <= at) {
+                    news |= c.reads();
+                }
+                if news {
+                    self.changed.insert(volume.clone());
+                }
+                self.first_read(volume, None, at);
+                None
+            }
             Opener::Container { pod_uid, id } => {
-                let consumes = self
-                    .consumers
-                    .get(volume)
-                    .is_some_and(|cs| cs.contains_key(&id));
-                if pod_uid != volume.pod_uid || !consumes {
+                let c = (self.consumers.get_mut(volume)).and_then(|cs| cs.get_mut(&id));
+                if pod_uid != volume.pod_uid {
                     self.foreign[2] += 1;
                     return;
+                }
+                let Some(c) = c else {
+                    // Its first read, maybe, before the scan that finds it.
+                    self.first_read(volume, Some(id), at);
+                    self.foreign[2] += 1;
+                    return;
+                };
+                if c.reads() {
+                    self.changed.insert(volume.clone());
                 }
                 Some(id)
             }
@@ -422,12 +683,23 @@ impl Reloads {
         for (_, c) in cs.iter_mut().filter(|(c, _)| id.is_none_or(|id| id == *c)) {
             if let Some((_, swap)) = c.pending.take_if(|(pending_ts, _)| pending_ts == ts_dir) {
                 record(c, swap, at);
+                c.reads();
                 self.changed.insert(volume.clone());
             }
         }
     }
 
-    /// Drops early opens no update claimed.
+    /// An open of `volume` by a container of its pod not known as its consumer (None:
+    /// unattributed), kept for the consumer scan that finds it.
+    fn first_read(&mut self, volume: &VolumeKey, id: Option<String>, at: SystemTime) {
+        if self.first_reads.len() >= FIRST_READS_MAX {
+            return;
+        }
+        self.first_reads.entry((volume.clone(), id)).or_insert(at);
+    }
+
+    /// Drops early opens no update claimed, and first reads no scan claimed; ends the
+    /// first-read windows over by `now`.
     pub fn tick(&mut self, now: SystemTime) {
         while let Some(e) = self.early.front() {
             if now.duration_since(e.at).is_ok_and(|d| d < EARLY_KEPT) {
@@ -435,6 +707,35 @@ impl Reloads {
             }
             self.early.pop_front();
         }
+        let window = self.window;
+        self.first_reads
+            .retain(|_, at| now.duration_since(*at).is_ok_and(|d| d < window) || *at > now);
+        for (v, cs) in &mut self.consumers {
+            for c in cs.values_mut() {
+                if let Reads::Undecided { until } = c.reads
+                    && until <= now
+                {
+                    c.reads = Reads::No;
+                    self.changed.insert(v.clone());
+                }
+            }
+        }
+        let changed = &mut self.changed;
+        self.fresh.retain(|v, until| {
+            let open = *until > now;
+            if !open {
+                changed.insert(v.clone());
+            }
+            open
+        });
+        let pods = &mut self.changed_pods;
+        self.starting.retain(|_, (uid, until)| {
+            let open = *until > now;
+            if !open {
+                pods.insert(uid.clone());
+            }
+            open
+        });
     }
 }
 
@@ -472,6 +773,15 @@ mod tests {
             mount_path: None,
             holds: Vec::new(),
             listed_at: t(started),
+            watches: false,
+        }
+    }
+
+    /// A consumer seen reading: it watches the volume.
+    fn reader(id: &str, mount: MountKind, started: u64) -> Found {
+        Found {
+            watches: true,
+            ..found(id, mount, started)
         }
     }
 
@@ -482,12 +792,13 @@ mod tests {
         }
     }
 
+    /// `a` reads the whole volume, `s` binds a file of it.
     fn reloads() -> Reloads {
         let mut r = Reloads::default();
         r.set_consumers(
             &vol(),
             vec![
-                found("a", MountKind::Volume, 0),
+                reader("a", MountKind::Volume, 0),
                 found("s", MountKind::SubPath, 0),
             ],
         );
@@ -750,9 +1061,217 @@ mod tests {
         );
         let snap = r.snapshot();
         assert_eq!(snap.len(), 1);
-        let mut known = snap[0].3.clone();
+        let mut known = snap[0].stale.clone();
         known.sort();
         assert_eq!(known, [("a".to_string(), true), ("b".to_string(), false)]);
+    }
+
+    fn reads(r: &Reloads, id: &str) -> Reads {
+        r.consumer(&vol(), id).unwrap().reads
+    }
+
+    /// A container never seen reading its volume is not its stale consumer (nor a
+    /// fresh one: nothing is measured); one seen reading it once, in any data dir, is
+    /// stale after the next update until it opens the new data.
+    #[test]
+    fn only_a_consumer_seen_reading_is_stale() {
+        let mut r = Reloads::default();
+        let whole = MountKind::Volume;
+        r.set_consumers(
+            &vol(),
+            vec![found("quiet", whole, 0), found("once", whole, 0)],
+        );
+        assert_eq!(reads(&r, "quiet"), Reads::Unknown);
+        assert_eq!(reads(&r, "quiet").label(), "unknown");
+        r.open(me("once"), &vol(), "..1", t(50)); // the data before any update
+        assert_eq!(reads(&r, "once"), Reads::Yes);
+        r.update(&vol(), "..2", t(100));
+        let quiet = r.consumer(&vol(), "quiet").unwrap();
+        let once = r.consumer(&vol(), "once").unwrap();
+        assert_eq!((quiet.measured(), once.measured()), (false, true));
+        assert_eq!(quiet.stale_seconds(t(1100)), 0.0);
+        assert_eq!(once.stale_seconds(t(1100)), 1.0);
+        r.open(me("once"), &vol(), "..2", t(200));
+        assert_eq!(
+            r.consumer(&vol(), "once").unwrap().stale_seconds(t(1100)),
+            0.0
+        );
+        // Its reads unknown, it may read the new data: its opens stay reported.
+        assert!(!r.settled(&vol()));
+        // Its first open seen is of the new data: a reload, and it reads.
+        r.open(me("quiet"), &vol(), "..2", t(300));
+        let quiet = r.consumer(&vol(), "quiet").unwrap();
+        assert_eq!((quiet.reads, quiet.last_reload), (Reads::Yes, Some(t(300))));
+        assert!(r.settled(&vol()));
+    }
+
+    /// Holding a file of the volume open or watching it with inotify is reading it; so
+    /// is an open by a container of the pod that no scan has found yet (its first
+    /// read), once a scan finds it consuming the volume; and an unattributed open (the
+    /// approximate source), for each consumer running then.
+    #[test]
+    fn what_counts_as_reading() {
+        let whole = MountKind::Volume;
+        let mut r = Reloads::default();
+        r.open(me("early"), &vol(), "..1", t(10));
+        assert_eq!(r.foreign, [0, 0, 1], "not a consumer yet");
+        let holding = Found {
+            holds: vec!["..1".into()],
+            ..found("holding", whole, 0)
+        };
+        let all = || {
+            vec![
+                holding.clone(),
+                reader("watching", whole, 0),
+                found("early", whole, 5),
+                found("other", whole, 5),
+            ]
+        };
+        r.set_consumers(&vol(), all());
+        for (id, want) in [
+            ("holding", Reads::Yes),
+            ("watching", Reads::Yes),
+            ("early", Reads::Yes),
+            ("other", Reads::Unknown),
+        ] {
+            assert_eq!(reads(&r, id), want, "{id}");
+        }
+        // A scan that no longer finds the file or the watch takes nothing back.
+        let none = all().into_iter().map(|f| found(&f.id, whole, 0)).collect();
+        r.set_consumers(&vol(), none);
+        assert_eq!(reads(&r, "holding"), Reads::Yes);
+
+        let mut r = Reloads::default();
+        r.open(Opener::Unattributed, &vol(), "..1", t(50));
+        let both = || vec![found("before", whole, 0), found("after", whole, 60)];
+        r.set_consumers(&vol(), both());
+        assert_eq!(reads(&r, "before"), Reads::Yes);
+        assert_eq!(reads(&r, "after"), Reads::Unknown, "started after the open");
+        r.open(Opener::Unattributed, &vol(), "..1", t(70));
+        assert_eq!(reads(&r, "after"), Reads::Yes);
+    }
+
+    /// A volume that appears while the agent runs, and a pod one of whose containers is
+    /// starting, keep their opens reported; a consumer found then is watched for its
+    /// first reads through the window after its start, and does not read if none
+    /// comes. Volumes of other pods settle as before.
+    #[test]
+    fn first_reads_are_awaited_through_the_window_after_a_start() {
+        let whole = MountKind::Volume;
+        let window = || {
+            let mut r = Reloads::default();
+            r.set_first_read_window(Duration::from_secs(10));
+            r
+        };
+        let mut r = window();
+        r.volume_appeared(&vol(), t(0));
+        assert!(!r.settled(&vol()), "its pod is starting");
+        r.set_consumers(
+            &vol(),
+            vec![found("quiet", whole, 100), found("once", whole, 100)],
+        );
+        assert_eq!(reads(&r, "quiet"), Reads::Undecided { until: t(10_100) });
+        assert_eq!(reads(&r, "quiet").label(), "unknown");
+        r.open(me("once"), &vol(), "..1", t(150));
+        assert_eq!(reads(&r, "once"), Reads::Yes);
+        r.tick(t(10_000)); // the volume's window is over, not the quiet one's
+        assert!(!r.settled(&vol()));
+        r.take_changed();
+        r.tick(t(10_100));
+        assert_eq!(reads(&r, "quiet"), Reads::No);
+        assert_eq!(reads(&r, "quiet").label(), "no");
+        assert!(r.take_changed().contains(&vol()));
+        assert!(r.settled(&vol()), "no first read is awaited");
+        // An update: the reader is stale; the other neither stale nor waited for.
+        r.update(&vol(), "..2", t(20_000));
+        assert!(!r.settled(&vol()));
+        let quiet = r.consumer(&vol(), "quiet").unwrap();
+        assert_eq!(
+            (quiet.measured(), quiet.stale_seconds(t(21_000))),
+            (false, 0.0)
+        );
+        r.open(me("once"), &vol(), "..2", t(20_050));
+        assert!(r.settled(&vol()));
+        // Seen reading after all: it reads from then on.
+        r.open(me("quiet"), &vol(), "..2", t(30_000));
+        assert_eq!(reads(&r, "quiet"), Reads::Yes);
+
+        let mut r = window();
+        r.set_consumers(&vol(), vec![reader("a", whole, 0)]);
+        r.container_starting("pod", "new", t(1000));
+        assert_eq!(r.take_changed_pods(), HashSet::from(["pod".to_owned()]));
+        assert!(!r.settled(&vol()));
+        let other = VolumeKey {
+            pod_uid: "other".into(),
+            ..vol()
+        };
+        assert!(r.settled(&other));
+        let with_new = || vec![reader("a", whole, 0), found("new", whole, 1001)];
+        r.set_consumers(&vol(), with_new());
+        assert_eq!(reads(&r, "new"), Reads::Undecided { until: t(11_001) });
+        r.scanned(&HashSet::from(["a".to_owned(), "new".to_owned()]));
+        assert_eq!(r.take_changed_pods(), HashSet::from(["pod".to_owned()]));
+        assert!(!r.settled(&vol()), "its own window goes on");
+        r.open(me("new"), &vol(), "..1", t(1500));
+        assert!(r.settled(&vol()), "seen reading");
+        // A starting container no scan sees: until its window ends.
+        r.container_starting("pod", "gone", t(2000));
+        r.tick(t(11_999));
+        assert!(!r.settled(&vol()));
+        r.tick(t(12_000));
+        assert_eq!(r.take_changed_pods(), HashSet::from(["pod".to_owned()]));
+        assert!(r.settled(&vol()));
+        // One whose start nothing watched: unknown.
+        let with_old = [with_new(), vec![found("old", whole, 0)]].concat();
+        r.set_consumers(&vol(), with_old);
+        assert_eq!(reads(&r, "old"), Reads::Unknown);
+    }
+
+    /// Who reads a volume is kept by a checkpoint, for every consumed volume, updated or
+    /// not, and comes back whatever data dir the volume points at then.
+    #[test]
+    fn a_checkpoint_keeps_who_reads() {
+        let whole = MountKind::Volume;
+        let mut r = Reloads::default();
+        r.set_first_read_window(Duration::from_secs(10));
+        r.container_starting("pod", "no", t(0));
+        let three = || {
+            vec![
+                reader("yes", whole, 0),
+                found("unknown", whole, 0),
+                found("no", whole, 1),
+            ]
+        };
+        r.set_consumers(&vol(), three());
+        r.tick(t(20_000));
+        let snap = r.snapshot();
+        assert_eq!(
+            snap,
+            [Snapshot {
+                volume: vol(),
+                newest: None,
+                stale: Vec::new(),
+                readers: vec!["yes".into()],
+                non_readers: vec!["no".into()],
+            }],
+            "consumed, never updated"
+        );
+
+        let mut r = Reloads::default();
+        let s = snap.into_iter().next().unwrap();
+        r.restore_reads(&vol(), s.readers, s.non_readers);
+        let unmarked = three()
+            .into_iter()
+            .map(|f| found(&f.id, whole, 0))
+            .collect();
+        r.set_consumers(&vol(), unmarked);
+        for (id, want) in [
+            ("yes", Reads::Yes),
+            ("unknown", Reads::Unknown),
+            ("no", Reads::No),
+        ] {
+            assert_eq!(reads(&r, id), want, "{id}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `StaleVolumeReload` Events: lab containers (real processes in their own mount
-//! namespace and cgroup) consume a ConfigMap volume; one reads it once and never
-//! again. After an update it stays stale past `--stale-after`, and the agent posts one
+//! namespace and cgroup) consume a ConfigMap volume; one reads it once, at its start
+//! (seen: its pod starts while the agent runs), and never again. After an update it stays stale past `--stale-after`, and the agent posts one
 //! Warning Event on its pod to the test API server: one per update, none for the
 //! container that reloads. Needs root.
 
@@ -44,16 +44,6 @@ async fn a_stale_consumer_gets_one_event_per_update() {
     let api = Api::start().await;
     let mut node = LabNode::temp().unwrap();
     let pod = node.add_pod("shop", "web-0").unwrap();
-    let app = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    let flags = node
-        .add_volume(&pod, VolumeType::ConfigMap, "flags")
-        .unwrap();
-    for w in [&app, &flags] {
-        w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-            .unwrap();
-    }
     api.add_pod(
         &pod,
         &[
@@ -61,10 +51,6 @@ async fn a_stale_consumer_gets_one_event_per_update() {
             (VolumeType::ConfigMap, "flags", "web-flags"),
         ],
     );
-    let once = lab_container(&node, &pod, &app, "once", Strategy::ReadOnce, false);
-    let poller = lab_container(&node, &pod, &app, "poller", Strategy::TimerPoller, false);
-    let flags_once = lab_container(&node, &pod, &flags, "flags-once", Strategy::ReadOnce, false);
-
     let settings = reloadscope::kubeapi::Settings {
         emit_events: true,
         stale_after: STALE_AFTER,
@@ -75,8 +61,30 @@ async fn a_stale_consumer_gets_one_event_per_update() {
         ..lab::agent_config(&node, false, SocketAddr::from(([127, 0, 0, 1], 0)))
     })
     .await;
-    wait_metrics(agent.addr, "the three consumers", |m| {
+
+    // The pod starts while the agent runs, so the reads at start are seen: only a
+    // container seen reading its volume can be stale.
+    let app = node
+        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
+        .unwrap();
+    let flags = node
+        .add_volume(&pod, VolumeType::ConfigMap, "flags")
+        .unwrap();
+    for w in [&app, &flags] {
+        w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+            .unwrap();
+        let data = w.dir().join("..data");
+        wait_for("the new volume's data marked", || {
+            std::future::ready(fanotify_marks(&data).then_some(()))
+        })
+        .await;
+    }
+    let once = lab_container(&node, &pod, &app, "once", Strategy::ReadOnce, false);
+    let poller = lab_container(&node, &pod, &app, "poller", Strategy::TimerPoller, false);
+    let flags_once = lab_container(&node, &pod, &flags, "flags-once", Strategy::ReadOnce, false);
+    wait_metrics(agent.addr, "the three consumers, seen reading", |m| {
         m.matching("reloadscope_consumer_info", &[]).count() == 3
+            && m.sum("reloadscope_consumer_info", &[("reads", "yes")]) == 3.0
     })
     .await;
     wait_meta(&agent, "the API up", |m| {

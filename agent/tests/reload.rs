@@ -30,6 +30,9 @@ async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
         ("rewatcher", Strategy::FileRewatcher),
         ("poller", Strategy::TimerPoller),
     ];
+    // `once` read its file at its start, before the agent ran: nothing shows that it
+    // reads the volume (no watch, no file held open), so it is not measured. The
+    // others watch it: they read it.
     let never = [
         ("naive", Strategy::NaiveModify),
         ("nofollow", Strategy::DontFollow),
@@ -134,6 +137,16 @@ async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
                 "{}",
                 c.name
             );
+            let reads = m_get(&m, "reloadscope_consumer_info", &c.name, "reads");
+            if c.name == "once" {
+                assert_eq!(reads.as_deref(), Some("unknown"));
+                assert!(
+                    m.get("reloadscope_consumer_stale_seconds", &labels)
+                        .is_none(),
+                    "whether it reads the volume is unknown: not stale"
+                );
+                continue;
+            }
             assert!(
                 m.get("reloadscope_consumer_stale_seconds", &labels)
                     .unwrap()
@@ -142,6 +155,8 @@ async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
                 c.name
             );
         }
+        let reads = m_get(&m, "reloadscope_consumer_info", &c.name, "reads");
+        assert_eq!(reads.as_deref(), Some("yes"), "{}", c.name);
     }
     // subPath: reported as such, never as stale, although it keeps reading (old data).
     assert!(
@@ -196,9 +211,8 @@ async fn secret_reloads_match_the_consumers_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn the_state_file_keeps_who_is_stale_across_a_restart() {
-    let (node, pod, w) = shop_volume(VolumeType::ConfigMap, "app-config");
-    let once = lab_container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
-    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
     let state = tempfile::tempdir().unwrap();
     let cfg = reloadscope::agent::Config {
         state_file: Some(state.path().join("state.json")),
@@ -213,7 +227,24 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
     };
 
     let first = start_with(cfg.clone()).await;
-    wait_metrics(first.addr, "both consumers", consumers).await;
+    // The pod starts while the agent runs: the read-once container's read at its start
+    // is seen (a volume that appears keeps its opens reported for a while).
+    let w = node
+        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
+        .unwrap();
+    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
+        .unwrap();
+    let data = w.dir().join("..data");
+    wait_for("the new volume's data marked", || {
+        std::future::ready(fanotify_marks(&data).then_some(()))
+    })
+    .await;
+    let once = lab_container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
+    let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
+    wait_metrics(first.addr, "both consumers, both reading", |m| {
+        consumers(m) && m.sum("reloadscope_consumer_info", &[("reads", "yes")]) == 2.0
+    })
+    .await;
     w.write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
         .unwrap();
     let m = wait_metrics(first.addr, "the watcher's reload", |m| {
@@ -233,7 +264,8 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
     first.stop().await;
 
     // A new agent (an upgrade): the read-once container is still stale since that swap,
-    // the watcher still is not; without the state file neither would be stale.
+    // the watcher still is not; without the state file neither would be stale, and
+    // whether the read-once one reads the volume would be unknown.
     let second = start_with(cfg).await;
     let m = wait_metrics(second.addr, "both consumers again", consumers).await;
     let now = secs(SystemTime::now());
@@ -264,7 +296,8 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
 #[ignore = "needs root: run cargo xtask test"]
 async fn a_container_started_after_the_update_has_it() {
     let (node, pod, w) = shop_volume(VolumeType::Secret, "tls");
-    let old = lab_container(&node, &pod, &w, "old", Strategy::ReadOnce, false);
+    // It watches its file (it reads it), and the watch never fires.
+    let old = lab_container(&node, &pod, &w, "old", Strategy::NaiveModify, false);
     let agent = start(&node, true).await;
     wait_metrics(agent.addr, "the old container", |m| {
         m.matching("reloadscope_consumer_info", &[]).count() == 1
@@ -281,13 +314,23 @@ async fn a_container_started_after_the_update_has_it() {
         .is_some_and(|s| s > 0.0)
     })
     .await;
-    // Restarted (a new container id, as the runtime gives it): it read the new data at start.
-    old.stop().unwrap();
+    // A new container (a restart gets a new container id, as the runtime gives it),
+    // started after the swap: it read the new data at its start, seen while the old
+    // one, stale, keeps the volume's opens reported.
     // Process starts are known to a clock tick (10 ms), truncated: one in the swap's own
     // tick counts as before it. A runtime restarts a container seconds later; make sure
     // the clock has left the swap's tick.
     past_the_tick_of(swapped);
     let new = lab_container(&node, &pod, &w, "new", Strategy::ReadOnce, false);
+    wait_metrics(agent.addr, "the new container seen reading", |m| {
+        m.get(
+            "reloadscope_consumer_info",
+            &[("container", "new"), ("reads", "yes")],
+        )
+        .is_some()
+    })
+    .await;
+    old.stop().unwrap();
     let m = wait_metrics(agent.addr, "the new container, and the old one gone", |m| {
         m.matching("reloadscope_consumer_info", &[]).count() == 1
             && m.get("reloadscope_consumer_info", &[("container", "new")])

@@ -1,7 +1,9 @@
 //! An agent killed (SIGKILL) in the middle of an update burst and started again with
 //! the same `--state-file`: every volume updated while it was down is recorded as
 //! updated (several updates as one, swapped when its `..data` symlink was made), and
-//! a consumer that was stale is stale still. The real binary. Needs root.
+//! a consumer that was stale is stale still (its watch, which showed that it reads the
+//! volume, died with the update: the state file keeps that it does). The real binary.
+//! Needs root.
 
 mod support;
 
@@ -60,6 +62,12 @@ async fn updates_made_while_the_agent_was_down_are_recorded() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut first = agent(&node, port, &state);
     wait_ready(addr).await;
+    // Its watch on its file, which the update ends, shows that it reads the volume.
+    let naive_reads = [("container", "naive"), ("reads", "yes")];
+    wait_metrics(addr, "the naive consumer, reading", |m| {
+        m.get("reloadscope_consumer_info", &naive_reads).is_some()
+    })
+    .await;
 
     // "stuck" is updated and its consumer never reloads.
     ws[0]

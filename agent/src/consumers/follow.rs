@@ -1,7 +1,10 @@
 //! Containers starting and stopping, from the kubepods cgroup tree: the runtime makes a
 //! cgroup dir for each container it starts (a restart included: a new container id) and
 //! removes it when the container is gone, so inotify `IN_CREATE` / `IN_DELETE` there
-//! says when to look in `/proc` again, with no polling.
+//! says when to look in `/proc` again, with no polling. A container's dir appearing
+//! also says that it is starting, before its program runs (the runtime makes the
+//! cgroup when it creates the container, and starts it afterwards): its pod's volumes
+//! are watched for its first reads from then on (`Event::ContainerStarting`).
 //!
 //! Watched (dirs only, never followed through symlinks): each kubepods root, its QoS
 //! dirs, and each pod dir, whose children are the containers. The host's cgroup
@@ -24,7 +27,12 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::{cgroup::pod_of_cgroup_path, mountinfo};
+use super::{
+    ContainerRef,
+    cgroup::{parse_cgroup_path, pod_of_cgroup_path},
+    mountinfo,
+};
+use crate::events::{self, Event};
 
 const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)
@@ -92,6 +100,17 @@ fn is_pod_dir(name: &OsStr) -> bool {
     name.to_str()
         .and_then(|n| pod_of_cgroup_path(&format!("/kubepods/{n}")))
         .is_some()
+}
+
+/// What one event of the tree says.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// Nothing for the consumer scan.
+    None,
+    /// Containers or pods may have come or gone: a scan is due.
+    Scan,
+    /// A container's cgroup appeared: it is starting, and a scan is due.
+    Started(ContainerRef),
 }
 
 pub struct Follower {
@@ -169,37 +188,52 @@ impl Follower {
         self.add(path, level);
     }
 
-    /// Handles one event; true when containers may have started or stopped.
-    fn handle(&mut self, ev: inotify::Event<std::ffi::OsString>) -> bool {
+    /// Handles one event: whether containers may have started or stopped, and which
+    /// one started.
+    fn handle(&mut self, ev: inotify::Event<std::ffi::OsString>) -> Change {
         if ev.mask.contains(EventMask::Q_OVERFLOW) {
             warn!("inotify queue of the cgroup watches overflowed: rescanning");
-            return true;
+            return Change::Scan;
         }
         if ev.mask.contains(EventMask::IGNORED) {
             self.dirs.remove(&ev.wd);
-            return false;
+            return Change::None;
         }
         let (Some(name), Some((dir, level))) = (ev.name, self.dirs.get(&ev.wd).cloned()) else {
-            return false;
+            return Change::None;
         };
         if !ev.mask.contains(EventMask::ISDIR) {
-            return false;
+            return Change::None;
+        }
+        let created = ev.mask.contains(EventMask::CREATE);
+        if created && level == Level::Pod {
+            // The pod's dir and the container's, as a cgroup path below `kubepods`.
+            let pod = dir.file_name().unwrap_or_default().to_string_lossy();
+            let path = format!("/kubepods/{pod}/{}", name.to_string_lossy());
+            if let Some(c) = parse_cgroup_path(&path) {
+                return Change::Started(c);
+            }
         }
         let path = dir.join(&name);
-        if ev.mask.contains(EventMask::CREATE) {
+        if created {
             self.child(path, level);
         }
         // A pod dir's children are its containers; higher up, pods come and go; above
         // the tree, only a kubepods root matters.
-        !matches!(level, Level::Base | Level::Above) || is_kubepods(&name)
+        if !matches!(level, Level::Base | Level::Above) || is_kubepods(&name) {
+            Change::Scan
+        } else {
+            Change::None
+        }
     }
 
     /// Runs until `stop` completes or the stream ends: each change wakes `rescan` now
-    /// and once more after [`SETTLE`].
+    /// and once more after [`SETTLE`]; each container starting is told on `tx` first.
     pub async fn run(
         mut self,
         mut stream: inotify::EventStream<Vec<u8>>,
         rescan: Arc<Notify>,
+        tx: events::Sender,
         stop: impl Future<Output = ()>,
     ) {
         let mut again: Option<tokio::time::Instant> = None;
@@ -214,11 +248,18 @@ impl Follower {
             tokio::select! {
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
-                        if self.handle(ev) {
+                        let change = self.handle(ev);
+                        self.count.store(self.dirs.len(), Relaxed);
+                        if let Change::Started(c) = &change {
+                            let (pod_uid, id) = (c.pod_uid.clone(), c.container_id.clone());
+                            if tx.send(Event::ContainerStarting { pod_uid, id }).await.is_err() {
+                                return;
+                            }
+                        }
+                        if change != Change::None {
                             rescan.notify_one();
                             again = Some(tokio::time::Instant::now() + SETTLE);
                         }
-                        self.count.store(self.dirs.len(), Relaxed);
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "reading cgroup events failed; consumers are found by periodic scans");
@@ -242,8 +283,12 @@ mod tests {
 
     const MOUNTINFO: &str = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
 
-    /// Handles the next event.
+    /// Handles the next event: whether a scan is due.
     async fn next(f: &mut Follower, stream: &mut inotify::EventStream<Vec<u8>>) -> bool {
+        change(f, stream).await != Change::None
+    }
+
+    async fn change(f: &mut Follower, stream: &mut inotify::EventStream<Vec<u8>>) -> Change {
         f.handle(stream.next().await.unwrap().unwrap())
     }
 
@@ -281,14 +326,26 @@ mod tests {
         assert!(next(&mut f, &mut stream).await, "a pod appeared");
         assert_eq!(f.dirs.len(), 5, "each level of the tree is watched");
 
-        std::fs::create_dir(pod.join("cri-containerd-abc.scope")).unwrap();
-        assert!(next(&mut f, &mut stream).await, "a container started");
+        let id = "0123456789abcdef0123";
+        std::fs::create_dir(pod.join(format!("cri-containerd-{id}.scope"))).unwrap();
+        assert_eq!(
+            change(&mut f, &mut stream).await,
+            Change::Started(ContainerRef {
+                pod_uid: "0b5c7f2e-1a2b-4c3d-8e9f-001122334455".into(),
+                container_id: id.into(),
+            }),
+            "a container started"
+        );
         assert_eq!(f.dirs.len(), 5, "a container's dir is not watched");
         // A file (not a cgroup) changes nothing.
         std::fs::write(pod.join("cgroup.procs"), "").unwrap();
         assert!(!next(&mut f, &mut stream).await);
-        std::fs::remove_dir(pod.join("cri-containerd-abc.scope")).unwrap();
-        assert!(next(&mut f, &mut stream).await, "a container stopped");
+        std::fs::remove_dir(pod.join(format!("cri-containerd-{id}.scope"))).unwrap();
+        assert_eq!(
+            change(&mut f, &mut stream).await,
+            Change::Scan,
+            "a container stopped"
+        );
     }
 
     #[tokio::test]

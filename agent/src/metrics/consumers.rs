@@ -33,7 +33,7 @@ const LATENCY: Family = Family {
 };
 const STALE: Family = Family {
     name: "reloadscope_consumer_stale_seconds",
-    help: "Seconds since the swap of the newest update this container has not reloaded; 0 when it has it (whole-volume consumers only). Containers with the same values of the kept labels (--metric-labels) share a series: the largest.",
+    help: "Seconds since the swap of the newest update this container has not reloaded; 0 when it has it. Only for whole-volume consumers known to read the volume (reads=\"yes\" on reloadscope_consumer_info): one never seen reading has no series. Containers with the same values of the kept labels (--metric-labels) share a series: the largest of those that read.",
     kind: MetricType::GAUGE,
     labels: &[],
 };
@@ -45,11 +45,11 @@ const LAST_RELOAD: Family = Family {
 };
 const INFO: Family = Family {
     name: "reloadscope_consumer_info",
-    help: "Number of containers consuming a volume with these labels: 1 per container, more where --metric-labels drops the labels that tell them apart. workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none.",
+    help: "Number of containers consuming a volume with these labels: 1 per container, more where --metric-labels drops the labels that tell them apart. workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none; reads: whether it reads the volume, yes (seen opening one of its files, holding one open or watching it with inotify), no (not seen reading in the first-read window after its start) or unknown (not seen reading, its start not seen or the window not over): only a reader has a stale-seconds series.",
     kind: MetricType::GAUGE,
     labels: &[],
 };
-const INFO_LABELS: [&str; 2] = ["mount", "measurement"];
+const INFO_LABELS: [&str; 3] = ["mount", "measurement", "reads"];
 const FOREIGN_OPENS: Family = Family {
     name: "reloadscope_foreign_opens_total",
     help: "Opens of volume files by processes outside the consuming containers (never reloads), by opener.",
@@ -124,7 +124,7 @@ struct Merged {
     latency: BTreeMap<Vec<String>, Histogram>,
     stale: BTreeMap<Vec<String>, f64>,
     last: BTreeMap<Vec<String>, f64>,
-    /// With the workload's kind, mount and measurement.
+    /// With the workload's kind, mount, measurement and reads.
     info: BTreeMap<Vec<String>, u64>,
 }
 
@@ -151,16 +151,17 @@ impl ConsumerCollector {
                 continue;
             }
             let mut info = self.labels.values_with_kind(&values);
-            info.extend([c.mount.label().to_owned(), measurement.to_owned()]);
+            let reads = c.reads.label();
+            info.extend([c.mount.label(), measurement, reads].map(str::to_owned));
             *m.info.entry(info).or_default() += 1;
             if c.mount == MountKind::Volume {
                 let kept = self.histogram.values(&values);
                 m.latency.entry(kept).or_default().merge(&c.latency);
-                max_into(
-                    &mut m.stale,
-                    self.labels.values(&values),
-                    c.stale_seconds(now),
-                );
+            }
+            // Only a reader can be stale: whether the others hold old data is unknown.
+            if c.measured() {
+                let stale = c.stale_seconds(now);
+                max_into(&mut m.stale, self.labels.values(&values), stale);
             }
             if let Some(t) = c.last_reload {
                 let at = clock::unix_seconds(t);

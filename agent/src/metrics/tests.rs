@@ -81,7 +81,8 @@ fn default_labels_name_each_consumer_its_workload_and_each_volume_its_sources() 
             "container",
             "volume",
             "mount",
-            "measurement"
+            "measurement",
+            "reads"
         ]
     );
     let info: Vec<_> = m.matching("reloadscope_consumer_info", &[]).collect();
@@ -107,9 +108,20 @@ fn default_labels_name_each_consumer_its_workload_and_each_volume_its_sources() 
     assert_eq!(
         m.matching("reloadscope_consumer_stale_seconds", &[])
             .count(),
-        5,
-        "subPath is never stale"
+        4,
+        "subPath is never stale, and a container never seen reading has no series"
     );
+    let main = [("container", "main")];
+    assert_eq!(m.get("reloadscope_consumer_stale_seconds", &main), None);
+    let reads = |c: &str| {
+        let with = [("container", c)];
+        let mut s = m.matching("reloadscope_consumer_info", &with);
+        s.next().map(|s| s.labels["reads"].clone())
+    };
+    assert_eq!(reads("main").as_deref(), Some("unknown"));
+    for c in ["app", "naive", "c"] {
+        assert_eq!(reads(c).as_deref(), Some("yes"), "{c}");
+    }
     assert!(
         m.get("reloadscope_consumer_stale_seconds", &naive[2..])
             .unwrap()
@@ -201,6 +213,7 @@ fn consumers_sharing_the_kept_labels_share_a_series() {
             "measurement",
             "mount",
             "namespace",
+            "reads",
             "volume",
             "workload",
             "workload_kind"

@@ -26,7 +26,7 @@ use kube::{Api, Client, api::PostParams};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::{kubeapi::Settings, metrics::Shared, reloads::MountKind, volumes::VolumeKey};
+use crate::{kubeapi::Settings, metrics::Shared, volumes::VolumeKey};
 
 pub const REASON: &str = "StaleVolumeReload";
 /// The Events' `reportingController`.
@@ -193,7 +193,7 @@ impl Poster {
 fn stale_consumers(shared: &Shared, after: Duration, now: SystemTime) -> Vec<Stale> {
     let r = shared.reloads.lock().expect("reloads lock");
     r.consumers()
-        .filter(|(_, _, c)| c.mount == MountKind::Volume)
+        .filter(|(_, _, c)| c.measured())
         .filter_map(|(volume, _, c)| {
             let (ts_dir, swap) = c.pending.clone()?;
             now.duration_since(swap).ok().filter(|d| *d >= after)?;

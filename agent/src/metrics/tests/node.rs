@@ -4,9 +4,10 @@
 //! known yet, with secret `tls` and no API metadata.
 //!
 //! Consumers: web-0 `app` reloads 20 ms after the swap and `sidecar` binds a file
-//! (subPath); web-1 `app` reloads after 3 s and `naive` never does; backup-1 `main`
-//! and u3 `c` never do. The linter has one `subpath` finding in each pod (web-1's from
-//! `pinned`).
+//! (subPath); web-1 `app` reloads after 3 s and `naive` (it watches the volume) never
+//! does; u3 `c` (it holds a file open) never does; backup-1 `main` is never seen
+//! reading its token: whether it reads it is unknown. The linter has one `subpath`
+//! finding in each pod (web-1's from `pinned`).
 
 use std::{
     collections::BTreeMap,
@@ -106,16 +107,26 @@ pub(super) fn node(api: bool) -> Arc<Shared> {
         started: t0(),
         start_ticks: 1,
         mount_path: None,
-        holds: Vec::new(),
+        holds: vec!["..1".into()],
         listed_at: t0(),
+        watches: false,
     };
     let whole = MountKind::Volume;
     r.set_consumers(
         &app0,
         vec![found("app", whole), found("sidecar", MountKind::SubPath)],
     );
-    r.set_consumers(&app1, vec![found("app", whole), found("naive", whole)]);
-    r.set_consumers(&token, vec![found("main", whole)]);
+    let watching = Found {
+        holds: Vec::new(),
+        watches: true,
+        ..found("naive", whole)
+    };
+    r.set_consumers(&app1, vec![found("app", whole), watching]);
+    let unseen = Found {
+        holds: Vec::new(),
+        ..found("main", whole)
+    };
+    r.set_consumers(&token, vec![unseen]);
     r.set_consumers(&tls, vec![found("c", whole)]);
     for k in [&app0, &app1, &token, &tls] {
         r.update(k, "..2", swap);
