@@ -64,7 +64,9 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
         // `> 0` held for `stale_for`, rather than `stale_seconds > threshold`: the
         // gauge counts from the newest swap, so under updates more frequent than the
         // threshold a container that never reloads would saw-tooth below it forever.
-        // `for` asks for "stale at every evaluation", which that container is.
+        // `for` asks for "stale at every evaluation", which that container is. Only a
+        // container seen reading the volume has the series: one that mounts a volume
+        // it never reads (a `kube-api-access-*` token) never fires.
         Alert {
             name: "ReloadscopeConsumerStale",
             expr: fill("reloadscope_consumer_stale_seconds{<job>} > 0", &values),
