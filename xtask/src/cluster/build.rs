@@ -365,30 +365,11 @@ fn build_pause(tree: &Path, bins: &Binaries) -> Result<()> {
             .arg(&binary)
             .arg(tree.join("build/pause/linux/pause.c")),
     )?;
-    // TEMPORARY until the image module lands.
-    let script = r#"
-import tarfile, io, json, hashlib, sys
-src, out, tag = sys.argv[1:4]
-def tar(entries):
-    b = io.BytesIO()
-    with tarfile.open(fileobj=b, mode='w') as t:
-        for name, data, mode in entries:
-            ti = tarfile.TarInfo(name); ti.size = len(data); ti.mode = mode; ti.mtime = 0
-            t.addfile(ti, io.BytesIO(data))
-    return b.getvalue()
-layer = tar([('pause', open(src, 'rb').read(), 0o755)])
-diff = 'sha256:' + hashlib.sha256(layer).hexdigest()
-cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/pause"]}, "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
-cid = hashlib.sha256(cfg).hexdigest()
-man = json.dumps([{"Config": cid + ".json", "RepoTags": [tag], "Layers": ["layer.tar"]}]).encode()
-open(out, 'wb').write(tar([(cid + '.json', cfg, 0o644), ('layer.tar', layer, 0o644), ('manifest.json', man, 0o644)]))
-"#;
-    cmd::run(
-        Command::new("python3")
-            .args(["-c", script])
-            .arg(&binary)
-            .arg(&bins.pause_image)
-            .arg(super::files::PAUSE_IMAGE),
+    crate::image::write_binary_image(
+        &binary,
+        "pause",
+        super::files::PAUSE_IMAGE,
+        &bins.pause_image,
     )
 }
 

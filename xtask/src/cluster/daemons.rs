@@ -64,6 +64,8 @@ pub fn spec(layout: &Layout, bins: &Binaries, name: &str) -> Daemon {
                 format!("--service-account-signing-key-file={}", pki("sa.key")),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 "--kubelet-preferred-address-types=Hostname,InternalIP".into(),
+                format!("--kubelet-client-certificate={}", pki("kubelet-client.crt")),
+                format!("--kubelet-client-key={}", pki("kubelet-client.key")),
                 // Pods get the projected `kube-api-access-*` token volume every
                 // cluster mounts from 1.21 on (a Secret volume on 1.20 otherwise).
                 "--feature-gates=BoundServiceAccountTokenVolume=true".into(),

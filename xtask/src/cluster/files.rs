@@ -187,11 +187,17 @@ conntrack:
     )
 }
 
-/// Every request at the Metadata level: who asked for what, never a body. The
-/// end-to-end test reads it to show that the agent never asked for a Secret's data.
+/// Every request at the Metadata level (who asked for what, never a body), except
+/// the agent's requests on Secrets, whose responses are logged whole: the real-node
+/// test reads them to show that the agent only ever received Secrets' metadata.
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+  - level: RequestResponse
+    users: [\"system:serviceaccount:reloadscope:reloadscope\"]
+    resources:
+      - group: \"\"
+        resources: [secrets]
   - level: Metadata
 ";

@@ -110,9 +110,13 @@ pub enum Action {
     /// kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
     /// kubelet and the pause binary, then starts etcd, containerd, the control
     /// plane, kube-proxy and the kubelet, and waits until node `localhost` is
-    /// Ready. Does nothing if the node is already up. On failure it prints the
-    /// failing process's last log lines and removes what it started.
-    /// Then: `export KUBECONFIG=/var/lib/reloadscope-cluster/admin.kubeconfig`.
+    /// Ready. Then builds the agent's image from the working tree (`cargo xtask
+    /// image`) and imports it into the node's containerd, under the tag deploy/
+    /// names. Starts nothing if the node is already up (the images are imported
+    /// again). On failure it prints the failing process's last log lines and
+    /// removes what it started. Then:
+    ///   export KUBECONFIG=/var/lib/reloadscope-cluster/admin.kubeconfig
+    ///   kubectl apply -k deploy/
     #[command(verbatim_doc_comment)]
     Up,
     /// Stop every process `up` started and remove the node's containers, mounts,
@@ -130,10 +134,20 @@ pub fn run(action: Action) -> Result<()> {
     }
     let layout = Layout::new();
     match action {
-        Action::Up => up(&layout).map(drop),
+        Action::Up => {
+            up(&layout)?;
+            import_project_images(&layout)
+        }
         Action::Down => down(&layout),
         Action::Status => status(&layout),
     }
+}
+
+/// Whether every process of the node runs.
+pub fn is_up(layout: &Layout) -> bool {
+    DAEMONS
+        .iter()
+        .all(|name| daemons::running(layout, name).is_some())
 }
 
 /// Builds what is missing and starts the node, or returns at once when it is up.
@@ -141,10 +155,7 @@ pub fn run(action: Action) -> Result<()> {
 pub fn up(layout: &Layout) -> Result<Binaries> {
     build::ensure_packages()?;
     let bins = build::ensure()?;
-    if DAEMONS
-        .iter()
-        .all(|name| daemons::running(layout, name).is_some())
-    {
+    if is_up(layout) {
         println!("cluster: already up");
         return Ok(bins);
     }
@@ -343,6 +354,22 @@ pub fn ctr(layout: &Layout, args: &[&str]) -> Result<String, String> {
             .args(["--namespace", "k8s.io"])
             .args(args),
     )
+}
+
+/// Builds the agent's and the test consumer's images from the working tree
+/// (`cargo xtask image`) and imports them into the node's containerd, where
+/// `kubectl apply -k deploy/` finds the agent's by the tag deploy/ names.
+pub fn import_project_images(layout: &Layout) -> Result<()> {
+    let t = Instant::now();
+    let images = crate::image::build_all()?;
+    for archive in [&images.agent, &images.consumer] {
+        import_image(layout, archive)?;
+    }
+    println!(
+        "cluster: the agent's and the test consumer's images imported ({:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Imports an image archive (docker-archive or OCI) into the node's containerd.

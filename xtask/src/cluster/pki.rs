@@ -1,6 +1,7 @@
 //! The node's credentials, made with openssl at each `up`: a CA, the API server's
-//! serving certificate, the service-account signing key, and one random bearer
-//! token per client (the API server's static token file).
+//! serving certificate and its client certificate to the kubelet, the
+//! service-account signing key, and one random bearer token per client (the API
+//! server's static token file).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -85,6 +86,20 @@ pub fn write(layout: &Layout) -> Result<Vec<String>> {
     openssl(
         "x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
          -out apiserver.crt -days 365 -extfile apiserver.ext",
+    )?;
+    // The API server's client certificate to the kubelet (logs, exec): the kubelet
+    // authenticates it by the CA, and system:masters passes its authorization.
+    fs::write(
+        dir.join("kubelet-client.ext"),
+        "extendedKeyUsage=clientAuth\n",
+    )?;
+    openssl(
+        "req -newkey rsa:2048 -nodes -keyout kubelet-client.key -out kubelet-client.csr \
+         -subj /O=system:masters/CN=kube-apiserver-kubelet-client",
+    )?;
+    openssl(
+        "x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+         -out kubelet-client.crt -days 365 -extfile kubelet-client.ext",
     )?;
     openssl("genrsa -out sa.key 2048")?;
     openssl("rsa -in sa.key -pubout -out sa.pub")?;

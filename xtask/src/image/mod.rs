@@ -145,11 +145,39 @@ impl Spec {
 
     /// The docker-archive of `rootfs` as this image.
     fn archive_bytes(&self, rootfs: &rootfs::Rootfs) -> Result<Vec<u8>> {
+        self.archive_bytes_as(rootfs, &self.reference())
+    }
+
+    /// The docker-archive of `rootfs` as this image, tagged `reference`.
+    fn archive_bytes_as(&self, rootfs: &rootfs::Rootfs, reference: &str) -> Result<Vec<u8>> {
         let layer = archive::layer(rootfs)?;
         let diff_id = format!("sha256:{}", archive::sha256_hex(&layer));
         let config = serde_json::to_vec(&self.config(&diff_id))?;
-        archive::docker_archive(&config, &layer, &[self.reference()])
+        archive::docker_archive(&config, &layer, &[reference.to_owned()])
     }
+}
+
+/// Writes, to `out`, the image `reference` of a binary built elsewhere (the
+/// cluster's static pause binary), laid out as the project's own images are, with
+/// `/usr/bin/<name>` its Entrypoint.
+pub fn write_binary_image(
+    binary: &Path,
+    name: &'static str,
+    reference: &str,
+    out: &Path,
+) -> Result<()> {
+    let spec = Spec {
+        name,
+        repository: "",
+        file: "",
+        package: "",
+        binary: name,
+        cmd: &[],
+        ports: &[],
+        description: "",
+    };
+    let bytes = spec.archive_bytes_as(&rootfs::for_binary(binary, name)?, reference)?;
+    fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
 }
 
 /// The GOARCH name of this machine's architecture, the binaries'.
