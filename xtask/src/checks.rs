@@ -68,6 +68,8 @@ pub const STEPS: &[Step] = &[
     KERNELS,
     Step::new("e2e", "cargo xtask e2e")
         .root("the lab mounts tmpfs and runs containers; the agent loads eBPF"),
+    Step::new("e2e-cluster", "cargo xtask e2e --cluster")
+        .root("the real node runs a kubelet, containerd and iptables rules"),
 ];
 
 /// The eBPF integration tests on the kernels of the matrix, under QEMU (xtask/src/kernels.rs).

@@ -5,7 +5,14 @@
 //! Prometheus' HTTP API, waiting on conditions with deadlines.
 
 mod api;
+mod audit;
+mod discovery;
+mod node;
+mod podlogs;
 mod procs;
+mod workloads;
+
+pub use node::run as run_cluster;
 
 use std::fs;
 use std::process::Command;

@@ -57,7 +57,9 @@ enum Task {
     /// skopeo, imported and run by a containerd of their own (`check-image`,
     /// needs containerd, runc and skopeo), the kernel matrix (the eBPF tests
     /// on Debian's 6.1 and 6.12 cloud kernels under QEMU, and 6.12 without BTF;
-    /// skipped without /dev/kvm), then `cargo xtask e2e`. The tests need root.
+    /// skipped without /dev/kvm), `cargo xtask e2e`, then `cargo xtask e2e
+    /// --cluster` (the real node; its first run builds Kubernetes, about 4 min).
+    /// The tests need root.
     /// `.ci/run` runs exactly this.
     #[command(verbatim_doc_comment)]
     Test {
@@ -165,8 +167,22 @@ enum Task {
     /// do, that every dashboard query returns data, and that the dashboard and
     /// the rules name only metrics and labels the agent exports. About 15 s
     /// once the agent is built.
+    ///
+    /// With --cluster, on the real node of `cargo xtask cluster` instead (started
+    /// for the test and taken down after it, unless it was up already): the
+    /// agent's image imported, `kubectl apply -k deploy/`, real pods consuming
+    /// ConfigMap, Secret and projected volumes, their objects changed through
+    /// the API and a token refreshed by the kubelet, a Prometheus that finds the
+    /// agent through the API; every reload time checked against the container's
+    /// own log, the swaps against the kubelet's `..data` symlinks, and the API
+    /// server's audit log for Secret data. About 12 min once built (8 of them
+    /// waiting for the token refresh).
     #[command(verbatim_doc_comment)]
-    E2e,
+    E2e {
+        /// On the real node instead of the lab
+        #[arg(long)]
+        cluster: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -213,9 +229,13 @@ fn run(task: Task) -> Result<()> {
         Task::CheckDeploy => deploy::check(),
         Task::Image(args) => image::run(args),
         Task::CheckImage => image::check(),
-        Task::E2e => {
+        Task::E2e { cluster } => {
             prereqs::ensure()?;
-            e2e::run()
+            if cluster {
+                e2e::run_cluster()
+            } else {
+                e2e::run()
+            }
         }
         Task::Cluster { action } => cluster::run(action),
         Task::VmTest(args) => {
