@@ -492,7 +492,11 @@ async fn consumer_loop(
             let mut updated = HashMap::new();
             for ((k, dir), at) in consumed {
                 let current = probe::read_target(&dir.join(crate::volumes::DATA));
-                inodes.insert(k.clone(), (current, watches::VolumeInodes::read(dir)));
+                let vi = watches::VolumeInodes {
+                    pinned: scan.pinned.get(k).cloned().unwrap_or_default(),
+                    ..watches::VolumeInodes::read(dir)
+                };
+                inodes.insert(k.clone(), (current, vi));
                 if let Some(at) = at {
                     updated.insert(k.clone(), at);
                 }

@@ -26,7 +26,7 @@ use crate::{
     clock,
     reloads::{Found, MountKind},
     volumes::{VolumeKey, is_timestamped_dir},
-    watches::{self, Watch},
+    watches::{self, Ino, Watch},
 };
 
 /// Where a volume dir is stored, as other mount namespaces' mountinfo shows it.
@@ -62,6 +62,10 @@ pub struct Scan {
     pub ids: HashSet<String>,
     /// Processes that vanished or could not be read while scanned (never an error).
     pub unreadable: usize,
+    /// The files (`st_dev`, `st_ino`) that the subPath mounts of each volume bind, as
+    /// the subPath consumers' mount paths show them: the data of the container's
+    /// start, kept alive by the bind after an update replaced it.
+    pub pinned: HashMap<VolumeKey, Vec<Ino>>,
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -95,6 +99,17 @@ fn data_dir_of(path: &Path, mount_point: &Path) -> Option<String> {
         std::path::Component::Normal(n) if is_timestamped_dir(n) => n.to_str().map(str::to_owned),
         _ => None,
     }
+}
+
+/// The file a subPath mount `m` binds, by an `lstat` of its mount point as the
+/// container sees it (`/proc/<pid>/root/...`: the mounted file, never opened). Only a
+/// regular file on the mount's own device: anything else (a directory subPath, a
+/// mount point the container has since covered) pins no watched file.
+fn bound_file(mount_path: &Path, m: &Mount) -> Option<Ino> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(mount_path).ok()?;
+    let dev = libc::makedev(m.major, m.minor);
+    (meta.is_file() && meta.dev() == dev).then(|| (meta.dev(), meta.ino()))
 }
 
 /// Start of a process from `/proc/<pid>/stat`: clock ticks since boot, and as wall time.
@@ -201,6 +216,18 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
             debug!(pid, skipped, "unparseable mountinfo lines");
         }
         for (key, ident) in ids.iter().filter(|(k, _)| k.pod_uid == pod_uid) {
+            // Every subPath mount of the volume pins its file, whatever else the
+            // container mounts.
+            for m in mounts
+                .iter()
+                .filter(|m| classify(m, ident) == Some(MountKind::SubPath))
+            {
+                let inside = m.mount_point.strip_prefix("/").unwrap_or(&m.mount_point);
+                let at = proc_root.join(pid.to_string()).join("root").join(inside);
+                if let Some(ino) = bound_file(&at, m) {
+                    scan.pinned.entry(key.clone()).or_default().push(ino);
+                }
+            }
             // The strongest relation wins: a container may bind the volume and a subPath of it.
             let kind = mounts
                 .iter()
@@ -304,6 +331,26 @@ mod tests {
             classify(&mount(0, "/..2026_01_01_00_00_00.1/tls.crt"), &tmpfs),
             Some(MountKind::SubPath)
         );
+    }
+
+    #[test]
+    fn a_subpath_mount_pins_the_regular_file_on_its_device_only() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("key");
+        std::fs::write(&file, "v").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let on = |dev: u64| Mount {
+            major: libc::major(dev),
+            minor: libc::minor(dev),
+            ..mount(0, "/v/..2026_01_01_00_00_00.1/key")
+        };
+        let m = on(meta.dev());
+        assert_eq!(bound_file(&file, &m), Some((meta.dev(), meta.ino())));
+        assert_eq!(bound_file(t.path(), &m), None, "a directory subPath");
+        assert_eq!(bound_file(&t.path().join("gone"), &m), None);
+        let elsewhere = on(libc::makedev(libc::major(meta.dev()) + 1, 0));
+        assert_eq!(bound_file(&file, &elsewhere), None, "another device");
     }
 
     #[test]

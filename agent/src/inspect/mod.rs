@@ -110,7 +110,10 @@ pub fn inspect(args: &InspectArgs) -> Inspection {
             host_dirs.push(real);
         }
         let mut consumers = Vec::new();
-        let inodes = watches::VolumeInodes::read(&v.dir);
+        let inodes = watches::VolumeInodes {
+            pinned: scan.pinned.remove(&v.key).unwrap_or_default(),
+            ..watches::VolumeInodes::read(&v.dir)
+        };
         for f in scan.consumers.remove(&v.key).unwrap_or_default() {
             let inside = f
                 .mount_path

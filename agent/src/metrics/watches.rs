@@ -20,7 +20,7 @@ use super::{
 
 const FINDINGS: Family = Family {
     name: "reloadscope_consumer_watch_findings",
-    help: "Number of consuming containers whose inotify watches on the volume show this finding (ok, dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, subpath): 1 per container, more where --metric-labels drops the labels that tell them apart.",
+    help: "Number of consuming containers whose inotify watches on the volume show this finding (ok, dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, pinned_by_subpath, subpath): 1 per container, more where --metric-labels drops the labels that tell them apart.",
     kind: MetricType::GAUGE,
     labels: &[],
 };

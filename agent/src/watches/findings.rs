@@ -19,6 +19,10 @@ pub enum Finding {
     NotRewatched,
     /// A watch on a `..<timestamp>` dir: it dies with the next update.
     WatchesTimestampedDir,
+    /// A file watch with `IN_DELETE_SELF` on a file that a subPath mount of the same
+    /// volume binds: the update unlinks it but the bind keeps it, so no
+    /// `IN_DELETE_SELF` comes while that mount is there.
+    PinnedBySubPath,
     /// A subPath mount: never updated, whatever it watches.
     SubPath,
     /// A watch on the volume dir with `IN_MOVED_TO` (sees `..data` replaced), or a file
@@ -27,11 +31,12 @@ pub enum Finding {
 }
 
 impl Finding {
-    pub const ALL: [Finding; 6] = [
+    pub const ALL: [Finding; 7] = [
         Finding::DontFollow,
         Finding::NoDeleteSelf,
         Finding::NotRewatched,
         Finding::WatchesTimestampedDir,
+        Finding::PinnedBySubPath,
         Finding::SubPath,
         Finding::Ok,
     ];
@@ -42,6 +47,7 @@ impl Finding {
             Finding::NoDeleteSelf => "no_delete_self",
             Finding::NotRewatched => "not_rewatched",
             Finding::WatchesTimestampedDir => "watches_timestamped_dir",
+            Finding::PinnedBySubPath => "pinned_by_subpath",
             Finding::SubPath => "subpath",
             Finding::Ok => "ok",
         }
@@ -61,6 +67,9 @@ impl Finding {
             }
             Finding::WatchesTimestampedDir => {
                 "do not resolve ..data before watching: the ..<timestamp> dir is deleted at the next update; watch the volume dir for ..data (IN_MOVED_TO)"
+            }
+            Finding::PinnedBySubPath => {
+                "another container of the pod mounts this file with subPath, which keeps the old file alive: no IN_DELETE_SELF comes at an update; mount the volume as a directory in that container too, or watch the volume dir for ..data (IN_MOVED_TO)"
             }
             Finding::SubPath => {
                 "subPath mounts never receive updates: mount the volume as a directory and read the file through it"
@@ -83,6 +92,10 @@ pub struct VolumeInodes {
     pub ts_dirs: Vec<Ino>,
     /// The files of the current data (what a watch through a symlink lands on).
     pub files: Vec<Ino>,
+    /// The files a subPath mount of the volume binds (of the current data, or of an
+    /// older one the bind keeps alive): not from [`VolumeInodes::read`], but from the
+    /// subPath consumers' mounts ([`crate::consumers::Scan::pinned`]).
+    pub pinned: Vec<Ino>,
 }
 
 impl VolumeInodes {
@@ -132,10 +145,14 @@ pub struct Classified {
     pub file_watch: bool,
     /// Watches that land on the volume.
     pub on_volume: usize,
+    /// The pinned files it watches (`pinned_by_subpath`).
+    pub pinned: Vec<Ino>,
 }
 
 /// Classifies `watches` (all of a container's) against volume `v` for a consumer
 /// mounted as `mount`. `not_rewatched` needs the consumer's history: see `Linter`.
+/// A file watch on a file in `v.pinned` is `pinned_by_subpath` whether that file is
+/// the current data's or an older one's (the bind keeps it, and the watch, alive).
 pub fn classify(mount: MountKind, watches: &[Watch], v: &VolumeInodes) -> Classified {
     let mut c = Classified::default();
     if mount == MountKind::SubPath {
@@ -152,11 +169,15 @@ pub fn classify(mount: MountKind, watches: &[Watch], v: &VolumeInodes) -> Classi
             broken.insert(Finding::DontFollow);
         } else if v.ts_dirs.contains(&at) {
             broken.insert(Finding::WatchesTimestampedDir);
-        } else if v.files.contains(&at) {
-            if has(libc::IN_DELETE_SELF) {
-                c.file_watch = true;
-            } else {
+        } else if v.files.contains(&at) || v.pinned.contains(&at) {
+            if !has(libc::IN_DELETE_SELF) {
                 broken.insert(Finding::NoDeleteSelf);
+            } else if v.pinned.contains(&at) {
+                // Not a file watch to add again: it will not die.
+                broken.insert(Finding::PinnedBySubPath);
+                c.pinned.push(at);
+            } else {
+                c.file_watch = true;
             }
         } else {
             continue;
@@ -185,6 +206,7 @@ mod tests {
             links: vec![(1, 11), (1, 12)],
             ts_dirs: vec![(1, 20)],
             files: vec![(1, 21)],
+            pinned: vec![],
         }
     }
 
@@ -225,6 +247,50 @@ mod tests {
         );
         // Nothing on this volume: nothing to say.
         assert!(found(&[w(99, IN_MODIFY)]).is_empty());
+    }
+
+    /// Keys 21 and 22 of the current data, and 23 of an older one that a subPath
+    /// mount of another container still binds, as it binds 22.
+    fn pinned_vol() -> VolumeInodes {
+        VolumeInodes {
+            files: vec![(1, 21), (1, 22)],
+            pinned: vec![(1, 22), (1, 23)],
+            ..vol()
+        }
+    }
+
+    #[test]
+    fn a_file_watch_on_a_file_a_subpath_mount_binds_is_pinned() {
+        use libc::*;
+        let of = |watches: &[Watch]| classify(MountKind::Volume, watches, &pinned_vol());
+        let labels = |c: &Classified| c.findings.iter().map(|f| f.label()).collect::<Vec<_>>();
+        // The rewatcher of the key the other container binds: before the update (the
+        // current file) and after it (the old one, kept alive by the bind).
+        for ino in [22, 23] {
+            let c = of(&[w(ino, IN_MODIFY | IN_DELETE_SELF)]);
+            assert_eq!(labels(&c), ["pinned_by_subpath"], "{ino}");
+            assert_eq!((c.on_volume, c.pinned.as_slice()), (1, &[(1, ino)][..]));
+            assert!(!c.file_watch, "not a watch that dies with an update");
+        }
+        // The rewatcher of another key is fine; of both keys, it misses one.
+        let other = of(&[w(21, IN_DELETE_SELF)]);
+        assert_eq!((labels(&other), other.file_watch), (vec!["ok"], true));
+        let both = of(&[w(21, IN_DELETE_SELF), w(22, IN_DELETE_SELF)]);
+        assert_eq!(labels(&both), ["pinned_by_subpath"]);
+        // Without IN_DELETE_SELF it would miss the update anyway.
+        assert_eq!(labels(&of(&[w(22, IN_MODIFY)])), ["no_delete_self"]);
+        // A watch on the volume dir sees ..data replaced whatever the file does.
+        let dir = of(&[w(10, IN_MOVED_TO), w(22, IN_DELETE_SELF)]);
+        assert_eq!(labels(&dir), ["ok"]);
+        // The same inode number on another device is another file.
+        let elsewhere = Watch {
+            dev: 2,
+            ..w(22, IN_DELETE_SELF)
+        };
+        assert_eq!(of(&[elsewhere]).on_volume, 0);
+        // The subPath consumer itself is a subPath consumer.
+        let sub = classify(MountKind::SubPath, &[w(22, IN_DELETE_SELF)], &pinned_vol());
+        assert_eq!(labels(&sub), ["subpath"]);
     }
 
     #[test]

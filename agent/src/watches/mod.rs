@@ -3,9 +3,10 @@
 //! findings"). Inventories are taken with each consumer scan: at start, when
 //! containers start or stop, after each update and once its grace period is over.
 //!
-//! Findings that the masks alone prove are known before any update. `not_rewatched`
-//! needs one: a container that held an `IN_DELETE_SELF` watch on a file of the data
-//! must hold one on a file of the new data within the grace period.
+//! Findings that the masks alone prove are known before any update, and so is
+//! `pinned_by_subpath`: a file watch on a file a subPath mount of the volume binds.
+//! `not_rewatched` needs one: a container that held an `IN_DELETE_SELF` watch on a
+//! file of the data must hold one on a file of the new data within the grace period.
 
 pub mod fdinfo;
 pub mod findings;
@@ -16,7 +17,7 @@ use std::{
 };
 
 pub use fdinfo::Watch;
-pub use findings::{Classified, Finding, VolumeInodes, classify};
+pub use findings::{Classified, Finding, Ino, VolumeInodes, classify};
 
 use crate::{reloads::MountKind, volumes::VolumeKey};
 
@@ -33,6 +34,11 @@ pub struct State {
     file_watch: bool,
     /// An update killed that watch: by then it must hold one again.
     rewatch_by: Option<SystemTime>,
+    /// The files it watches that a subPath mount was seen to bind: a watch still on
+    /// one has had no `IN_DELETE_SELF` (which would have removed it), so it is still
+    /// pinned, even once the subPath container is no longer seen (the kubelet's bind
+    /// outlives its process).
+    pinned: Vec<Ino>,
 }
 
 /// What one scan saw of a consumer of a volume.
@@ -97,13 +103,23 @@ impl Linter {
             .entry((s.key.clone(), s.id.to_owned()))
             .or_default();
         st.name = s.name.to_owned();
-        let c = classify(s.mount, s.watches, s.inodes);
+        let remembered;
+        let inodes = if st.pinned.is_empty() {
+            s.inodes
+        } else {
+            let mut v = s.inodes.clone();
+            v.pinned.extend(&st.pinned);
+            remembered = v;
+            &remembered
+        };
+        let c = classify(s.mount, s.watches, inodes);
         let watching = c.on_volume > 0;
         if watching || s.mount == MountKind::SubPath {
             st.watched = s.current.map(str::to_owned);
             st.file_watch = c.file_watch;
             st.rewatch_by = None;
             st.findings = c.findings;
+            st.pinned = c.pinned;
         } else if st.watched.is_some() && st.watched.as_deref() != s.current {
             if !st.file_watch {
                 return false;
@@ -164,8 +180,23 @@ mod tests {
     }
 
     fn look(l: &mut Linter, ts: &str, file: u64, watches: &[Watch], at: u64) -> Vec<&'static str> {
+        look_pinned(l, ts, file, &[], watches, at)
+    }
+
+    /// The same with the files subPath mounts bind.
+    fn look_pinned(
+        l: &mut Linter,
+        ts: &str,
+        file: u64,
+        pinned: &[u64],
+        watches: &[Watch],
+        at: u64,
+    ) -> Vec<&'static str> {
         let k = key();
-        let i = inodes(file);
+        let i = VolumeInodes {
+            pinned: pinned.iter().map(|&ino| (1, ino)).collect(),
+            ..inodes(file)
+        };
         let seen = Seen {
             key: &k,
             id: "c1",
@@ -249,6 +280,32 @@ mod tests {
         assert_eq!(look(&mut l, "..3", 23, &[], 200), ["no_delete_self"]);
         // Watching the current data again: that is what counts.
         assert_eq!(look(&mut l, "..3", 23, &[on(10, IN_MOVED_TO)], 300), ["ok"]);
+    }
+
+    #[test]
+    fn a_pinned_file_watch_stays_pinned_and_is_not_due_a_rewatch() {
+        let mut l = Linter::new(Duration::from_secs(10));
+        let watch = [on(21, IN_DELETE_SELF)];
+        assert_eq!(
+            look_pinned(&mut l, "..1", 21, &[21], &watch, 0),
+            ["pinned_by_subpath"]
+        );
+        // The update: the bind keeps the old file and the watch on it alive.
+        assert_eq!(
+            look_pinned(&mut l, "..2", 22, &[21], &watch, 100),
+            ["pinned_by_subpath"]
+        );
+        assert_eq!(l.next_deadline(), None);
+        // The subPath container gone unseen (its kubelet bind may stay): it stands,
+        // and no grace runs out into not_rewatched.
+        assert_eq!(look(&mut l, "..2", 22, &watch, 200), ["pinned_by_subpath"]);
+        assert_eq!(l.next_deadline(), None);
+        assert_eq!(look(&mut l, "..2", 22, &watch, 300), ["pinned_by_subpath"]);
+        // Once the bind goes, IN_DELETE_SELF comes and it watches the new file.
+        assert_eq!(
+            look(&mut l, "..2", 22, &[on(22, IN_DELETE_SELF)], 400),
+            ["ok"]
+        );
     }
 
     #[test]
