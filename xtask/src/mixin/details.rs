@@ -43,7 +43,8 @@ pub fn panels(cfg: &Config) -> Vec<Value> {
     let findings = table(
         "Watch findings",
         "Containers whose inotify watches on a volume will miss its updates, by finding: \
-         dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, subpath. \
+         dont_follow, no_delete_self, not_rewatched, watches_timestamped_dir, \
+         pinned_by_subpath, subpath. \
          `reloadscope inspect` on the node gives the fix for each.",
         "short",
         format!(
