@@ -503,7 +503,13 @@ async fn consumer_loop(
             }
             (scan, inodes, updated)
         });
-        let Ok((mut scan, inodes, updated)) = scan.await else {
+        // A scan of a big node takes seconds (10,000 volumes: about 2 s): a stop does
+        // not wait for it; the runtime's shutdown leaves the thread to finish alone.
+        let done = tokio::select! {
+            done = scan => done,
+            _ = &mut stopped => return,
+        };
+        let Ok((mut scan, inodes, updated)) = done else {
             return;
         };
         let watching = lint(&shared, &scan, &inodes, &updated);

@@ -78,6 +78,23 @@ pub fn write(path: &Path, cp: &Checkpoint) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether a state file can be written at `path`: its directory exists and takes the
+/// temporary file [`write`] makes there (made and removed again), and `path` is not a
+/// directory. Checked at start, so a bad path is said at once rather than at the first
+/// save.
+pub fn check_writable(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "a directory"));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&tmp)?;
+    std::fs::remove_file(&tmp)
+}
+
 /// The saved state; `None` when there is no file yet. A file this version cannot read
 /// is an error saying so (the caller starts afresh and overwrites it).
 pub fn read(path: &Path) -> io::Result<Option<Checkpoint>> {

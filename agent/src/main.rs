@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use reloadscope::agent::{self, Config};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Sees every ConfigMap, Secret, projected and downwardAPI volume update on a
 /// Kubernetes node, at the moment of the kubelet's `..data` swap, and exports it as
@@ -290,6 +290,70 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the command line names that cannot work: said before anything starts, and
+/// the agent exits with 2. Paths that may appear later (a kubelet root, the log dirs)
+/// are only warned about; those that exist must be directories, a state file must be
+/// writable where it is named, a kubeconfig must be a file.
+fn check(args: &AgentArgs) -> Result<(), String> {
+    use std::io::ErrorKind::NotFound;
+    let dir = |flag: &str, path: &std::path::Path, may_appear: bool| match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{flag} {}: not a directory", path.display())),
+        Err(e) if e.kind() == NotFound && may_appear => Ok(()),
+        Err(e) => Err(format!("{flag} {}: {e}", path.display())),
+    };
+    for root in &args.kubelet_roots {
+        dir("--kubelet-root", root, true)?;
+    }
+    dir("--pod-logs-dir", &args.pod_logs_dir, true)?;
+    dir("--container-logs-dir", &args.container_logs_dir, true)?;
+    dir("--proc-root", &args.proc_root, false)?;
+    if let Some(path) = &args.state_file {
+        reloadscope::checkpoint::check_writable(path).map_err(|e| {
+            format!(
+                "--state-file {}: cannot write a file there: {e}",
+                path.display()
+            )
+        })?;
+    }
+    if let Some(path) = &args.kube.kubeconfig {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(format!("--kubeconfig {}: not a file", path.display())),
+            Err(e) => return Err(format!("--kubeconfig {}: {e}", path.display())),
+        }
+    }
+    reloadscope::metrics::histogram_labels(&args.histogram_labels)
+        .map_err(|e| format!("--histogram-labels: {e}"))?;
+    if let Some(bad) = (args.labels.metric_labels.iter())
+        .find(|l| !reloadscope::metrics::CONSUMER_LABELS.contains(&l.as_str()))
+    {
+        return Err(format!(
+            "--metric-labels: unknown label {bad:?}: choose from {}",
+            reloadscope::metrics::CONSUMER_LABELS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Warns once for each directory the agent reads that is not there yet: followed
+/// (the kubelet root, the pod logs) or read (the container logs) once it appears.
+fn warn_missing(args: &AgentArgs) {
+    let missing = |p: &std::path::Path| !p.exists();
+    if missing(&args.pod_logs_dir) {
+        warn!(
+            dir = %args.pod_logs_dir.display(),
+            "--pod-logs-dir does not exist: pods are named by their uid until it appears"
+        );
+    }
+    if !args.no_reloads && missing(&args.container_logs_dir) {
+        warn!(
+            dir = %args.container_logs_dir.display(),
+            "--container-logs-dir does not exist: containers are named by their id until it appears"
+        );
+    }
+}
+
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = Config {
         kubelet_roots: args.kubelet_roots,
@@ -355,6 +419,13 @@ fn main() -> ExitCode {
         }
         other => other,
     };
+    if let Command::Agent(args) = &command {
+        if let Err(e) = check(args) {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+        warn_missing(args);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -373,6 +444,9 @@ fn main() -> ExitCode {
             unreachable!("handled before the runtime")
         }
     };
+    // Blocking work still running (a consumer scan of a big node, a render) is not
+    // waited for: the agent has stopped, its state is saved.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

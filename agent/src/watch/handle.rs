@@ -16,6 +16,10 @@ impl Walker {
             self.missing.remove(&root);
             self.add_root(&root).await;
         }
+        if self.logs_missing && self.pod_logs.is_dir() {
+            info!(dir = %self.pod_logs.display(), "pod-logs dir appeared");
+            self.add_pod_logs().await;
+        }
         let now = Instant::now();
         let mut mounted = Vec::new();
         self.unmounted.retain(|(key, dir, parent_dev, deadline)| {

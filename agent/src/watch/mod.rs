@@ -85,6 +85,8 @@ pub struct Walker {
     created: HashMap<PathBuf, String>,
     /// Kubelet roots that do not exist (yet): looked for again on each tick.
     missing: HashSet<PathBuf>,
+    /// The pod-logs dir does not exist (yet): looked for again on each tick.
+    logs_missing: bool,
     /// Places the open-event mark on a disk volume's new data dir (when fanotify runs).
     marker: Option<Marker>,
     tx: Sender,
@@ -132,6 +134,7 @@ impl Walker {
             touched: None,
             created: HashMap::new(),
             missing: HashSet::new(),
+            logs_missing: false,
             tx,
         };
         w.scan().await;
@@ -154,7 +157,17 @@ impl Walker {
         for root in roots {
             self.add_root(&root).await;
         }
+        self.add_pod_logs().await;
+    }
+
+    /// Watches and lists the pod-logs dir; while it does not exist, it is looked for
+    /// on each tick.
+    pub(super) async fn add_pod_logs(&mut self) {
         let logs = self.pod_logs.clone();
+        self.logs_missing = !logs.is_dir();
+        if self.logs_missing {
+            return;
+        }
         if self.add(&logs, Node::PodLogs, TREE).is_some() {
             for name in children(&logs) {
                 self.pod_log_dir(&name).await;
