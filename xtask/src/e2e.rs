@@ -12,18 +12,19 @@ mod podlogs;
 mod procs;
 mod workloads;
 
+pub use node::bench as bench_cluster;
 pub use node::run as run_cluster;
 
 use std::fs;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 
 use crate::cmd;
 use crate::mixin::{self, Config};
 use api::{Api, non_empty};
-use procs::{Proc, TempDir, free_port, wait_for};
+use procs::{Proc, TempDir, free_port, wait_on};
 
 /// The scrape job; [`Config::short`]'s selector names it.
 const JOB: &str = "reloadscope";
@@ -162,17 +163,11 @@ impl E2e {
         secs: u64,
         probe: impl Fn(&Self) -> Result<T, String>,
     ) -> Result<T> {
-        let me = std::cell::RefCell::new(self);
-        wait_for(
-            what,
-            Duration::from_secs(secs),
-            || {
-                let mut e = me.borrow_mut();
-                e.lab.alive()?;
-                e.prometheus.alive()
-            },
-            || probe(&me.borrow()),
-        )
+        let alive = |e: &mut Self| {
+            e.lab.alive()?;
+            e.prometheus.alive()
+        };
+        wait_on(self, what, secs, alive, probe)
     }
 
     fn alerts_fire_for_the_right_consumers(&mut self) -> Result<()> {

@@ -22,7 +22,7 @@ use anyhow::{Result, bail, ensure};
 mod checks;
 
 use super::api::{Api, Series};
-use super::procs::{Proc, TempDir, free_port, wait_for};
+use super::procs::{Proc, TempDir, free_port, wait_for, wait_on};
 use super::workloads::{self, Consumer};
 use super::{discovery, podlogs};
 use crate::cluster::{self, Layout};
@@ -207,13 +207,7 @@ impl Test {
         secs: u64,
         probe: impl Fn(&Self) -> Result<T, String>,
     ) -> Result<T> {
-        let me = std::cell::RefCell::new(self);
-        wait_for(
-            what,
-            Duration::from_secs(secs),
-            || me.borrow_mut().prometheus.alive(),
-            || probe(&me.borrow()),
-        )
+        wait_on(self, what, secs, |t| t.prometheus.alive(), probe)
     }
 
     fn query(&self, expr: &str) -> Result<Series, String> {

@@ -129,3 +129,21 @@ pub fn wait_for<T>(
         }
     }
 }
+
+/// [`wait_for`] on a value that holds the children: `alive` checks them (it needs
+/// the value mutably), `probe` reads it; `secs` is the timeout.
+pub fn wait_on<S, T>(
+    state: &mut S,
+    what: &str,
+    secs: u64,
+    alive: impl Fn(&mut S) -> Result<()>,
+    probe: impl Fn(&S) -> Result<T, String>,
+) -> Result<T> {
+    let cell = std::cell::RefCell::new(state);
+    wait_for(
+        what,
+        Duration::from_secs(secs),
+        || alive(&mut cell.borrow_mut()),
+        || probe(&cell.borrow()),
+    )
+}
