@@ -135,6 +135,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     monotonic_ms();
+    crate::limits::raise_nofile();
     let roots = Roots::new(cfg.kubelet_roots.iter().cloned());
     let listener = server::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
@@ -277,7 +278,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         settled: HashMap::new(),
     };
     tasks.push(tokio::spawn(state.run(rx, stop_rx.clone())));
-    let (walker, reader) = Walker::start(roots, cfg.pod_logs_dir.clone(), marker, tx).await?;
+    let (walker, reader) = Walker::start(
+        roots,
+        cfg.pod_logs_dir.clone(),
+        marker,
+        tx,
+        shared.blind.clone(),
+    )
+    .await?;
     tasks.push(tokio::spawn(walk::run(
         walker,
         reader,

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod approx;
+pub mod blind;
 pub mod checkpoint;
 pub mod clock;
 pub mod consumers;
@@ -11,6 +12,7 @@ pub mod fanotify;
 pub mod inspect;
 pub mod kubeapi;
 pub mod lab;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod opens;

@@ -63,6 +63,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Milliseconds on the monotonic clock of the state loop's last turn (liveness).
     pub heartbeat_ms: AtomicU64,
+    /// What the agent cannot see now, and why.
+    pub blind: Arc<crate::blind::Blind>,
 }
 
 impl Shared {
@@ -84,6 +86,7 @@ impl Shared {
             open_watches: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
+            blind: Arc::default(),
         }
     }
 
@@ -100,6 +103,9 @@ struct Families {
     ebpf_loaded: IntGaugeVec,
     watched: IntGaugeVec,
     watches: IntGauge,
+    unwatched: IntGaugeVec,
+    fd_exhausted: IntCounterVec,
+    evicted: IntCounterVec,
 }
 
 /// Renders [`Shared`]'s node-wide families at each scrape (the per-volume ones are
@@ -163,6 +169,27 @@ impl StateCollector {
                 "reloadscope_inotify_watches",
                 "inotify watches the agent holds.",
             )?,
+            unwatched: IntGaugeVec::new(
+                opts(
+                    "reloadscope_unwatched_paths",
+                    "Dirs under the kubelet roots the agent cannot watch or list now, by reason (watch_limit: fs.inotify.max_user_watches; fd_limit: descriptors; memory, permission, other); retried every second. Updates of their volumes are not seen.",
+                ),
+                &["reason"],
+            )?,
+            fd_exhausted: IntCounterVec::new(
+                opts(
+                    "reloadscope_fd_exhausted_total",
+                    "Operations that failed for want of file descriptors (EMFILE, ENFILE): connections not accepted at once, dirs not listed or watched at once.",
+                ),
+                &[],
+            )?,
+            evicted: IntCounterVec::new(
+                opts(
+                    "reloadscope_http_connections_evicted_total",
+                    "HTTP connections closed to make room for a new one at the server's connection cap.",
+                ),
+                &[],
+            )?,
         };
         let descs = [
             f.detections.desc(),
@@ -172,6 +199,9 @@ impl StateCollector {
             f.ebpf_loaded.desc(),
             f.watched.desc(),
             f.watches.desc(),
+            f.unwatched.desc(),
+            f.fd_exhausted.desc(),
+            f.evicted.desc(),
         ]
         .into_iter()
         .flatten()
@@ -201,6 +231,13 @@ impl StateCollector {
         let watches = [&*s.watches, &*s.cgroup_watches, &s.open_watches];
         f.watches
             .set(watches.iter().map(|w| w.load(Relaxed)).sum::<usize>() as i64);
+        for reason in crate::blind::Reason::ALL {
+            (f.unwatched.with_label_values(&[reason.label()]))
+                .set(s.blind.unwatched(reason) as i64);
+        }
+        let none: &[&str] = &[];
+        (f.fd_exhausted.with_label_values(none)).inc_by(s.blind.fd_exhausted_total());
+        (f.evicted.with_label_values(none)).inc_by(s.blind.http_evicted_total());
         self.tracker_families(f);
     }
 
@@ -234,6 +271,8 @@ impl Collector for StateCollector {
         f.lost.reset();
         f.overflows.reset();
         f.watched.reset();
+        f.fd_exhausted.reset();
+        f.evicted.reset();
         self.fill(&f);
         [
             f.detections.collect(),
@@ -243,6 +282,9 @@ impl Collector for StateCollector {
             f.ebpf_loaded.collect(),
             f.watched.collect(),
             f.watches.collect(),
+            f.unwatched.collect(),
+            f.fd_exhausted.collect(),
+            f.evicted.collect(),
         ]
         .into_iter()
         .flatten()

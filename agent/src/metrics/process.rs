@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 /// (name, help, type) of each family, in the order they are collected.
-const FAMILIES: [(&str, &str, MetricType); 6] = [
+const FAMILIES: [(&str, &str, MetricType); 7] = [
     (
         "process_cpu_seconds_total",
         "Total user and system CPU time spent in seconds.",
@@ -38,6 +38,11 @@ const FAMILIES: [(&str, &str, MetricType); 6] = [
     (
         "process_threads",
         "Number of OS threads in the process.",
+        MetricType::GAUGE,
+    ),
+    (
+        "process_max_fds",
+        "Maximum number of open file descriptors.",
         MetricType::GAUGE,
     ),
 ];
@@ -138,6 +143,7 @@ impl Collector for ProcessCollector {
             family(3, fds as f64),
             family(4, started),
             family(5, stat.threads),
+            family(6, crate::limits::nofile() as f64),
         ]
     }
 }

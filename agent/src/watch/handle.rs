@@ -16,6 +16,7 @@ impl Walker {
             self.missing.remove(&root);
             self.add_root(&root).await;
         }
+        self.retry_unfollowed().await;
         if self.logs_missing && self.pod_logs.is_dir() {
             info!(dir = %self.pod_logs.display(), "pod-logs dir appeared");
             self.add_pod_logs().await;
@@ -211,5 +212,10 @@ impl Walker {
         }
         self.unmounted.retain(|(_, d, _, _)| !d.starts_with(dir));
         self.created.retain(|d, _| !d.starts_with(dir));
+        let before = self.unfollowed.len();
+        self.unfollowed.retain(|d, _| !d.starts_with(dir));
+        if self.unfollowed.len() != before {
+            self.publish();
+        }
     }
 }

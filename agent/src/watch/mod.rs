@@ -9,7 +9,7 @@
 //! The pod-logs dir is watched too, for pod names.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     ffi::OsStr,
     io,
     path::{Path, PathBuf},
@@ -28,6 +28,7 @@ mod reader;
 mod tests;
 
 use crate::{
+    blind::{Blind, Reason},
     events::{Event, Sender},
     fanotify::Marker,
     probe::read_target,
@@ -61,6 +62,35 @@ const VOLUME: WatchMask = WatchMask::MOVED_TO
     .union(WatchMask::ONLYDIR)
     .union(WatchMask::DONT_FOLLOW);
 
+/// How often dirs that could not be watched or listed are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// How to follow a dir again: the walk step that starts at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    Root,
+    PodsDir,
+    Pod,
+    VolumesDir,
+    PluginDir,
+    Volume,
+    PodLogs,
+}
+
+impl Node {
+    fn retry(&self) -> Retry {
+        match self {
+            Node::Root => Retry::Root,
+            Node::PodsDir => Retry::PodsDir,
+            Node::Pod => Retry::Pod,
+            Node::VolumesDir => Retry::VolumesDir,
+            Node::PluginDir => Retry::PluginDir,
+            Node::Volume(_) => Retry::Volume,
+            Node::PodLogs => Retry::PodLogs,
+        }
+    }
+}
+
 /// How long a secret or projected volume dir is re-checked for its tmpfs mount: the
 /// kubelet creates the dir, then mounts over it; a watch taken before the mount sees
 /// the covered dir, never the swaps.
@@ -87,6 +117,15 @@ pub struct Walker {
     missing: HashSet<PathBuf>,
     /// The pod-logs dir does not exist (yet): looked for again on each tick.
     logs_missing: bool,
+    /// Dirs that could not be watched or listed (not gone: the watch limit, descriptors,
+    /// ...), by path, with how to try again and why: retried every [`RETRY_EVERY`].
+    unfollowed: BTreeMap<PathBuf, (Retry, Reason)>,
+    /// The reasons said in a log line, until no dir is unfollowed for them.
+    said: HashSet<Reason>,
+    last_retry: Instant,
+    /// Set while the unfollowed dirs are retried.
+    retrying: bool,
+    blind: Arc<Blind>,
     /// Places the open-event mark on a disk volume's new data dir (when fanotify runs).
     marker: Option<Marker>,
     tx: Sender,
@@ -116,6 +155,7 @@ impl Walker {
         pod_logs: PathBuf,
         marker: Option<Marker>,
         tx: Sender,
+        blind: Arc<Blind>,
     ) -> io::Result<(Walker, Reader)> {
         let inotify = Inotify::init()?;
         let watches = inotify.watches();
@@ -135,6 +175,11 @@ impl Walker {
             created: HashMap::new(),
             missing: HashSet::new(),
             logs_missing: false,
+            unfollowed: BTreeMap::new(),
+            said: HashSet::new(),
+            last_retry: Instant::now(),
+            retrying: false,
+            blind,
             tx,
         };
         w.scan().await;
@@ -169,7 +214,7 @@ impl Walker {
             return;
         }
         if self.add(&logs, Node::PodLogs, TREE).is_some() {
-            for name in children(&logs) {
+            for name in self.list(&logs, Retry::PodLogs) {
                 self.pod_log_dir(&name).await;
             }
         }
@@ -225,7 +270,7 @@ impl Walker {
                     Some(libc::ENOTDIR) => {
                         warn!(path = %path.display(), "expected a directory, found something else; not followed")
                     }
-                    _ => warn!(path = %path.display(), error = %e, "cannot watch"),
+                    _ => self.unfollowed(path, node.retry(), &e),
                 }
                 None
             }
@@ -237,7 +282,7 @@ impl Walker {
             return;
         }
         let outer = self.found.replace(Vec::new());
-        for uid in children(pods) {
+        for uid in self.list(pods, Retry::PodsDir) {
             self.add_pod(&pods.join(&uid)).await;
         }
         let volumes = std::mem::replace(&mut self.found, outer).unwrap_or_default();
@@ -282,7 +327,7 @@ impl Walker {
         if self.add(volumes, Node::VolumesDir, TREE).is_none() {
             return;
         }
-        for plugin in children(volumes) {
+        for plugin in self.list(volumes, Retry::VolumesDir) {
             self.add_plugin_dir(&volumes.join(plugin)).await;
         }
     }
@@ -294,7 +339,7 @@ impl Walker {
         if self.add(dir, Node::PluginDir, TREE).is_none() {
             return;
         }
-        for vol in children(dir) {
+        for vol in self.list(dir, Retry::PluginDir) {
             self.add_volume(&dir.join(vol)).await;
         }
     }
@@ -365,6 +410,94 @@ impl Walker {
             late,
         })
         .await;
+    }
+
+    /// The entries of `dir`; when it cannot be listed (and is not gone), it is
+    /// unfollowed, to be walked again from it.
+    fn list(&mut self, dir: &Path, retry: Retry) -> Vec<std::ffi::OsString> {
+        let listed = std::fs::read_dir(dir).and_then(|rd| {
+            rd.map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<Vec<_>>>()
+        });
+        match listed {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                debug!(dir = %dir.display(), "gone before it could be listed");
+                Vec::new()
+            }
+            Err(e) => {
+                self.unfollowed(dir, retry, &e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// `path` could not be watched or listed for `e`: counted by reason, said once per
+    /// reason until every dir is followed again, and retried.
+    fn unfollowed(&mut self, path: &Path, retry: Retry, e: &io::Error) {
+        let reason = Reason::of(e);
+        let new = self
+            .unfollowed
+            .insert(path.to_owned(), (retry, reason))
+            .is_none();
+        if new && !self.retrying && reason == Reason::FdLimit {
+            self.blind.fd_exhausted();
+        }
+        if self.said.insert(reason) {
+            warn!(
+                path = %path.display(),
+                error = %e,
+                reason = reason.label(),
+                "cannot follow a dir under the kubelet roots: {}; it and the dirs like it \
+                 (reloadscope_unwatched_paths) are retried every second, and /readyz fails \
+                 until they are followed",
+                reason.fix()
+            );
+        }
+        self.publish();
+    }
+
+    /// Counts the unfollowed dirs by reason; says a reason gone.
+    fn publish(&mut self) {
+        for reason in Reason::ALL {
+            let n = (self.unfollowed.values())
+                .filter(|(_, r)| *r == reason)
+                .count();
+            self.blind.set_unwatched(reason, n);
+            if n == 0 && self.said.remove(&reason) {
+                info!(
+                    reason = reason.label(),
+                    "every dir not followed for this reason is followed again"
+                );
+            }
+        }
+    }
+
+    /// Walks again from each unfollowed dir, parents first; those that fail again stay.
+    pub(super) async fn retry_unfollowed(&mut self) {
+        if self.unfollowed.is_empty() || self.last_retry.elapsed() < RETRY_EVERY {
+            return;
+        }
+        self.last_retry = Instant::now();
+        self.retrying = true;
+        let failed = std::mem::take(&mut self.unfollowed);
+        for (path, (retry, _)) in failed {
+            // Under a dir that failed again in this round: walked from there.
+            if self.unfollowed.keys().any(|p| path.starts_with(p)) {
+                continue;
+            }
+            match retry {
+                Retry::Root => self.add_root(&path).await,
+                Retry::PodsDir => self.add_pods_dir(&path).await,
+                Retry::Pod => self.add_pod(&path).await,
+                Retry::VolumesDir => self.add_volumes_dir(&path).await,
+                Retry::PluginDir => self.add_plugin_dir(&path).await,
+                Retry::Volume => self.add_volume(&path).await,
+                Retry::PodLogs => self.add_pod_logs().await,
+            }
+        }
+        self.retrying = false;
+        self.publish();
     }
 
     async fn pod_log_dir(&mut self, name: &OsStr) {

@@ -39,9 +39,15 @@ async fn one_volume(marker: Option<Marker>) -> OneVolume {
     std::fs::create_dir_all(&vol).unwrap();
     let (tx, rx) = crate::events::channel();
     let roots = Roots::new([root.path().to_owned()]);
-    let (w, reader) = Walker::start(roots, logs.path().to_owned(), marker, tx)
-        .await
-        .unwrap();
+    let (w, reader) = Walker::start(
+        roots,
+        logs.path().to_owned(),
+        marker,
+        tx,
+        Default::default(),
+    )
+    .await
+    .unwrap();
     OneVolume {
         _dirs: [root, logs],
         vol,
@@ -61,9 +67,10 @@ async fn a_root_that_appears_later_is_followed() {
     let vol = root.join("pods/u/volumes/kubernetes.io~configmap/cfg");
     let (tx, mut rx) = crate::events::channel();
     let roots = Roots::new([root.clone()]);
-    let (mut w, mut reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
-        .await
-        .unwrap();
+    let (mut w, mut reader) =
+        Walker::start(roots, logs.path().to_owned(), None, tx, Default::default())
+            .await
+            .unwrap();
     assert!(w.missing.contains(&root));
     w.tick().await;
     assert_eq!(w.watch_count(), 1, "the pod-logs dir only");
@@ -93,7 +100,7 @@ async fn a_symlinked_pod_dir_is_not_followed() {
     std::os::unix::fs::symlink(outside.path(), &link).unwrap();
     let (tx, mut rx) = crate::events::channel();
     let roots = Roots::new([root.path().to_owned()]);
-    let (w, _reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
+    let (w, _reader) = Walker::start(roots, logs.path().to_owned(), None, tx, Default::default())
         .await
         .unwrap();
     assert!(found(&mut rx).is_empty());
@@ -137,9 +144,10 @@ async fn an_overflow_rescan_forgets_what_was_removed_meanwhile() {
     }
     let (tx, mut rx) = crate::events::channel();
     let roots = Roots::new([root.path().to_owned()]);
-    let (mut w, _reader) = Walker::start(roots, logs.path().to_owned(), None, tx)
-        .await
-        .unwrap();
+    let (mut w, _reader) =
+        Walker::start(roots, logs.path().to_owned(), None, tx, Default::default())
+            .await
+            .unwrap();
     // The pods dir, the pod-logs dir, and each pod's volumes, plugin and volume dirs.
     assert_eq!(w.watch_count(), 8);
     std::fs::remove_dir_all(pod("gone")).unwrap();
