@@ -171,8 +171,60 @@ fn agent_alerts(cfg: &Config) -> Vec<Alert> {
         ("window", cfg.counter_window),
         ("down_for", cfg.down_for),
         ("absent_for", cfg.absent_for),
+        ("unwatched_for", cfg.unwatched_for),
     ];
     vec![
+        // The agent retries every second and recovers alone once the cause goes; a
+        // reason that holds this long needs the fix its log line names.
+        Alert {
+            name: "ReloadscopeUnwatchedPaths",
+            expr: fill(
+                "sum by (instance, reason) (reloadscope_unwatched_paths{<job>}) > 0",
+                &values,
+            ),
+            r#for: cfg.unwatched_for,
+            severity: "warning",
+            summary: "The agent cannot follow part of the kubelet's tree.",
+            description: fill(
+                "The agent on {{ $labels.instance }} has not been able to watch or list \
+                 {{ $value }} dirs under the kubelet roots for <unwatched_for> \
+                 ({{ $labels.reason }}): updates of the volumes below them are not seen. \
+                 It retries every second.",
+                &values,
+            ),
+        },
+        Alert {
+            name: "ReloadscopeFdExhausted",
+            expr: fill(
+                "increase(reloadscope_fd_exhausted_total{<job>}[<window>]) > 0",
+                &values,
+            ),
+            r#for: "0s",
+            severity: "warning",
+            summary: "The agent ran out of file descriptors.",
+            description: fill(
+                "The agent on {{ $labels.instance }} failed {{ $value | humanize }} times in the \
+                 last <window> for want of file descriptors (connections waited, dirs were \
+                 followed late).",
+                &values,
+            ),
+        },
+        Alert {
+            name: "ReloadscopeHttpConnectionsEvicted",
+            expr: fill(
+                "increase(reloadscope_http_connections_evicted_total{<job>}[<window>]) > 0",
+                &values,
+            ),
+            r#for: "0s",
+            severity: "warning",
+            summary: "Clients hold more connections to an agent than it keeps open.",
+            description: fill(
+                "The agent on {{ $labels.instance }} closed {{ $value | humanize }} HTTP \
+                 connections in the last <window> to make room under its connection cap: \
+                 something opens connections to its port and holds them.",
+                &values,
+            ),
+        },
         Alert {
             name: "ReloadscopeEbpfEventsLost",
             expr: fill(

@@ -318,7 +318,36 @@ fn health(cfg: &Config) -> Vec<Value> {
             sum("reloadscope_inotify_watches", "watches"),
         ],
     );
-    vec![probes, lost, detections, cpu, memory, watches]
+    let blind = timeseries(
+        "Blind spots",
+        "Dirs under the kubelet roots each agent cannot watch or list now, by reason \
+         (watch_limit: fs.inotify.max_user_watches; fd_limit: descriptors): updates below \
+         them are not seen until they are followed again (retried every second). Failures \
+         for want of file descriptors, and HTTP connections closed to keep the server's cap.",
+        "short",
+        vec![
+            target(
+                format!("sum by (instance, reason) (reloadscope_unwatched_paths{job})"),
+                "not followed ({{reason}}) {{instance}}",
+            ),
+            per_agent("reloadscope_fd_exhausted_total", "out of descriptors"),
+            per_agent(
+                "reloadscope_http_connections_evicted_total",
+                "connections evicted",
+            ),
+        ],
+    );
+    let fds = timeseries(
+        "Agent file descriptors",
+        "Descriptors each agent holds, and its limit (the hard RLIMIT_NOFILE it raised its \
+         soft limit to at start).",
+        "short",
+        vec![
+            sum("process_open_fds", "open"),
+            sum("process_max_fds", "limit"),
+        ],
+    );
+    vec![probes, lost, detections, cpu, memory, watches, blind, fds]
 }
 
 #[cfg(test)]

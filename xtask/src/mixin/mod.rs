@@ -39,6 +39,9 @@ pub struct Config {
     pub counter_window: &'static str,
     /// How long the probe or fanotify must be unloaded before alerting.
     pub not_loaded_for: &'static str,
+    /// How long a dir under the kubelet roots must stay unfollowed before
+    /// ReloadscopeUnwatchedPaths fires (the agent retries every second).
+    pub unwatched_for: &'static str,
     /// How long a propagation must stay pending (past the agent's
     /// --propagation-timeout) before ReloadscopePropagationPending fires.
     pub pending_for: &'static str,
@@ -66,6 +69,7 @@ impl Default for Config {
             finding_for: "15m",
             counter_window: "10m",
             not_loaded_for: "10m",
+            unwatched_for: "5m",
             pending_for: "5m",
             api_down_for: "10m",
             down_for: "5m",
@@ -86,6 +90,7 @@ impl Config {
             finding_for: "5s",
             counter_window: "1m",
             not_loaded_for: "0s",
+            unwatched_for: "0s",
             pending_for: "0s",
             api_down_for: "0s",
             down_for: "0s",
