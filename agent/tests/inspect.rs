@@ -208,6 +208,97 @@ fn volumes_without_consumers_and_pod_names_from_the_logs_dir() {
     );
 }
 
+/// Symlinks planted in the tree (a plugin dir, a pod dir, a `volumes` dir, a volume
+/// dir) are not followed out of the root, and names with control characters print
+/// escaped, in the table and in JSON.
+#[test]
+fn symlinks_stay_unfollowed_and_names_print_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("kubelet");
+    let (pod_logs, container_logs) = (tmp.path().join("pods"), tmp.path().join("containers"));
+    fs::create_dir_all(&container_logs).unwrap();
+    fs::create_dir_all(&pod_logs).unwrap();
+    let uid = "0b5c7f2e-1a2b-4c3d-8e9f-001122334455";
+    let ts = "..2026_01_01_00_00_00.1";
+    fake_volume(&root, uid, "kubernetes.io~configmap", "app-config", ts);
+    // Outside the root: a tree that looks like volumes, and /etc.
+    let outside = tmp.path().join("outside");
+    let elsewhere = fake_volume(&outside, uid, "kubernetes.io~secret", "stolen", ts);
+    let plugins = root.join("pods").join(uid).join("volumes");
+    symlink("/etc", plugins.join("kubernetes.io~secret")).unwrap();
+    symlink(
+        &elsewhere,
+        plugins.join("kubernetes.io~configmap").join("linked"),
+    )
+    .unwrap();
+    let linked_pod = "1b5c7f2e-1a2b-4c3d-8e9f-001122334455";
+    symlink(
+        outside.join("pods").join(uid),
+        root.join("pods").join(linked_pod),
+    )
+    .unwrap();
+    let linked_volumes = "2b5c7f2e-1a2b-4c3d-8e9f-001122334455";
+    fs::create_dir_all(root.join("pods").join(linked_volumes)).unwrap();
+    symlink(
+        outside.join("pods").join(uid).join("volumes"),
+        root.join("pods").join(linked_volumes).join("volumes"),
+    )
+    .unwrap();
+    // A volume name with an escape sequence that clears the screen, and one with a
+    // bidi override.
+    let evil = "evil\u{1b}[2J\u{1b}[31mred";
+    fake_volume(&root, uid, "kubernetes.io~configmap", evil, ts);
+    let bidi = "cfg\u{202e}lmay.txt";
+    fake_volume(&root, uid, "kubernetes.io~configmap", bidi, ts);
+
+    let out = inspect(&[&root], &pod_logs, &container_logs, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(
+        !json.contains('\u{1b}') && !json.contains('\u{202e}'),
+        "{json:?}"
+    );
+    let doc = parse(&out);
+    let mut names: Vec<&str> = (doc["volumes"].as_array().unwrap().iter())
+        .map(|v| v["volume"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["app-config", bidi, evil],
+        "only what is inside the root"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for link in ["kubernetes.io~secret", "linked", linked_pod, "volumes"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("is a symlink") && l.contains(link)),
+            "{link} not said: {stderr}"
+        );
+    }
+
+    let out = inspect(&[&root], &pod_logs, &container_logs, false);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !table
+            .chars()
+            .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+        "{table:?}"
+    );
+    assert!(table.contains("evil\\u{1b}[2J\\u{1b}[31mred"), "{table}");
+    assert!(table.contains("cfg\\u{202e}lmay.txt"), "{table}");
+    assert!(
+        !table.contains("stolen") && !table.contains("passwd"),
+        "{table}"
+    );
+}
+
 #[test]
 fn nothing_found_is_no_error_a_missing_root_is() {
     let tmp = tempfile::tempdir().unwrap();

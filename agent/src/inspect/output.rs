@@ -48,9 +48,44 @@ pub struct ConsumerReport {
 }
 
 pub fn json(report: &Report) -> String {
-    let mut s = serde_json::to_string_pretty(report).expect("the report serialises");
-    s.push('\n');
-    s
+    let s = serde_json::to_string_pretty(report).expect("the report serialises");
+    // serde_json leaves DEL, the C1 controls and bidi overrides raw: `\uXXXX` too (the
+    // pretty-printer's own newlines are the only raw control characters left).
+    let mut out = String::with_capacity(s.len() + 1);
+    for c in s.chars() {
+        if c != '\n' && hidden(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// A character a terminal would act on or hide rather than show: control characters
+/// (escape sequences start with them) and the bidirectional overrides and isolates
+/// that reorder what follows.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` as the table prints it: each [`hidden`] character as `\u{..}`.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(hidden) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// How long ago, shortly: `4.2s ago`, `3m05s ago`, `2h10m ago`, `5d03h ago`.
@@ -81,9 +116,9 @@ pub fn table(report: &Report, now: SystemTime) -> String {
     let mut rows: Vec<([String; 8], Vec<&str>)> = Vec::new();
     for v in &report.volumes {
         let pod = if v.namespace.is_empty() {
-            v.pod.clone()
+            printable(&v.pod).into_owned()
         } else {
-            format!("{}/{}", v.namespace, v.pod)
+            printable(&format!("{}/{}", v.namespace, v.pod)).into_owned()
         };
         let updated = v.last_update_unix_seconds.map_or_else(
             || "-".to_owned(),
@@ -95,10 +130,10 @@ pub fn table(report: &Report, now: SystemTime) -> String {
         let row = |container: &str, mount: &str, verdict: &str, watches: &str| {
             [
                 pod.clone(),
-                v.volume.clone(),
+                printable(&v.volume).into_owned(),
                 v.volume_type.to_owned(),
                 updated.clone(),
-                container.to_owned(),
+                printable(container).into_owned(),
                 mount.to_owned(),
                 verdict.to_owned(),
                 watches.to_owned(),
@@ -231,6 +266,28 @@ mod tests {
         // Columns line up.
         let col = lines[0].find("CONTAINER").unwrap();
         assert_eq!(lines[1].find("app ").unwrap(), col);
+    }
+
+    #[test]
+    fn names_print_escaped() {
+        let mut r = report();
+        r.volumes[0].volume = "app\u{1b}[2Jconfig".into();
+        r.volumes[0].consumers[0].container = "a\u{9b}31m\u{202e}pp".into();
+        r.volumes[1].pod = "u2\rX".into();
+        let t = table(&r, SystemTime::UNIX_EPOCH);
+        assert!(!t.chars().any(|c| c != '\n' && hidden(c)), "{t:?}");
+        assert!(t.contains("app\\u{1b}[2Jconfig"), "{t}");
+        assert!(t.contains("a\\u{9b}31m\\u{202e}pp"), "{t}");
+        assert!(t.contains("u2\\u{d}X"), "{t}");
+        let j = json(&r);
+        assert!(!j.chars().any(|c| c != '\n' && hidden(c)), "{j:?}");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(
+            v["volumes"][0]["volume"], "app\u{1b}[2Jconfig",
+            "names kept"
+        );
+        let c = &v["volumes"][0]["consumers"][0]["container"];
+        assert_eq!(c, "a\u{9b}31m\u{202e}pp");
     }
 
     #[test]

@@ -44,8 +44,32 @@ fn note(notes: &mut Vec<String>, what: &Path, e: &io::Error) {
     }
 }
 
-/// Entries of `dir` with UTF-8 names (as pod uids and volume names always are); others
-/// noted and skipped.
+/// Whether `path` is a directory itself, not a symlink to one: the walk stays inside
+/// the roots it was given. A symlink (to `/etc`, say) is noted and skipped.
+fn real_dir(path: &Path, notes: &mut Vec<String>) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => true,
+        Ok(m) if m.file_type().is_symlink() => {
+            notes.push(format!(
+                "{path:?} is a symlink: not followed out of the kubelet root"
+            ));
+            false
+        }
+        Ok(_) => {
+            notes.push(format!("{path:?} is not a directory: skipped"));
+            false
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => {
+            note(notes, path, &e);
+            false
+        }
+    }
+}
+
+/// Entries of `dir` with UTF-8 names (as pod uids and volume names always are), that
+/// are directories themselves (never symlinks: see [`real_dir`]); others noted and
+/// skipped.
 fn entries(dir: &Path, notes: &mut Vec<String>) -> Vec<(String, PathBuf)> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -58,7 +82,8 @@ fn entries(dir: &Path, notes: &mut Vec<String>) -> Vec<(String, PathBuf)> {
     for e in rd {
         match e {
             Ok(e) => match e.file_name().into_string() {
-                Ok(name) => out.push((name, e.path())),
+                Ok(name) if real_dir(&e.path(), notes) => out.push((name, e.path())),
+                Ok(_) => {}
                 Err(raw) => notes.push(format!("{:?}: name is not UTF-8: skipped", dir.join(raw))),
             },
             Err(e) => note(notes, dir, &e),
@@ -93,9 +118,12 @@ pub fn volumes(roots: &Roots, notes: &mut Vec<String>) -> (Vec<Volume>, Vec<Stri
             notes.push(format!("{pods:?} does not exist: no pods under {root:?}"));
             continue;
         }
+        if !real_dir(&pods, notes) {
+            continue;
+        }
         for (uid, pod_dir) in entries(&pods, notes) {
             let volumes = pod_dir.join("volumes");
-            if !volumes.exists() {
+            if !real_dir(&volumes, notes) {
                 continue;
             }
             for (plugin, plugin_dir) in entries(&volumes, notes) {
