@@ -786,9 +786,11 @@ impl StateLoop {
                 self.mark(opens::Command::Gone { key });
             }
             Event::PodGone { uid } => {
-                self.settled.retain(|k, _| k.pod_uid != uid);
-                for key in t.volumes().map(|(k, _)| k).filter(|k| k.pod_uid == uid) {
-                    self.mark(opens::Command::Gone { key: key.clone() });
+                if !self.settled.is_empty() {
+                    self.settled.retain(|k, _| k.pod_uid != uid);
+                }
+                for key in t.pod_volumes(&uid) {
+                    self.mark(opens::Command::Gone { key });
                 }
                 t.pod_gone(&uid);
                 shared.reloads.lock().expect("reloads lock").pod_gone(&uid);

@@ -106,6 +106,9 @@ pub struct Tracker {
     /// Each volume's data dir when a previous run of the agent last saved its state:
     /// found pointing elsewhere, the volume was updated while no agent ran.
     saved: HashMap<VolumeKey, String>,
+    /// Volumes by pod uid: a pod whose volumes are gone already (as each goes before
+    /// its pod when a pod dir is removed) is forgotten without a look at the others.
+    per_pod: HashMap<String, usize>,
 }
 
 impl Tracker {
@@ -121,6 +124,7 @@ impl Tracker {
             gaps: [0; 2],
             unmatched: 0,
             saved: HashMap::new(),
+            per_pod: HashMap::new(),
         }
     }
 
@@ -193,6 +197,7 @@ impl Tracker {
                     open: Vec::new(),
                     closed: Closed::default(),
                 };
+                *self.per_pod.entry(key.pod_uid.clone()).or_default() += 1;
                 self.volumes.insert(key.clone(), v);
                 let (ready, rest): (Vec<_>, Vec<_>) =
                     self.pending.drain(..).partition(|(d, _)| d.key == key);
@@ -206,12 +211,34 @@ impl Tracker {
     }
 
     pub fn volume_gone(&mut self, key: &VolumeKey) {
-        self.volumes.remove(key);
+        if self.volumes.remove(key).is_some()
+            && let Some(n) = self.per_pod.get_mut(&key.pod_uid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_pod.remove(&key.pod_uid);
+            }
+        }
+    }
+
+    /// The volumes of pod `uid` still known.
+    pub fn pod_volumes(&self, uid: &str) -> Vec<VolumeKey> {
+        if !self.per_pod.contains_key(uid) {
+            return Vec::new();
+        }
+        (self.volumes.keys())
+            .filter(|k| k.pod_uid == uid)
+            .cloned()
+            .collect()
     }
 
     pub fn pod_gone(&mut self, uid: &str) {
-        self.volumes.retain(|k, _| k.pod_uid != uid);
-        self.pending.retain(|(d, _)| d.key.pod_uid != uid);
+        if self.per_pod.remove(uid).is_some() {
+            self.volumes.retain(|k, _| k.pod_uid != uid);
+        }
+        if !self.pending.is_empty() {
+            self.pending.retain(|(d, _)| d.key.pod_uid != uid);
+        }
         self.pods.remove(uid);
     }
 
@@ -228,6 +255,10 @@ impl Tracker {
     ) {
         self.volumes
             .retain(|k, v| !v.dir.starts_with(pods_dir) || found.contains(k));
+        self.per_pod.clear();
+        for k in self.volumes.keys() {
+            *self.per_pod.entry(k.pod_uid.clone()).or_default() += 1;
+        }
     }
 
     pub fn detect(&mut self, det: Detection, now: Instant) {

@@ -199,22 +199,28 @@ impl Walker {
         self.nodes.remove(wd).map(|(_, path)| path)
     }
 
-    /// Drops the watches at and below `dir` (a moved-away dir keeps its watches).
+    /// Drops the watches at and below `dir` (a moved-away dir keeps its watches): in
+    /// time linear in what it held, so that removing a pods dir of 10,000 volumes costs
+    /// 10,000 steps, not 10,000 times the tree.
     fn forget_under(&mut self, dir: &Path) {
-        let gone: Vec<WatchDescriptor> = self
-            .nodes
-            .iter()
-            .filter(|(_, (_, p))| p.starts_with(dir))
-            .map(|(wd, _)| wd.clone())
+        let gone: Vec<WatchDescriptor> = (at_and_below(&self.by_path, dir))
+            .filter_map(|p| self.by_path.get(p).cloned())
             .collect();
         for wd in gone {
             self.unwatch(&wd);
         }
-        self.unmounted.retain(|(_, d, _, _)| !d.starts_with(dir));
-        self.created.retain(|d, _| !d.starts_with(dir));
-        let before = self.unfollowed.len();
-        self.unfollowed.retain(|d, _| !d.starts_with(dir));
-        if self.unfollowed.len() != before {
+        if !self.unmounted.is_empty() {
+            self.unmounted.retain(|(_, d, _, _)| !d.starts_with(dir));
+        }
+        let created: Vec<PathBuf> = at_and_below(&self.created, dir).cloned().collect();
+        for d in created {
+            self.created.remove(&d);
+        }
+        let unfollowed: Vec<PathBuf> = at_and_below(&self.unfollowed, dir).cloned().collect();
+        for d in &unfollowed {
+            self.unfollowed.remove(d);
+        }
+        if !unfollowed.is_empty() {
             self.publish();
         }
     }

@@ -104,7 +104,9 @@ pub struct Walker {
     nodes: HashMap<WatchDescriptor, (Node, Arc<Path>)>,
     /// The volume dirs of `nodes`, for the reader thread's marks.
     volume_dirs: VolumeDirs,
-    by_path: HashMap<Arc<Path>, WatchDescriptor>,
+    /// Ordered, so that the dirs below one are a range (forgetting a removed dir costs
+    /// what it held, not the whole tree).
+    by_path: BTreeMap<Arc<Path>, WatchDescriptor>,
     /// Volumes found by the walk in progress, if one is.
     found: Option<Vec<VolumeKey>>,
     /// tmpfs volumes found before their mount: (key, dir, device of the parent, deadline).
@@ -112,7 +114,7 @@ pub struct Walker {
     /// The watches the rescan after an overflow has added or found again, while it runs.
     touched: Option<HashSet<WatchDescriptor>>,
     /// By volume dir: the timestamped dir created last, whose `..data` swap is next.
-    created: HashMap<PathBuf, String>,
+    created: BTreeMap<PathBuf, String>,
     /// Kubelet roots that do not exist (yet): looked for again on each tick.
     missing: HashSet<PathBuf>,
     /// The pod-logs dir does not exist (yet): looked for again on each tick.
@@ -129,6 +131,17 @@ pub struct Walker {
     /// Places the open-event mark on a disk volume's new data dir (when fanotify runs).
     marker: Option<Marker>,
     tx: Sender,
+}
+
+/// The keys of `map` at and below `dir` (a range: paths order by component, so a
+/// dir's descendants follow it).
+fn at_and_below<'a, K, V>(map: &'a BTreeMap<K, V>, dir: &'a Path) -> impl Iterator<Item = &'a K>
+where
+    K: std::borrow::Borrow<Path> + Ord,
+{
+    map.range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+        .map(|(k, _)| k)
+        .take_while(move |k| k.borrow().starts_with(dir))
 }
 
 fn dev(p: &Path) -> Option<u64> {
@@ -167,12 +180,12 @@ impl Walker {
             watches,
             nodes: HashMap::new(),
             volume_dirs,
-            by_path: HashMap::new(),
+            by_path: BTreeMap::new(),
             found: None,
             marker,
             unmounted: Vec::new(),
             touched: None,
-            created: HashMap::new(),
+            created: BTreeMap::new(),
             missing: HashSet::new(),
             logs_missing: false,
             unfollowed: BTreeMap::new(),
