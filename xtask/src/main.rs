@@ -87,9 +87,15 @@ enum Task {
     /// Benchmarks live in agent/benches/ (for example detect, reload, scale,
     /// overhead). Put `--` before ARGS to pass options such as `--help` to the
     /// benchmark itself: `cargo xtask bench detect -- --help`.
+    /// Two are xtask's own: `overhead` (the host, then each kernel of the
+    /// matrix), and `cluster`: the agent deployed with `kubectl apply -k` on the
+    /// real node of `cargo xtask cluster`, once per `--settled-marks` mode
+    /// (`cargo xtask bench cluster -- --help`; brought up and taken down again
+    /// unless it was up; about 6 min a mode).
     #[command(verbatim_doc_comment)]
     Bench {
-        /// Benchmark target in agent/benches/, e.g. detect, reload, scale, overhead
+        /// Benchmark target in agent/benches/, e.g. detect, reload, scale, overhead;
+        /// or cluster
         name: String,
         /// Arguments for the benchmark binary
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -214,6 +220,10 @@ fn run(task: Task) -> Result<()> {
             if name == "overhead" {
                 // The host, then each VM kernel of the matrix: one table.
                 return kernels::bench::overhead(&args);
+            }
+            if name == "cluster" {
+                // The agent as deployed, on the real node of `cargo xtask cluster`.
+                return e2e::bench_cluster(&args);
             }
             cmd::run(cmd::cargo(["bench", "-p", "reloadscope", "--bench", &name, "--"]).args(args))
         }

@@ -32,6 +32,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmd;
 
 pub use build::Binaries;
+pub use build::VERSION as KUBERNETES_VERSION;
 
 /// Where the running node keeps its state (certificates, configuration, etcd,
 /// containerd, logs, sockets, pid records); `down` removes it.

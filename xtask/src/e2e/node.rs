@@ -19,7 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail, ensure};
 
+mod bench;
 mod checks;
+
+pub use bench::run as bench;
 
 use super::api::{Api, Series};
 use super::procs::{Proc, TempDir, free_port, wait_for, wait_on};
