@@ -24,6 +24,11 @@ use crate::volumes::{VolumeKey, VolumeType};
 
 const VERSION: u32 = 1;
 
+/// The largest state file read: about 50,000 volumes' worth (10,000 take about 3 MiB).
+/// A bigger file is not this agent's (or is damaged): it is refused unread, so that it
+/// cannot take the agent's memory (the manifest's limit is 128 MiB).
+pub const MAX_BYTES: u64 = 16 << 20;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub version: u32,
@@ -95,15 +100,28 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
     std::fs::remove_file(&tmp)
 }
 
-/// The saved state; `None` when there is no file yet. A file this version cannot read
-/// is an error saying so (the caller starts afresh and overwrites it).
+/// The saved state; `None` when there is no file yet. A file this version cannot read,
+/// or bigger than [`MAX_BYTES`], is an error saying so (the caller starts afresh and
+/// overwrites it). Parsed as it is read, never held whole.
 pub fn read(path: &Path) -> io::Result<Option<Checkpoint>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    use std::io::Read as _;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+    let len = file.metadata()?.len();
+    if len > MAX_BYTES {
+        let msg = format!(
+            "{}: {len} bytes, more than the {} MiB a state file takes: not read",
+            path.display(),
+            MAX_BYTES >> 20
+        );
+        return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+    }
+    // The bound holds if the file grows while it is read.
+    let reader = io::BufReader::new(file.take(MAX_BYTES));
+    let cp: Checkpoint = serde_json::from_reader(reader).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: not a reloadscope state file: {e}", path.display()),
@@ -173,6 +191,16 @@ mod tests {
         let v = &read(&path).unwrap().unwrap().volumes[0];
         assert_eq!(v.consumers, [("a".to_string(), true)]);
         assert!(v.readers.is_empty() && v.non_readers.is_empty());
+    }
+
+    #[test]
+    fn a_file_past_the_bound_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(MAX_BYTES + 1).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("more than the 16 MiB"), "{e}");
     }
 
     #[test]

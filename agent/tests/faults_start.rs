@@ -286,3 +286,52 @@ async fn sigterm_stops_the_agent_within_a_second_during_a_long_consumer_scan() {
     println!("stopped in {took:?} during a scan of 400 containers' mounts");
     assert!(took < Duration::from_secs(1), "took {took:?}: {log}");
 }
+
+/// A state file of 1 GiB (sparse: no disk taken) is refused unread: the agent's peak
+/// memory stays small, it says so once, and writes a state of its own at its stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn a_huge_state_file_is_refused_unread() {
+    let mut node = LabNode::temp().unwrap();
+    let pod = node.add_pod("shop", "web").unwrap();
+    let w = node
+        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
+        .unwrap();
+    w.write(&payload(&[("k", "v0")]), CallStyle::GoAt).unwrap();
+    let state = node.base().join("state.json");
+    std::fs::File::create(&state)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = agent_command(&node, &addr.to_string(), &[]);
+    cmd.args([
+        "--probe",
+        "off",
+        "--no-reloads",
+        "--no-kube",
+        "--state-file",
+    ])
+    .arg(&state);
+    let mut agent = Agent(Some(cmd.spawn().unwrap()));
+    let pid = agent.0.as_ref().unwrap().id();
+    ready(agent.0.as_mut().unwrap(), addr).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = (status.lines())
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    println!("peak RSS with a 1 GiB state file: {peak_kib} KiB");
+    assert!(peak_kib < 64 << 10, "{peak_kib} KiB");
+    let (_, log) = stop(agent).await;
+    let said: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("\"level\":\"WARN\""))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("not read"), "{}", said[0]);
+    let saved = std::fs::metadata(&state).unwrap().len();
+    assert!(saved < 4096, "the agent's own state: {saved} bytes");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(doc["volumes"].as_array().unwrap().len(), 1);
+}
