@@ -94,12 +94,14 @@ pub const CONSUMERS: &[Consumer] = &[
     // A bare pod: a projected volume changed through its ConfigMap, and one that the
     // kubelet rewrites alone when it refreshes the token.
     c(BATCH, "bundlewatcher", "bundle", Some("data-dir-watcher"), "/etc/bundle", "mode", Reloads, Some("ok")),
-    // A subPath bind pins the old file's inode: IN_DELETE_SELF never comes to a file
-    // watcher of the same volume (seen on the real node), so it has one of its own.
+    // A subPath bind of a file keeps its old inode alive: IN_DELETE_SELF never comes
+    // to a watcher of that file, which then never reloads (the app-config and tls
+    // file re-watchers have no such sibling).
     Consumer {
         sub_path: Some("mode"),
         ..c(BATCH, "pinned", "bundle", Some("timer-poller"), "/etc/pinned/mode", "", SubPath, Some("subpath"))
     },
+    c(BATCH, "pinnedwatcher", "bundle", Some("file-rewatcher"), "/etc/bundle", "mode", Stale, Some("pinned_by_subpath")),
     c(BATCH, "tokenpoller", "tok", Some("timer-poller"), "/var/run/tok", "token", Reloads, None),
     c(BATCH, "tokenonce", "tok", Some("read-once"), "/var/run/tok", "token", Stale, None),
     c(BATCH, "idle", "tok", None, "/var/run/tok", "token", NeverReads, None),

@@ -543,7 +543,7 @@ impl Test {
             })
         };
         ensure!(
-            pinned.iter().all(|c| fired_for(c)) && subpath.len() == pinned.len(),
+            pinned.iter().all(fired_for) && subpath.len() == pinned.len(),
             "ReloadscopeSubPathVolumeUpdated fired for {subpath:?}, not for exactly {pinned:?}"
         );
         println!(
