@@ -143,9 +143,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let keep = metrics::histogram_labels(&cfg.histogram_labels).map_err(anyhow::Error::msg)?;
     let exporter = metrics::Exporter::new(shared.clone(), cfg.labels.clone(), &keep)?;
     *shared.linter.lock().expect("linter lock") = watches::Linter::new(cfg.rewatch_grace);
-    if let Some(path) = &cfg.state_file {
-        restore(&shared, path);
-    }
+    let journal = match &cfg.state_file {
+        Some(path) => {
+            let generation = restore(&shared, path);
+            let journal = checkpoint::Journal::open(path, generation).map_err(|e| {
+                anyhow::anyhow!("--state-file {}: the journal: {e}", path.display())
+            })?;
+            Some((journal, generation))
+        }
+        None => None,
+    };
     let (stop, stop_rx) = watch::channel(false);
     let (tx, rx) = events::channel();
     let mut tasks = Vec::new();
@@ -275,6 +282,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         marks,
         rescan,
         state_file: cfg.state_file.clone(),
+        journal,
         settled: HashMap::new(),
     };
     tasks.push(tokio::spawn(state.run(rx, stop_rx.clone())));
@@ -411,25 +419,37 @@ fn approximate(
 
 /// How often the state file is written (and once more at shutdown).
 const SAVE_EVERY: Duration = Duration::from_secs(10);
+/// Events journaled with one sync at most.
+const JOURNAL_BATCH: usize = 256;
 
 /// Loads the checkpoint: each volume's data dir then (a volume found pointing elsewhere
 /// was updated while no agent ran), and the pending reload measurements of the volumes
 /// that still point at the data dir they name.
-fn restore(shared: &Shared, path: &std::path::Path) {
-    let cp = match checkpoint::read(path) {
+/// The journal written since replays over it (see [`merge_journal`]). Returns the
+/// checkpoint's generation, which the journal goes on from.
+fn restore(shared: &Shared, path: &std::path::Path) -> u64 {
+    let mut cp = match checkpoint::read(path) {
         Ok(Some(cp)) => cp,
-        Ok(None) => return,
+        Ok(None) => checkpoint::Checkpoint::default(),
         Err(e) => {
             warn!("state file unusable, starting afresh: {e}");
-            return;
+            checkpoint::Checkpoint::default()
         }
     };
+    match checkpoint::read_journal(path, cp.generation) {
+        Ok(entries) => merge_journal(&mut cp, entries),
+        Err(e) => {
+            warn!(error = %e, "state journal unreadable: the updates since the last checkpoint are not known")
+        }
+    }
+    let generation = cp.generation;
     let mut t = shared.tracker.lock().expect("tracker lock");
     let mut r = shared.reloads.lock().expect("reloads lock");
     let mut restored = 0;
     for mut v in cp.volumes {
         let Some(key) = v.key() else { continue };
-        t.saved(key.clone(), v.ts_dir.clone());
+        let swap = (v.swap_unix_ns != 0).then(|| v.swap());
+        t.saved(key.clone(), v.ts_dir.clone(), swap);
         // Whether each consumer reads the volume holds whatever its data dir now.
         let readers = std::mem::take(&mut v.readers);
         r.restore_reads(&key, readers, std::mem::take(&mut v.non_readers));
@@ -443,6 +463,52 @@ fn restore(shared: &Shared, path: &std::path::Path) {
         r.restore(key, v.ts_dir, swap, v.consumers);
     }
     info!(path = %path.display(), pending = restored, "restored pending reload measurements");
+    generation
+}
+
+/// Applies the journal's entries to the checkpoint they follow: each volume's data dir
+/// as last seen; an update (a swap time) newer than the checkpoint makes every
+/// consumer it knew stale at that swap (whether one reloaded after it is not known:
+/// it is found again at its next open).
+fn merge_journal(cp: &mut checkpoint::Checkpoint, entries: Vec<checkpoint::Entry>) {
+    let mut at: HashMap<(String, String, String), usize> = (cp.volumes.iter().enumerate())
+        .map(|(i, v)| {
+            (
+                (v.pod_uid.clone(), v.volume_type.clone(), v.name.clone()),
+                i,
+            )
+        })
+        .collect();
+    for e in entries {
+        let id = (e.pod_uid.clone(), e.volume_type.clone(), e.name.clone());
+        let i = *at.entry(id).or_insert_with(|| {
+            cp.volumes.push(checkpoint::SavedVolume {
+                pod_uid: e.pod_uid.clone(),
+                volume_type: e.volume_type.clone(),
+                name: e.name.clone(),
+                dir: e.dir.clone(),
+                ts_dir: e.ts_dir.clone(),
+                swap_unix_ns: 0,
+                consumers: Vec::new(),
+                readers: Vec::new(),
+                non_readers: Vec::new(),
+            });
+            cp.volumes.len() - 1
+        });
+        let v = &mut cp.volumes[i];
+        if e.swap_unix_ns != 0 {
+            if v.ts_dir != e.ts_dir || v.swap_unix_ns == 0 {
+                v.swap_unix_ns = e.swap_unix_ns;
+                for (_, stale) in &mut v.consumers {
+                    *stale = true;
+                }
+            } else {
+                // The same update, seen earlier by the other source.
+                v.swap_unix_ns = v.swap_unix_ns.min(e.swap_unix_ns);
+            }
+        }
+        v.ts_dir = e.ts_dir;
+    }
 }
 
 /// Looks for the consumers of every volume: after updates and container changes (at
@@ -568,6 +634,8 @@ async fn consumer_loop(
 struct StateLoop {
     shared: Arc<Shared>,
     state_file: Option<PathBuf>,
+    /// With a state file: its journal, and the generation of the last checkpoint.
+    journal: Option<(checkpoint::Journal, u64)>,
     /// Commands for the fanotify source, when it runs.
     marks: Option<mpsc::UnboundedSender<opens::Command>>,
     rescan: Arc<Notify>,
@@ -588,8 +656,19 @@ impl StateLoop {
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Some(ev) => {
-                        self.apply(ev);
-                        self.settle();
+                        // What is queued already goes in one journal sync, before any
+                        // of it is counted.
+                        let mut batch = vec![ev];
+                        while batch.len() < JOURNAL_BATCH
+                            && let Ok(ev) = rx.try_recv()
+                        {
+                            batch.push(ev);
+                        }
+                        self.journal(&batch);
+                        for ev in batch {
+                            self.apply(ev);
+                            self.settle();
+                        }
                     }
                     None => break,
                 },
@@ -607,9 +686,67 @@ impl StateLoop {
         self.save();
     }
 
-    /// Writes the checkpoint, when there is a state file.
-    fn save(&self) {
+    /// Journals the data dirs `batch` reports that differ from what the tracker has,
+    /// and syncs them, before the batch is applied: a kill at any moment then neither
+    /// forgets an update nor has the next run count it again.
+    fn journal(&mut self, batch: &[Event]) {
+        let Some((journal, _)) = &mut self.journal else {
+            return;
+        };
+        let t = self.shared.tracker.lock().expect("tracker lock");
+        let entry =
+            |key: &VolumeKey, dir: &std::path::Path, ts_dir: &str, at: Option<SystemTime>| {
+                checkpoint::Entry {
+                    pod_uid: key.pod_uid.clone(),
+                    volume_type: key.volume_type.label().to_owned(),
+                    name: key.name.clone(),
+                    dir: dir.to_owned(),
+                    ts_dir: ts_dir.to_owned(),
+                    swap_unix_ns: at
+                        .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos() as u64),
+                }
+            };
+        for ev in batch {
+            match ev {
+                Event::Detected(d) => {
+                    // A new data dir, or the current one's swap seen earlier (the
+                    // probe's clock after inotify's).
+                    if let Some(v) = t.volume(&d.key)
+                        && (v.current.as_deref() != Some(d.ts_dir.as_str())
+                            || v.last_update.is_some_and(|at| d.at < at))
+                    {
+                        journal.append(&entry(&d.key, &v.dir, &d.ts_dir, Some(d.at)));
+                    }
+                }
+                Event::VolumeFound {
+                    key,
+                    dir,
+                    current: Some(current),
+                } => {
+                    let known = t.volume(key).and_then(|v| v.current.as_deref());
+                    if known != Some(current.as_str()) {
+                        journal.append(&entry(key, dir, current, None));
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(t);
+        if let Err(e) = journal.sync() {
+            warn!(error = %e, "cannot write the state journal: updates since the last checkpoint may be counted again after a restart");
+        }
+    }
+
+    /// Writes the checkpoint, when there is a state file, once the first walk is done
+    /// (before, the volumes not found yet would be left out), and empties the journal
+    /// it now holds.
+    fn save(&mut self) {
         let Some(path) = &self.state_file else { return };
+        if !self.shared.ready.load(Relaxed) {
+            return;
+        }
+        let generation = self.journal.as_ref().map_or(0, |(_, g)| g + 1);
         let volumes = {
             let t = self.shared.tracker.lock().expect("tracker lock");
             let r = self.shared.reloads.lock().expect("reloads lock");
@@ -649,10 +786,18 @@ impl StateLoop {
             path,
             &checkpoint::Checkpoint {
                 version: 0,
+                generation,
                 volumes,
             },
         ) {
             warn!(path = %path.display(), error = %e, "cannot write the state file");
+            return;
+        }
+        if let Some((journal, g)) = &mut self.journal {
+            match journal.reset(generation) {
+                Ok(()) => *g = generation,
+                Err(e) => warn!(error = %e, "cannot empty the state journal"),
+            }
         }
     }
 
@@ -844,5 +989,76 @@ impl StateLoop {
                 self.rescan.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(
+        name: &str,
+        ts: &str,
+        swap: u64,
+        consumers: &[(&str, bool)],
+    ) -> checkpoint::SavedVolume {
+        checkpoint::SavedVolume {
+            pod_uid: "u".into(),
+            volume_type: "configmap".into(),
+            name: name.into(),
+            dir: format!("/v/{name}").into(),
+            ts_dir: ts.into(),
+            swap_unix_ns: swap,
+            consumers: consumers.iter().map(|(c, s)| ((*c).into(), *s)).collect(),
+            readers: Vec::new(),
+            non_readers: Vec::new(),
+        }
+    }
+
+    fn entry(name: &str, ts: &str, swap: u64) -> checkpoint::Entry {
+        checkpoint::Entry {
+            pod_uid: "u".into(),
+            volume_type: "configmap".into(),
+            name: name.into(),
+            dir: format!("/v/{name}").into(),
+            ts_dir: ts.into(),
+            swap_unix_ns: swap,
+        }
+    }
+
+    #[test]
+    fn the_journal_replays_over_its_checkpoint() {
+        let mut cp = checkpoint::Checkpoint {
+            volumes: vec![
+                saved("a", "..1", 5, &[("c", false)]),
+                saved("q", "..1", 0, &[]),
+            ],
+            ..Default::default()
+        };
+        merge_journal(
+            &mut cp,
+            vec![
+                // An update of a after the checkpoint, then the probe's earlier stamp.
+                entry("a", "..2", 9),
+                entry("a", "..2", 8),
+                // b found after it, then updated.
+                entry("b", "..1", 0),
+                entry("b", "..2", 12),
+                // c found after it, never updated.
+                entry("c", "..1", 0),
+            ],
+        );
+        let by = |n: &str| cp.volumes.iter().find(|v| v.name == n).unwrap();
+        assert_eq!((by("a").ts_dir.as_str(), by("a").swap_unix_ns), ("..2", 8));
+        assert_eq!(
+            by("a").consumers,
+            [("c".to_string(), true)],
+            "stale at that swap"
+        );
+        assert_eq!((by("b").ts_dir.as_str(), by("b").swap_unix_ns), ("..2", 12));
+        assert_eq!((by("c").ts_dir.as_str(), by("c").swap_unix_ns), ("..1", 0));
+        assert_eq!(by("c").dir, std::path::Path::new("/v/c"));
+        assert_eq!((by("q").ts_dir.as_str(), by("q").swap_unix_ns), ("..1", 0));
+        assert_eq!(cp.volumes.len(), 4);
     }
 }

@@ -1,4 +1,5 @@
-//! `--state-file`: what the agent cannot rebuild after a restart, written atomically.
+//! `--state-file`: what the agent cannot rebuild after a restart, written atomically,
+//! and, between checkpoints, the journal of the data dirs seen since ([`Journal`]).
 //!
 //! Rebuilt from the node alone: volumes, their current data dir, consumers, their start.
 //! Not rebuildable: which consumers had not reloaded the newest update yet (a stale
@@ -32,6 +33,10 @@ pub const MAX_BYTES: u64 = 16 << 20;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub version: u32,
+    /// The journal written after this checkpoint carries the same generation; one of
+    /// another generation was compacted into a checkpoint already.
+    #[serde(default)]
+    pub generation: u64,
     pub volumes: Vec<SavedVolume>,
 }
 
@@ -81,6 +86,116 @@ pub fn write(path: &Path, cp: &Checkpoint) -> io::Result<()> {
     })?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// One journal line: a volume's data dir as the agent saw it, with its swap time
+/// when it was an update (0 when the volume was found pointing there).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub pod_uid: String,
+    pub volume_type: String,
+    pub name: String,
+    pub dir: PathBuf,
+    pub ts_dir: String,
+    pub swap_unix_ns: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    generation: u64,
+}
+
+/// The journal beside a state file: what happened since the last checkpoint, appended
+/// as it happens and synced in batches before the agent acts on it, so that a kill at
+/// any moment loses no update nor counts one twice after the restart. Compacted into
+/// the checkpoint at each save (a new generation, the journal emptied).
+pub struct Journal {
+    file: std::fs::File,
+    pending: Vec<u8>,
+}
+
+impl Journal {
+    pub fn path(state: &Path) -> PathBuf {
+        state.with_extension("journal")
+    }
+
+    /// Opens the journal of `state` to append to it after the checkpoint of
+    /// `generation`: kept when it is that generation's, else started empty.
+    pub fn open(state: &Path, generation: u64) -> io::Result<Journal> {
+        let path = Self::path(state);
+        let current = std::fs::File::open(&path).ok().and_then(|f| {
+            let mut first = String::new();
+            let mut limited = io::BufReader::new(io::Read::take(f, 256));
+            io::BufRead::read_line(&mut limited, &mut first).ok()?;
+            serde_json::from_str::<Header>(&first).ok()
+        });
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let mut j = Journal {
+            file,
+            pending: Vec::new(),
+        };
+        if current.is_none_or(|h| h.generation != generation) {
+            j.reset(generation)?;
+        }
+        Ok(j)
+    }
+
+    /// Queues `entry`; written at the next [`Journal::sync`].
+    pub fn append(&mut self, entry: &Entry) {
+        serde_json::to_writer(&mut self.pending, entry).expect("an entry serialises");
+        self.pending.push(b'\n');
+    }
+
+    /// Writes the queued entries and syncs them to disk.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.pending)?;
+        self.pending.clear();
+        self.file.sync_data()
+    }
+
+    /// Empties the journal for the checkpoint of `generation`, just written.
+    pub fn reset(&mut self, generation: u64) -> io::Result<()> {
+        self.pending.clear();
+        self.file.set_len(0)?;
+        let mut header = serde_json::to_vec(&Header { generation }).expect("serialises");
+        header.push(b'\n');
+        self.file.write_all(&header)?;
+        self.file.sync_data()
+    }
+}
+
+/// The entries of the journal of `state` written after the checkpoint of
+/// `generation`, in order; none when there is no journal or it is another
+/// generation's. Read with the same bound as the state file; a torn last line (a kill
+/// in the middle of a write) ends it.
+pub fn read_journal(state: &Path, generation: u64) -> io::Result<Vec<Entry>> {
+    use std::io::{BufRead as _, Read as _};
+    let path = Journal::path(state);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut lines = io::BufReader::new(file.take(MAX_BYTES)).lines();
+    let header = lines.next().transpose()?;
+    match header.and_then(|h| serde_json::from_str::<Header>(&h).ok()) {
+        Some(h) if h.generation == generation => {}
+        _ => return Ok(Vec::new()),
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        match serde_json::from_str(&line?) {
+            Ok(e) => out.push(e),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 /// Whether a state file can be written at `path`: its directory exists and takes the
@@ -145,6 +260,7 @@ mod tests {
     fn sample() -> Checkpoint {
         Checkpoint {
             version: VERSION,
+            generation: 0,
             volumes: vec![SavedVolume {
                 pod_uid: "u".into(),
                 volume_type: "secret".into(),
@@ -191,6 +307,49 @@ mod tests {
         let v = &read(&path).unwrap().unwrap().volumes[0];
         assert_eq!(v.consumers, [("a".to_string(), true)]);
         assert!(v.readers.is_empty() && v.non_readers.is_empty());
+    }
+
+    fn entry(name: &str, ts: &str, swap: u64) -> Entry {
+        Entry {
+            pod_uid: "u".into(),
+            volume_type: "secret".into(),
+            name: name.into(),
+            dir: "/v".into(),
+            ts_dir: ts.into(),
+            swap_unix_ns: swap,
+        }
+    }
+
+    #[test]
+    fn the_journal_keeps_what_follows_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        assert_eq!(read_journal(&state, 0).unwrap(), []);
+        let mut j = Journal::open(&state, 3).unwrap();
+        j.append(&entry("a", "..1", 0));
+        j.append(&entry("a", "..2", 7));
+        assert_eq!(read_journal(&state, 3).unwrap(), [], "queued, not written");
+        j.sync().unwrap();
+        let want = [entry("a", "..1", 0), entry("a", "..2", 7)];
+        assert_eq!(read_journal(&state, 3).unwrap(), want);
+        assert_eq!(read_journal(&state, 2).unwrap(), [], "another checkpoint's");
+        // Opened again for the same checkpoint (a restart): kept and appended to.
+        drop(j);
+        let mut j = Journal::open(&state, 3).unwrap();
+        j.append(&entry("b", "..1", 0));
+        j.sync().unwrap();
+        assert_eq!(read_journal(&state, 3).unwrap().len(), 3);
+        // A torn last line ends it.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(Journal::path(&state))
+            .unwrap()
+            .write_all(b"{\"pod_uid\": \"u")
+            .unwrap();
+        assert_eq!(read_journal(&state, 3).unwrap().len(), 3);
+        j.reset(4).unwrap();
+        assert_eq!(read_journal(&state, 4).unwrap(), []);
+        assert_eq!(read_journal(&state, 3).unwrap(), []);
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub struct Tracker {
     pub unmatched: u64,
     /// Each volume's data dir when a previous run of the agent last saved its state:
     /// found pointing elsewhere, the volume was updated while no agent ran.
-    saved: HashMap<VolumeKey, String>,
+    saved: HashMap<VolumeKey, (String, Option<SystemTime>)>,
     /// Volumes by pod uid: a pod whose volumes are gone already (as each goes before
     /// its pod when a pod dir is removed) is forgotten without a look at the others.
     per_pod: HashMap<String, usize>,
@@ -129,8 +129,9 @@ impl Tracker {
     }
 
     /// A previous run's last known data dir of `key` (from `--state-file`).
-    pub fn saved(&mut self, key: VolumeKey, ts_dir: String) {
-        self.saved.insert(key, ts_dir);
+    /// `swap`: the time of the update that put it there, when one was seen.
+    pub fn saved(&mut self, key: VolumeKey, ts_dir: String, swap: Option<SystemTime>) {
+        self.saved.insert(key, (ts_dir, swap));
     }
 
     pub fn set_ebpf(&mut self, on: bool) {
@@ -183,16 +184,20 @@ impl Tracker {
                 self.detect(det, now);
             }
             None => {
-                if let (Some(saved), Some(cur)) = (saved, &current)
-                    && saved != *cur
-                {
-                    while_down = Some((cur.clone(), swapped().unwrap_or(wall)));
+                let mut last_update = None;
+                if let (Some((saved, swap)), Some(cur)) = (saved, &current) {
+                    if saved != *cur {
+                        while_down = Some((cur.clone(), swapped().unwrap_or(wall)));
+                    } else {
+                        // The update a previous run saw last: its time is known still.
+                        last_update = swap;
+                    }
                 }
                 let v = VolumeState {
                     dir,
                     current,
                     updates: u64::from(while_down.is_some()),
-                    last_update: while_down.as_ref().map(|(_, at)| *at),
+                    last_update: while_down.as_ref().map(|(_, at)| *at).or(last_update),
                     last_seen_by: [false; 2],
                     open: Vec::new(),
                     closed: Closed::default(),
@@ -514,8 +519,8 @@ mod tests {
         let t0 = Instant::now();
         let swapped = SystemTime::UNIX_EPOCH + Duration::from_secs(42);
         let mut t = Tracker::new(W, true);
-        t.saved(key("a"), "..1".into());
-        t.saved(key("b"), "..1".into());
+        t.saved(key("a"), "..1".into(), None);
+        t.saved(key("b"), "..1".into(), None);
         let found = |t: &mut Tracker, v: &str, ts: &str| {
             let cur = Some(ts.into());
             t.volume_found(key(v), "/x".into(), cur, t0, SystemTime::UNIX_EPOCH, || {
