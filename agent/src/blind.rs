@@ -64,11 +64,11 @@ impl Reason {
                 // the initial one.
                 read_sysctl("/proc/sys/user/max_inotify_watches")
             ),
+            // No sysctl read: that would take a descriptor.
             Reason::FdLimit => format!(
-                "out of file descriptors (the agent's RLIMIT_NOFILE is {}, fs.file-max {}): raise \
-                 the container runtime's nofile limit, or fs.file-max",
+                "out of file descriptors (the agent's RLIMIT_NOFILE is {}): raise the container \
+                 runtime's nofile limit (or fs.file-max, when the node's are all taken)",
                 crate::limits::nofile(),
-                read_sysctl("/proc/sys/fs/file-max")
             ),
             Reason::Memory => "the kernel is out of memory for watches".into(),
             Reason::Permission => {

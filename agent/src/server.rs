@@ -59,7 +59,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// `nofile` when that is less, so that they never take the descriptors the watches and
 /// scans need.
 pub fn max_connections(nofile: u64) -> usize {
-    (nofile / 4).clamp(16, CONNECTIONS_CAP as u64) as usize
+    (nofile / 4).clamp(1, CONNECTIONS_CAP as u64) as usize
 }
 
 #[derive(Clone)]
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(max_connections(1024), 256);
         assert_eq!(max_connections(4096), 1024);
         assert_eq!(max_connections(1 << 20), CONNECTIONS_CAP);
-        assert_eq!(max_connections(20), 16);
+        assert_eq!(max_connections(32), 8);
     }
 
     #[test]

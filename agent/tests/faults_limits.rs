@@ -289,3 +289,104 @@ async fn the_inotify_watch_limit_is_counted_said_once_and_recovered_from() {
         .count();
     assert_eq!(recovered, 1, "{log}");
 }
+
+/// The agent's stderr lines as they come, read on a thread of their own.
+struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl LogLines {
+    fn follow(stderr: std::process::ChildStderr) -> LogLines {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                out.lock().unwrap().push(line);
+            }
+        });
+        LogLines(lines)
+    }
+
+    fn any(&self, f: impl Fn(&str) -> bool) -> bool {
+        self.0.lock().unwrap().iter().any(|l| f(l))
+    }
+
+    fn count(&self, f: impl Fn(&str) -> bool) -> usize {
+        self.0.lock().unwrap().iter().filter(|l| f(l)).count()
+    }
+}
+
+/// The agent's descriptor limit lowered, while it runs, to the descriptors it holds
+/// (`prlimit --pid`): the pods made meanwhile cannot be listed. Said once, with the
+/// limit; followed once the limit is raised again, without a restart. (Connections
+/// alone cannot do this: they are capped at a quarter of the limit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: run cargo xtask test"]
+async fn dirs_listed_out_of_descriptors_are_followed_once_there_are_more() {
+    let mut node = LabNode::temp().unwrap();
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = agent_command(&node, &addr.to_string(), &[]);
+    cmd.args(["--probe", "off", "--no-reloads", "--no-kube"]);
+    let mut child = cmd.spawn().unwrap();
+    let log = LogLines::follow(child.stderr.take().unwrap());
+    let pid = child.id();
+    let agent = Agent(Some(child));
+    wait_ready(addr).await;
+    let prlimit = |limit: usize| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // The kernel gives the lowest free descriptor: a limit at it leaves none.
+    let fds: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    let held = (0..).find(|n| !fds.contains(n)).unwrap();
+    prlimit(held);
+    let mut vols = Vec::new();
+    for i in 0..5 {
+        let pod = node.add_pod("ns", &format!("late{i}")).unwrap();
+        let w = node.add_volume(&pod, VolumeType::ConfigMap, "cfg").unwrap();
+        update(&w, "v0");
+        vols.push(w);
+    }
+    let fd_limit = |l: &str| l.contains("\"reason\":\"fd_limit\"") && l.contains("WARN");
+    wait_for("the walker out of descriptors", || {
+        let said = log.any(fd_limit);
+        async move { said.then_some(()) }
+    })
+    .await;
+    // The soft limit alone moves: raising another process's hard limit back takes
+    // CAP_SYS_RESOURCE, which a test machine's root may lack.
+    prlimit(1024);
+    let m = wait_metrics(addr, "the new pods followed", |m| {
+        m.sum("reloadscope_watched_volumes", &[]) == 5.0
+            && m.sum("reloadscope_unwatched_paths", &[]) == 0.0
+    })
+    .await;
+    assert!(m.get("reloadscope_fd_exhausted_total", &[]).unwrap() > 0.0);
+    for w in &vols {
+        update(w, "v1");
+    }
+    wait_metrics(addr, "their updates", |m| {
+        m.sum("reloadscope_volume_updates_total", &[]) == 5.0
+    })
+    .await;
+    let (code, _) = blocking(move || readyz(addr)).await.unwrap();
+    assert_eq!(code, 200);
+    let mut agent = agent;
+    let mut child = agent.0.take().unwrap();
+    // SAFETY: our child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(blocking(move || child.wait().unwrap()).await.success());
+    assert_eq!(log.count(fd_limit), 1, "one line for the descriptors");
+    let limit = format!("RLIMIT_NOFILE is {held}");
+    assert!(log.any(|l| fd_limit(l) && l.contains(&limit)), "{limit}");
+    assert_eq!(log.count(|l| l.contains("followed again")), 1);
+}
