@@ -157,7 +157,8 @@ pub enum Credit {
     /// Credited at the open its log shows first reading the new content (within
     /// 5 ms of it): error = the agent's reload time - the consumer's clock.
     Exact { error: f64 },
-    /// Credited, but further than 5 ms from that open: at a later open.
+    /// Credited, but further than 5 ms from that open: at a later open, or that
+    /// open's event read late.
     Later { error: f64 },
     /// The log shows the new content read, and the agent credited nothing within
     /// [`CREDIT_WAIT`] of the swap.

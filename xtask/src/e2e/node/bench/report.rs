@@ -289,17 +289,18 @@ pub fn markdown(h: &Header, runs: &[ModeRun], took: f64) -> String {
         out,
         "Each consumer's log is its own record: the wall-clock time taken right before each \
          open(2) and the head of what it read. Its reload of an update is its first open \
-         whose head is the new content. Credited at that open: the agent's \
-         `reloadscope_consumer_last_reload_timestamp_seconds` moved, within 5 ms of it \
-         (error = the agent's time - the consumer's clock); at a later open: further; \
-         missed: the log shows the new content read and the agent credited nothing within \
-         5 s of the swap. Errors over the reloads credited at their open; latency, agent: \
-         its reload - its swap stamp; latency, consumer's own: its open - the traced \
-         rename's entry (medians).\n"
+         whose head is the new content. Credited within 5 ms of it: the agent's \
+         `reloadscope_consumer_last_reload_timestamp_seconds` moved to a time that close \
+         (error = the agent's time - the consumer's clock); more than 5 ms after it: \
+         further (at a later open, or that open's event read late); missed: the log shows \
+         the new content read and the agent credited nothing within 5 s of the swap. \
+         Errors and the agent's latency over the reloads credited within 5 ms; latency, \
+         agent: its reload - its swap stamp; latency, consumer's own: its open - the \
+         traced rename's entry (medians).\n"
     );
     let _ = writeln!(
         out,
-        "| mode | consumer | volume | reloads logged | credited at that open | credited at a later open | missed | median error | p99 \\|error\\| | max \\|error\\| | latency, agent | latency, consumer's own |"
+        "| mode | consumer | volume | reloads logged | credited within 5 ms of it | credited more than 5 ms after it | missed | median error | p99 \\|error\\| | max \\|error\\| | latency, agent | latency, consumer's own |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut odd = Vec::new();
@@ -378,7 +379,7 @@ pub fn markdown(h: &Header, runs: &[ModeRun], took: f64) -> String {
     );
     let _ = writeln!(
         out,
-        "| mode | updates | late marks | / baseline's | reloads logged | missed | / baseline's | credited at a later open | agent CPU | / baseline's | CPU periods throttled | marks: inode / with an ignore mask / filesystem / mount | load average at the first update |"
+        "| mode | updates | late marks | / baseline's | reloads logged | missed | / baseline's | credited more than 5 ms after | agent CPU | / baseline's | CPU periods throttled | marks: inode / with an ignore mask / filesystem / mount | load average at the first update |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let cpu = |r: &ModeRun| r.cpu_seconds / r.wall_seconds;
