@@ -2,7 +2,7 @@
 //! container), every container and sandbox killed through containerd, the other
 //! daemons, then the mounts under the kubelet root and containerd's dirs, the
 //! pods' network namespaces, the kubelet's cgroups, kube-proxy's and the node's
-//! iptables rules, the bridge, and the directories `up` made.
+//! iptables rules, the bridge, and the directories `up` and its pods made.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -20,13 +20,18 @@ const NETNS_DIR: &str = "/run/netns";
 /// the node made it, else only the node network's part of it.
 const CNI_STATE: &str = "/var/lib/cni";
 
+/// The agent's `--state-file` directory, a hostPath the shipped DaemonSet has the
+/// kubelet create: removed with the node if the node made it, so that no later node
+/// restores an earlier one's measurements.
+const AGENT_STATE: &str = "/var/lib/reloadscope";
+
 /// Marks, in the record of what existed before `up`, `KUBE-*` iptables chains.
 const KUBE_CHAINS: &str = "iptables KUBE-* chains";
 
 /// Notes what existed before `up`, so that `down` removes only what the node made:
 /// the log dirs and the sandboxes' network namespaces.
 pub fn record_before(layout: &Layout) -> Result<()> {
-    let existing: Vec<String> = [POD_LOGS, CONTAINER_LOGS, CNI_STATE]
+    let existing: Vec<String> = [POD_LOGS, CONTAINER_LOGS, CNI_STATE, AGENT_STATE]
         .into_iter()
         .filter(|p| Path::new(p).exists())
         .map(str::to_owned)
@@ -87,7 +92,7 @@ pub fn all(layout: &Layout, bins: &Binaries) -> Result<()> {
     step("removing the network", net::down(layout));
     let mut dirs: Vec<PathBuf> = vec![KUBELET_ROOT.into(), layout.state.clone()];
     dirs.extend(
-        [POD_LOGS, CONTAINER_LOGS, CNI_STATE]
+        [POD_LOGS, CONTAINER_LOGS, CNI_STATE, AGENT_STATE]
             .into_iter()
             .filter(|d| !before.contains(*d))
             .map(PathBuf::from),
