@@ -63,7 +63,9 @@ pub fn run() -> Result<()> {
     fs::write(dir.path().join("alerts.yaml"), mixin::alerts_yaml(&cfg))?;
     fs::write(
         dir.path().join("prometheus.yml"),
-        prometheus_config(&lab_addr),
+        prometheus_config(&format!(
+            "    static_configs:\n      - targets: [\"{lab_addr}\"]\n"
+        )),
     )?;
 
     // One pod, one update a second round robin over its 4 volumes: app-config is
@@ -106,7 +108,10 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn prometheus_config(lab_addr: &str) -> String {
+/// Prometheus scraping and evaluating every second with the rules in
+/// `alerts.yaml`, its one job finding the agent as `targets` says (the YAML of the
+/// job's discovery and relabelling, indented under it).
+fn prometheus_config(targets: &str) -> String {
     // The scrape timeout defaults to 10 s, more than the interval: Prometheus
     // refuses that.
     format!(
@@ -117,9 +122,7 @@ fn prometheus_config(lab_addr: &str) -> String {
 rule_files: [alerts.yaml]
 scrape_configs:
   - job_name: {JOB}
-    static_configs:
-      - targets: [\"{lab_addr}\"]
-"
+{targets}"
     )
 }
 

@@ -307,18 +307,10 @@ fn apply_stdin(layout: &Layout, yaml: &str) -> Result<()> {
 }
 
 /// Prometheus finding the agent's pods through the API (see [`discovery`]) and
-/// keeping the agent's metrics port, as a Kubernetes-discovering Prometheus would,
-/// with the shipped rules.
+/// keeping the agent's metrics port, as a Kubernetes-discovering Prometheus would.
 fn prometheus_config(discovery: &str) -> String {
-    format!(
-        "global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files: [alerts.yaml]
-scrape_configs:
-  - job_name: reloadscope
-    http_sd_configs:
+    super::prometheus_config(&format!(
+        "    http_sd_configs:
       - url: {discovery}
         refresh_interval: 1s
     relabel_configs:
@@ -328,5 +320,5 @@ scrape_configs:
       - source_labels: [__meta_kubernetes_pod_name]
         target_label: instance
 "
-    )
+    ))
 }
