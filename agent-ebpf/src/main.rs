@@ -5,9 +5,9 @@
 //! the hooked calls only.
 //!
 //! At entry each call's destination path is read and kept only when its last component
-//! is `..data` or `..data_tmp` (the kubelet's AtomicWriter names, DOMAIN.md 1); the call
-//! is parked per thread until its exit, and reaches user space only if it succeeded.
-//! Everything else costs one user-memory string read and returns.
+//! is `..data` or `..data_tmp` (the kubelet's AtomicWriter names, docs/design.md 1);
+//! the call is parked per thread until its exit, and reaches user space only if it
+//! succeeded. Everything else costs one user-memory string read and returns.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

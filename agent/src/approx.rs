@@ -12,7 +12,7 @@
 //! - One queue gives the order: an open of the new data dir read before this queue's
 //!   `..data` swap is the kubelet writing the new files, never a reload; one read after
 //!   it is after the swap.
-//! - The kubelet's periodic re-reads (DOMAIN.md 1.3: every file of the volume, once
+//! - The kubelet's periodic re-reads (docs/design.md 1.3: every file of the volume, once
 //!   each, at each pod sync, 60-90 s apart, never right after its own write) are told
 //!   apart by shape and time: a burst of opens within [`BURST`] that opens every file
 //!   of the dir once, starting [`KUBELET_AFTER`] or more after the swap, is counted as

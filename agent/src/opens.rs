@@ -1,6 +1,6 @@
 //! The opens source: fanotify `FAN_OPEN` on the volumes' data, attributed to processes.
 //!
-//! Chosen by measurement (BENCHMARKS.md, DOMAIN.md 7): eBPF on the open path taxes
+//! Chosen by measurement (BENCHMARKS.md, docs/design.md 7): eBPF on the open path taxes
 //! every open on the node on kernels without fentry; fanotify marks cost nothing
 //! outside the marked files and name the opener's host pid.
 //!
@@ -133,8 +133,8 @@ pub enum Command {
 }
 
 /// Processes whose opens are the kubelet's own periodic re-reads, by command name
-/// (DOMAIN.md 2: kubelet, k3s's embedded one, MicroK8s' kubelite), besides the process
-/// the probe saw making volume swaps.
+/// (docs/design.md 2: kubelet, k3s's embedded one, MicroK8s' kubelite), besides the
+/// process the probe saw making volume swaps.
 const KUBELET_COMMS: [&str; 5] = ["kubelet", "k3s", "k3s-server", "k3s-agent", "kubelite"];
 
 /// How long an open in a directory not registered yet waits for its registration: the

@@ -1,5 +1,5 @@
-//! The kubelet's volume layout (DOMAIN.md 2): where volumes live under a kubelet root
-//! and what their names mean. Pure path logic: no file system access.
+//! The kubelet's volume layout (docs/design.md 2): where volumes live under a kubelet
+//! root and what their names mean. Pure path logic: no file system access.
 
 use std::{
     ffi::OsStr,
@@ -89,7 +89,8 @@ pub const DATA: &str = "..data";
 pub const DATA_TMP: &str = "..data_tmp";
 
 /// A timestamped data dir of the AtomicWriter: `..2026_11_25_14_10_06.2914482033`.
-/// Matched loosely (DOMAIN.md 1.4): `..`, then a digit, and not one of the fixed names.
+/// Matched loosely (docs/design.md 1.4): `..`, then a digit, and not one of the fixed
+/// names.
 pub fn is_timestamped_dir(name: &OsStr) -> bool {
     let b = name.as_encoded_bytes();
     b.len() > 2 && b.starts_with(b"..") && b[2].is_ascii_digit()

@@ -1,6 +1,6 @@
 //! `reloadscope inspect` end to end: the built binary on a kubelet-style tree, without
 //! the agent. The lab tests (root) run real containers consuming a volume with the
-//! strategies of DOMAIN.md 5 and check each one's verdict after an update.
+//! strategies of docs/design.md 5 and check each one's verdict after an update.
 
 use std::{
     fs,

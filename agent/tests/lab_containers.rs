@@ -1,6 +1,6 @@
 //! Lab containers consuming ConfigMap (disk) and Secret (tmpfs) volumes through the
-//! kubelet's atomic updates: each strategy gets the updates DOMAIN.md 5 says it gets,
-//! for the reason it says, and a container leaves nothing behind. Needs root.
+//! kubelet's atomic updates: each strategy gets the updates docs/design.md 5 says it
+//! gets, for the reason it says, and a container leaves nothing behind. Needs root.
 
 use std::{
     fs,
@@ -461,7 +461,7 @@ fn broken_watchers_hold_live_watches() {
     }
 }
 
-/// DOMAIN.md 4: IN_DELETE_SELF waits until nothing holds the old file. A subPath
+/// docs/design.md 4: IN_DELETE_SELF waits until nothing holds the old file. A subPath
 /// mount of the same key in another container holds it for as long as it runs, so a
 /// file rewatcher in the same pod misses the update until that container goes.
 #[test]

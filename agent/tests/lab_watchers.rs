@@ -1,4 +1,4 @@
-//! Lab containers whose watches break in the ways DOMAIN.md 5 lists, and containers
+//! Lab containers whose watches break in the ways docs/design.md 5 lists, and containers
 //! running real watcher programs (`inotifywait`, the `notify` crate's
 //! `RecommendedWatcher`) through `ContainerSpec::command`: what each does with the
 //! kubelet's atomic updates, seen in its open log or output and in the inotify watches

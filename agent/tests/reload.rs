@@ -1,6 +1,6 @@
 //! Reload measurement end to end: the real agent (probe, inotify, fanotify, /proc
-//! scans) and lab containers with the strategies of DOMAIN.md 5, each logging when it
-//! opens the file. The agent's figures are checked against those logs. Needs root.
+//! scans) and lab containers with the strategies of docs/design.md 5, each logging when
+//! it opens the file. The agent's figures are checked against those logs. Needs root.
 
 mod support;
 

@@ -1,6 +1,6 @@
 //! Consumers of a mounted ConfigMap or Secret file: each [`Strategy`] watches or
-//! re-reads the file the way one kind of application does (DOMAIN.md 5), with the same
-//! inotify calls, and logs every open of it in the [`openlog`] format.
+//! re-reads the file the way one kind of application does (docs/design.md 5), with the
+//! same inotify calls, and logs every open of it in the [`openlog`] format.
 //!
 //! A strategy runs in a [`Host`], which says where its opens go and how it waits: the
 //! lab's containers (`reloadscope lab-consumer`, logging to an open-log file) and the

@@ -1,7 +1,7 @@
 //! The strategies: the ways real applications watch or re-read a mounted ConfigMap or
-//! Secret file (DOMAIN.md 5), each done with the same inotify calls such an application
-//! makes, so that the broken ones are broken for the real reason and not because they
-//! were told to ignore updates.
+//! Secret file (docs/design.md 5), each done with the same inotify calls such an
+//! application makes, so that the broken ones are broken for the real reason and not
+//! because they were told to ignore updates.
 //!
 //! A strategy reads the file through the consumer's view of it and leaves logging each
 //! open, reporting ready and waiting to its [`Host`].
@@ -116,9 +116,9 @@ impl Strategy {
     }
 
     /// Whether an application doing this picks up ConfigMap or Secret updates on a
-    /// whole-volume mount (DOMAIN.md 5): every one, not just the first (the file watcher
-    /// that never re-adds its watch gets the first update only: false). No strategy
-    /// does on a subPath mount.
+    /// whole-volume mount (docs/design.md 5): every one, not just the first (the file
+    /// watcher that never re-adds its watch gets the first update only: false). No
+    /// strategy does on a subPath mount.
     pub fn gets_updates(self) -> bool {
         matches!(
             self,

@@ -1,5 +1,5 @@
 //! The tracepoint variant: `syscalls:sys_enter_*` / `sys_exit_*`. Any syscall
-//! tracepoint puts every task on the syscall slow path (DOMAIN.md 7).
+//! tracepoint puts every task on the syscall slow path (docs/design.md 7).
 
 use agent_common::{swap::Syscall, watch::WatchCall};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};

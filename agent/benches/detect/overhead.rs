@@ -1,7 +1,7 @@
 //! Measure 3: what the attached probe adds to system calls that are not volume updates.
 //! A `renameat` pair loop on a tmpfs file (the probe's own syscalls, filtered out in
 //! the kernel because the name is not `..data`) and a `getppid` loop (any syscall
-//! tracepoint puts every task on the syscall slow path, DOMAIN.md 7); and an
+//! tracepoint puts every task on the syscall slow path, docs/design.md 7); and an
 //! `inotify_add_watch` + `inotify_rm_watch` loop, the calls the watch-call programs
 //! trace. Each round measures them on three sides: no probe (baseline), the probe as
 //! `Probe::load` attaches it, and the probe with `Probe::watch_calls` attached too.

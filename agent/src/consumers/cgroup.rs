@@ -1,8 +1,9 @@
-//! Processes to pods (DOMAIN.md 2): the pod uid and container id of a process, read from
-//! the text of its `/proc/<pid>/cgroup`, for both cgroup drivers (systemd, cgroupfs), the
-//! runtimes the kubelet drives (containerd, CRI-O, Docker) and kubelets nested in a
-//! container (kind, docker-in-docker). Also the names the kubelet gives these cgroups, so
-//! the lab can make real ones. Pure string logic: no file system access.
+//! Processes to pods (docs/design.md 2): the pod uid and container id of a process,
+//! read from the text of its `/proc/<pid>/cgroup`, for both cgroup drivers (systemd,
+//! cgroupfs), the runtimes the kubelet drives (containerd, CRI-O, Docker) and kubelets
+//! nested in a container (kind, docker-in-docker). Also the names the kubelet gives
+//! these cgroups, so the lab can make real ones. Pure string logic: no file
+//! system access.
 //!
 //! The agent usually runs in its own cgroup namespace (the default for containers on cgroup
 //! v2), so the paths it reads for other processes start with `..` components that climb from

@@ -1,6 +1,6 @@
 //! A process's mounts, from its `/proc/<pid>/mountinfo` (proc(5)), and where a path of
 //! that process is stored: how a container's mountPath leads back to the filesystem and
-//! host path of a kubelet volume (DOMAIN.md 2). A configmap volume dir bound into a
+//! host path of a kubelet volume (docs/design.md 2). A configmap volume dir bound into a
 //! container has the host path as its root; a secret volume's tmpfs has root `/`; a subPath
 //! file pinned to an old, removed inode has a root ending in `//deleted`.
 //! Pure parsing: no file system access.

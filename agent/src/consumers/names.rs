@@ -1,8 +1,9 @@
-//! Pod and container names without the API server (DOMAIN.md 2), from the names of the
-//! kubelet's container log links: `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`.
-//! Pod and namespace names never contain `_` (DNS subdomains and labels), container names
-//! never do either but may contain `-`, so the id is what follows the last `-`.
-//! Pure string logic: no file system access.
+//! Pod and container names without the API server (docs/design.md 2), from the names of
+//! the kubelet's container log links:
+//! `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`. Pod and namespace
+//! names never contain `_` (DNS subdomains and labels), container names never do either
+//! but may contain `-`, so the id is what follows the last `-`. Pure string logic: no
+//! file system access.
 
 /// What a `/var/log/containers/` file name says.
 #[derive(Clone, Debug, PartialEq, Eq)]

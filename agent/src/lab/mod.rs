@@ -1,6 +1,6 @@
 //! The lab node: a kubelet-style directory tree made of real kernel parts (disk
 //! directories, tmpfs mounts) and a writer that performs the kubelet AtomicWriter's
-//! steps with the same system calls (DOMAIN.md 1 and 2).
+//! steps with the same system calls (docs/design.md 1 and 2).
 //!
 //! Tests and benchmarks drive the agent with it: whatever the agent sees here, it sees
 //! the same way on a node.

@@ -1,4 +1,4 @@
-//! A node's kubelet tree made of real kernel parts (DOMAIN.md 2):
+//! A node's kubelet tree made of real kernel parts (docs/design.md 2):
 //!
 //! ```text
 //! <base>/kubelet/pods/<uid>/volumes/kubernetes.io~<plugin>/<volume>/   disk, or its own tmpfs

@@ -1,6 +1,6 @@
-//! The kubelet's AtomicWriter (`pkg/volume/util/atomic_writer.go`, DOMAIN.md 1), step
-//! by step and with the same system calls, so that the agent sees exactly what it sees
-//! on a node.
+//! The kubelet's AtomicWriter (`pkg/volume/util/atomic_writer.go`, docs/design.md 1),
+//! step by step and with the same system calls, so that the agent sees exactly what it
+//! sees on a node.
 //!
 //! Layout after a write of `{"a", "sub/b"}`:
 //!
@@ -132,7 +132,7 @@ impl AtomicWriter {
             .map(|t| t.to_string_lossy().into_owned())
     }
 
-    /// The AtomicWriter algorithm (DOMAIN.md 1, steps 1-10, in that order).
+    /// The AtomicWriter algorithm (docs/design.md 1, steps 1-10, in that order).
     pub fn write(&self, payload: &Payload, style: CallStyle) -> anyhow::Result<WriteOutcome> {
         // 1. Validate (and clean) the keys; an invalid payload writes nothing.
         let clean = validate_payload(payload)?;
@@ -544,8 +544,8 @@ mod tests {
             && suffix.parse::<u32>().is_ok()
     }
 
-    /// The layout DOMAIN.md 1 describes (top-level links for subdirectory keys), with
-    /// `ts` the current timestamped dir.
+    /// The layout docs/design.md 1 describes (top-level links for subdirectory keys),
+    /// with `ts` the current timestamped dir.
     fn assert_layout(w: &AtomicWriter, p: &Payload, ts: &str) {
         let dir = w.dir();
         let tops: BTreeSet<String> = p.keys().map(|k| top_level(k).to_string()).collect();

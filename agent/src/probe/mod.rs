@@ -29,7 +29,7 @@ use crate::{events::Event, events::Sender, volumes::Roots};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// Default ring buffer size: 4 MiB holds about 3,800 events, measured to lose none at
-/// 250k matching events/s with a reader (TOOLCHAIN.md).
+/// 250k matching events/s with a reader (docs/design.md 8).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]

@@ -400,8 +400,8 @@ impl Walker {
     }
 
     /// A new data dir of `key` (an update under way): marked for opens at once, before
-    /// anything is queued, as the kubelet swaps 0.1-0.5 ms after creating it (DOMAIN.md
-    /// 7); then reported, late when the swap came before the mark.
+    /// anything is queued, as the kubelet swaps 0.1-0.5 ms after creating it
+    /// (docs/design.md 7); then reported, late when the swap came before the mark.
     /// `marked`: the reader thread marked it already, late or not.
     async fn data_dir_created(
         &self,
@@ -537,7 +537,7 @@ fn in_progress(dir: &Path, current: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// `<namespace>_<pod>_<uid>` (DOMAIN.md 2): namespace and pod names never hold `_`.
+/// `<namespace>_<pod>_<uid>` (docs/design.md 2): namespace and pod names never hold `_`.
 pub fn parse_pod_log_dir(name: &str) -> Option<(String, PodName)> {
     let mut it = name.split('_');
     let (ns, pod, uid) = (it.next()?, it.next()?, it.next()?);

@@ -1,12 +1,12 @@
 //! The walker's inotify reads, on a thread of their own.
 //!
 //! A new data dir must be marked for opens before the consumers read it: the kubelet
-//! swaps 0.1-0.5 ms after creating the dir (DOMAIN.md 7) and a `..data` watcher reopens
-//! microseconds after the swap. The walker is a task that may wait for its runtime,
-//! for the state loop's queue, or for a walk it is making; this thread only blocks in
-//! poll(2) on the inotify fd, marks each new data dir of a volume the moment it reads
-//! its `IN_CREATE`, then hands the events on in order. Measured in BENCHMARKS.md
-//! ("marks placed by the reader thread").
+//! swaps 0.1-0.5 ms after creating the dir (docs/design.md 7) and a `..data` watcher
+//! reopens microseconds after the swap. The walker is a task that may wait for its
+//! runtime, for the state loop's queue, or for a walk it is making; this thread only
+//! blocks in poll(2) on the inotify fd, marks each new data dir of a volume the moment
+//! it reads its `IN_CREATE`, then hands the events on in order. Measured in
+//! BENCHMARKS.md ("marks placed by the reader thread").
 
 use std::{
     collections::HashMap,

@@ -1,6 +1,6 @@
-//! What a consumer's inotify watches on a volume will do at the next update (DOMAIN.md
-//! 4-5), from the watched inodes and masks alone. Pure; the volume's inodes come from
-//! `lstat` of its entries: no file of it is ever opened.
+//! What a consumer's inotify watches on a volume will do at the next update
+//! (docs/design.md 4-5), from the watched inodes and masks alone. Pure; the volume's
+//! inodes come from `lstat` of its entries: no file of it is ever opened.
 
 use std::{collections::BTreeSet, path::Path};
 

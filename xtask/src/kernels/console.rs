@@ -19,7 +19,7 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How QEMU runs the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
-    /// Hardware-assisted KVM. `-cpu host` aborts in nested setups (TOOLCHAIN.md);
+    /// Hardware-assisted KVM. `-cpu host` aborts in nested setups (docs/design.md 8);
     /// these features are what x86-64-v2 code may use.
     Kvm,
     /// QEMU's own emulation: slower, but runs any kernel anywhere.

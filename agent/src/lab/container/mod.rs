@@ -1,6 +1,6 @@
 //! Lab containers: real processes consuming a lab volume the way applications in pods
 //! do, set up the way the kubelet and a container runtime (containerd, systemd cgroup
-//! driver) set up a container (DOMAIN.md 2):
+//! driver) set up a container (docs/design.md 2):
 //!
 //! ```text
 //! <cgroup2>/kubepods.slice/kubepods-burstable.slice/
