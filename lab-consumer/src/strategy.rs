@@ -69,7 +69,8 @@ pub enum Strategy {
     /// (IN_MOVED_TO): what the AtomicWriter comment advises.
     DataDirWatcher,
     /// inotify on the file (following symlinks); on IN_DELETE_SELF / IN_IGNORED it
-    /// re-adds the watch and reopens (the seed article's advice).
+    /// re-adds the watch and reopens (the usual advice for these volumes:
+    /// docs/design.md 5).
     FileRewatcher,
     /// inotify on the file for IN_MODIFY | IN_CLOSE_WRITE only: never fires on these
     /// volumes.
@@ -220,9 +221,9 @@ const FILE_EVENTS: WatchMask = WatchMask::MODIFY
     .union(WatchMask::DELETE_SELF)
     .union(WatchMask::MOVE_SELF);
 
-/// The seed article's advice: watch the file (the kernel follows the user-visible
-/// symlinks to the real file in the current timestamped dir); reload on a content
-/// event; when the watched file goes away (IN_DELETE_SELF, IN_MOVE_SELF, or the
+/// The usual advice for these volumes (docs/design.md 5): watch the file (the kernel
+/// follows the user-visible symlinks to the real file in the current timestamped dir);
+/// reload on a content event; when the watched file goes away (IN_DELETE_SELF, IN_MOVE_SELF, or the
 /// IN_IGNORED that ends its watch), drop the broken watch, watch the path again (it now
 /// names the new file) and reload. Without the re-add, only the first update would be
 /// seen: the watch dies with the old file.

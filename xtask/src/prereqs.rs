@@ -36,7 +36,8 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 
-/// Must match `rust-toolchain.toml`; its LLVM major version matches bpf-linker's.
+/// Components of the pinned toolchain (`cmd::TOOLCHAIN`), whose LLVM major version
+/// matches bpf-linker's.
 /// rust-src for `-Z build-std=core` on the bpf target; rustfmt and clippy for `test`.
 const COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 /// Those a build needs.
