@@ -274,19 +274,26 @@ fn file_rewatcher(c: &mut Run<'_>) -> anyhow::Result<()> {
 /// (the watch ends with an IN_IGNORED when the old file is deleted, which this code,
 /// like its models, does not look at).
 fn naive_modify(c: &mut Run<'_>) -> anyhow::Result<()> {
+    watch_file_once(
+        c,
+        WatchMask::MODIFY | WatchMask::CLOSE_WRITE,
+        EventMask::MODIFY | EventMask::CLOSE_WRITE,
+    )
+}
+
+/// Watches the file (following symlinks) once for `watch`, and reopens it on each
+/// event in `reopen_on`; never adds a watch again.
+fn watch_file_once(c: &mut Run<'_>, watch: WatchMask, reopen_on: EventMask) -> anyhow::Result<()> {
     let mut ino = Inotify::init().context("inotify_init1")?;
     let file = c.file();
     ino.watches()
-        .add(&file, WatchMask::MODIFY | WatchMask::CLOSE_WRITE)
+        .add(&file, watch)
         .with_context(|| format!("inotify_add_watch {file:?}"))?;
     c.start()?;
     let mut buf = [0u8; EVENT_BUF];
     while let Some(events) = c.events(&mut ino, &mut buf)? {
         for ev in events {
-            if ev
-                .mask
-                .intersects(EventMask::MODIFY | EventMask::CLOSE_WRITE)
-            {
+            if ev.mask.intersects(reopen_on) {
                 c.open()?;
             }
         }
@@ -362,24 +369,11 @@ fn timestamped_dir_watcher(c: &mut Run<'_>) -> anyhow::Result<()> {
 /// reopen that reads the new content, and the watch is gone (IN_IGNORED, not looked
 /// at). It never adds one again: every later update is missed.
 fn file_watcher_no_rewatch(c: &mut Run<'_>) -> anyhow::Result<()> {
-    let mut ino = Inotify::init().context("inotify_init1")?;
-    let file = c.file();
-    ino.watches()
-        .add(&file, WatchMask::MODIFY | WatchMask::DELETE_SELF)
-        .with_context(|| format!("inotify_add_watch {file:?}"))?;
-    c.start()?;
-    let mut buf = [0u8; EVENT_BUF];
-    while let Some(events) = c.events(&mut ino, &mut buf)? {
-        for ev in events {
-            if ev
-                .mask
-                .intersects(EventMask::MODIFY | EventMask::DELETE_SELF)
-            {
-                c.open()?;
-            }
-        }
-    }
-    Ok(())
+    watch_file_once(
+        c,
+        WatchMask::MODIFY | WatchMask::DELETE_SELF,
+        EventMask::MODIFY | EventMask::DELETE_SELF,
+    )
 }
 
 /// Re-reads every period, on a fixed schedule (a late turn does not shift later ones,
