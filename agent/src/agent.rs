@@ -146,6 +146,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let journal = match &cfg.state_file {
         Some(path) => {
             let generation = restore(&shared, path);
+            shared.reloads.lock().expect("reloads lock").journal();
             let journal = checkpoint::Journal::open(path, generation).map_err(|e| {
                 anyhow::anyhow!("--state-file {}: the journal: {e}", path.display())
             })?;
@@ -466,22 +467,33 @@ fn restore(shared: &Shared, path: &std::path::Path) -> u64 {
     generation
 }
 
-/// Applies the journal's entries to the checkpoint they follow: each volume's data dir
-/// as last seen; an update (a swap time) newer than the checkpoint makes every
-/// consumer it knew stale at that swap (whether one reloaded after it is not known:
-/// it is found again at its next open).
-fn merge_journal(cp: &mut checkpoint::Checkpoint, entries: Vec<checkpoint::Entry>) {
+/// Applies the journal's lines to the checkpoint they follow, in order. A data dir:
+/// each volume's as last seen; an update (a swap time) newer than the checkpoint makes
+/// every consumer it knew stale at that swap. A volume's consumers: as they were
+/// after their last change (reloaded, found, seen reading or not), replacing what
+/// came before.
+fn merge_journal(cp: &mut checkpoint::Checkpoint, lines: Vec<checkpoint::Line>) {
+    let id =
+        |v: &checkpoint::SavedVolume| (v.pod_uid.clone(), v.volume_type.clone(), v.name.clone());
     let mut at: HashMap<(String, String, String), usize> = (cp.volumes.iter().enumerate())
-        .map(|(i, v)| {
-            (
-                (v.pod_uid.clone(), v.volume_type.clone(), v.name.clone()),
-                i,
-            )
-        })
+        .map(|(i, v)| (id(v), i))
         .collect();
-    for e in entries {
-        let id = (e.pod_uid.clone(), e.volume_type.clone(), e.name.clone());
-        let i = *at.entry(id).or_insert_with(|| {
+    for line in lines {
+        let e = match line {
+            checkpoint::Line::Volume(v) => {
+                match at.get(&id(&v)) {
+                    Some(&i) => cp.volumes[i] = v,
+                    None => {
+                        at.insert(id(&v), cp.volumes.len());
+                        cp.volumes.push(v);
+                    }
+                }
+                continue;
+            }
+            checkpoint::Line::Dir(e) => e,
+        };
+        let key = (e.pod_uid.clone(), e.volume_type.clone(), e.name.clone());
+        let i = *at.entry(key).or_insert_with(|| {
             cp.volumes.push(checkpoint::SavedVolume {
                 pod_uid: e.pod_uid.clone(),
                 volume_type: e.volume_type.clone(),
@@ -631,6 +643,35 @@ async fn consumer_loop(
     }
 }
 
+/// What the state file keeps of a volume: its data dir; its newest update and who is
+/// stale, when known; who reads it. None when it has neither an update nor a data dir.
+fn to_saved(
+    key: &VolumeKey,
+    v: &crate::updates::VolumeState,
+    s: Option<crate::reloads::Snapshot>,
+) -> Option<checkpoint::SavedVolume> {
+    let (ts_dir, swap) = match s.as_ref().and_then(|s| s.newest.clone()) {
+        Some(n) => n,
+        None => (v.current.clone()?, SystemTime::UNIX_EPOCH),
+    };
+    let (consumers, readers, non_readers) = s
+        .map(|s| (s.stale, s.readers, s.non_readers))
+        .unwrap_or_default();
+    Some(checkpoint::SavedVolume {
+        dir: v.dir.clone(),
+        pod_uid: key.pod_uid.clone(),
+        volume_type: key.volume_type.label().to_owned(),
+        name: key.name.clone(),
+        ts_dir,
+        swap_unix_ns: swap
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        consumers,
+        readers,
+        non_readers,
+    })
+}
+
 struct StateLoop {
     shared: Arc<Shared>,
     state_file: Option<PathBuf>,
@@ -669,6 +710,7 @@ impl StateLoop {
                             self.apply(ev);
                             self.settle();
                         }
+                        self.journal_consumers();
                     }
                     None => break,
                 },
@@ -679,6 +721,7 @@ impl StateLoop {
                     self.shared.heartbeat_ms.store(monotonic_ms(), Relaxed);
                     // Consumer scans change who is stale too.
                     self.settle();
+                    self.journal_consumers();
                 }
                 _ = &mut stopped => break,
             }
@@ -716,7 +759,8 @@ impl StateLoop {
                         && (v.current.as_deref() != Some(d.ts_dir.as_str())
                             || v.last_update.is_some_and(|at| d.at < at))
                     {
-                        journal.append(&entry(&d.key, &v.dir, &d.ts_dir, Some(d.at)));
+                        let e = entry(&d.key, &v.dir, &d.ts_dir, Some(d.at));
+                        journal.append(&checkpoint::Line::Dir(e));
                     }
                 }
                 Event::VolumeFound {
@@ -726,7 +770,7 @@ impl StateLoop {
                 } => {
                     let known = t.volume(key).and_then(|v| v.current.as_deref());
                     if known != Some(current.as_str()) {
-                        journal.append(&entry(key, dir, current, None));
+                        journal.append(&checkpoint::Line::Dir(entry(key, dir, current, None)));
                     }
                 }
                 _ => {}
@@ -735,6 +779,35 @@ impl StateLoop {
         drop(t);
         if let Err(e) = journal.sync() {
             warn!(error = %e, "cannot write the state journal: updates since the last checkpoint may be counted again after a restart");
+        }
+    }
+
+    /// Journals the consumers of each volume whose consumers changed since the last
+    /// call (reloaded, found, seen reading or not), and syncs them.
+    fn journal_consumers(&mut self) {
+        let Some((journal, _)) = &mut self.journal else {
+            return;
+        };
+        let snapshots = self
+            .shared
+            .reloads
+            .lock()
+            .expect("reloads lock")
+            .take_journal();
+        if snapshots.is_empty() {
+            return;
+        }
+        let t = self.shared.tracker.lock().expect("tracker lock");
+        for s in snapshots {
+            if let Some(v) = t.volume(&s.volume)
+                && let Some(saved) = to_saved(&s.volume.clone(), v, Some(s))
+            {
+                journal.append(&checkpoint::Line::Volume(saved));
+            }
+        }
+        drop(t);
+        if let Err(e) = journal.sync() {
+            warn!(error = %e, "cannot write the state journal: consumers' reloads since the last checkpoint may be reported stale after a restart");
         }
     }
 
@@ -754,32 +827,9 @@ impl StateLoop {
                 .map(|s| (s.volume.clone(), s))
                 .collect();
             // Every volume with its data dir, so that the next run sees updates made
-            // while none ran; with its newest update and who is stale, when known, and
-            // who reads it.
+            // while none ran.
             t.volumes()
-                .filter_map(|(key, v)| {
-                    let s = known.remove(key);
-                    let (ts_dir, swap) = match s.as_ref().and_then(|s| s.newest.clone()) {
-                        Some(n) => n,
-                        None => (v.current.clone()?, SystemTime::UNIX_EPOCH),
-                    };
-                    let (consumers, readers, non_readers) = s
-                        .map(|s| (s.stale, s.readers, s.non_readers))
-                        .unwrap_or_default();
-                    Some(checkpoint::SavedVolume {
-                        dir: v.dir.clone(),
-                        pod_uid: key.pod_uid.clone(),
-                        volume_type: key.volume_type.label().to_owned(),
-                        name: key.name.clone(),
-                        ts_dir,
-                        swap_unix_ns: swap
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_nanos() as u64),
-                        consumers,
-                        readers,
-                        non_readers,
-                    })
-                })
+                .filter_map(|(key, v)| to_saved(key, v, known.remove(key)))
                 .collect()
         };
         if let Err(e) = checkpoint::write(
@@ -1015,15 +1065,52 @@ mod tests {
         }
     }
 
-    fn entry(name: &str, ts: &str, swap: u64) -> checkpoint::Entry {
-        checkpoint::Entry {
+    fn entry(name: &str, ts: &str, swap: u64) -> checkpoint::Line {
+        checkpoint::Line::Dir(checkpoint::Entry {
             pod_uid: "u".into(),
             volume_type: "configmap".into(),
             name: name.into(),
             dir: format!("/v/{name}").into(),
             ts_dir: ts.into(),
             swap_unix_ns: swap,
-        }
+        })
+    }
+
+    #[test]
+    fn journaled_consumers_replace_what_came_before() {
+        let mut cp = checkpoint::Checkpoint {
+            volumes: vec![saved("a", "..1", 5, &[("c", false), ("d", false)])],
+            ..Default::default()
+        };
+        let reloaded = checkpoint::SavedVolume {
+            readers: vec!["c".into()],
+            ..saved("a", "..2", 9, &[("c", false), ("d", true)])
+        };
+        merge_journal(
+            &mut cp,
+            vec![
+                entry("a", "..2", 9),
+                // c reloaded it, d not; c seen reading.
+                checkpoint::Line::Volume(reloaded.clone()),
+            ],
+        );
+        assert_eq!(cp.volumes, [reloaded.clone()]);
+        // A volume first known from the journal, with its consumers.
+        let fresh = saved("n", "..1", 0, &[]);
+        merge_journal(
+            &mut cp,
+            vec![
+                checkpoint::Line::Volume(fresh.clone()),
+                // The next update makes both stale again.
+                entry("a", "..3", 20),
+            ],
+        );
+        assert_eq!(cp.volumes[1], fresh);
+        let a = &cp.volumes[0];
+        assert_eq!((a.ts_dir.as_str(), a.swap_unix_ns), ("..3", 20));
+        let stale = [("c".to_string(), true), ("d".to_string(), true)];
+        assert_eq!(a.consumers, stale);
+        assert_eq!(a.readers, ["c"], "who reads it holds whatever its data dir");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `--state-file`: what the agent cannot rebuild after a restart, written atomically,
-//! and, between checkpoints, the journal of the data dirs seen since ([`Journal`]).
+//! and, between checkpoints, the journal of the data dirs and consumers seen since
+//! ([`Journal`]).
 //!
 //! Rebuilt from the node alone: volumes, their current data dir, consumers, their start.
 //! Not rebuildable: which consumers had not reloaded the newest update yet (a stale
@@ -100,6 +101,36 @@ pub struct Entry {
     pub swap_unix_ns: u64,
 }
 
+/// One line of the journal: a data dir seen, written before it is counted; or a
+/// volume's consumers as they are after a change (a reload, a consumer found, seen
+/// reading or not), written as soon as it is made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Line {
+    /// First: an [`Entry`]'s fields are a subset of a volume's, and unknown fields are
+    /// ignored.
+    Volume(SavedVolume),
+    Dir(Entry),
+}
+
+impl Line {
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Line::Volume(v) => &v.name,
+            Line::Dir(e) => &e.name,
+        }
+    }
+
+    /// The volume's data dir then.
+    pub fn ts_dir(&self) -> &str {
+        match self {
+            Line::Volume(v) => &v.ts_dir,
+            Line::Dir(e) => &e.ts_dir,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Header {
     generation: u64,
@@ -143,9 +174,9 @@ impl Journal {
         Ok(j)
     }
 
-    /// Queues `entry`; written at the next [`Journal::sync`].
-    pub fn append(&mut self, entry: &Entry) {
-        serde_json::to_writer(&mut self.pending, entry).expect("an entry serialises");
+    /// Queues `line`; written at the next [`Journal::sync`].
+    pub fn append(&mut self, line: &Line) {
+        serde_json::to_writer(&mut self.pending, line).expect("a line serialises");
         self.pending.push(b'\n');
     }
 
@@ -170,11 +201,11 @@ impl Journal {
     }
 }
 
-/// The entries of the journal of `state` written after the checkpoint of
+/// The lines of the journal of `state` written after the checkpoint of
 /// `generation`, in order; none when there is no journal or it is another
 /// generation's. Read with the same bound as the state file; a torn last line (a kill
 /// in the middle of a write) ends it.
-pub fn read_journal(state: &Path, generation: u64) -> io::Result<Vec<Entry>> {
+pub fn read_journal(state: &Path, generation: u64) -> io::Result<Vec<Line>> {
     use std::io::{BufRead as _, Read as _};
     let path = Journal::path(state);
     let file = match std::fs::File::open(&path) {
@@ -309,15 +340,15 @@ mod tests {
         assert!(v.readers.is_empty() && v.non_readers.is_empty());
     }
 
-    fn entry(name: &str, ts: &str, swap: u64) -> Entry {
-        Entry {
+    fn entry(name: &str, ts: &str, swap: u64) -> Line {
+        Line::Dir(Entry {
             pod_uid: "u".into(),
             volume_type: "secret".into(),
             name: name.into(),
             dir: "/v".into(),
             ts_dir: ts.into(),
             swap_unix_ns: swap,
-        }
+        })
     }
 
     #[test]
@@ -326,11 +357,18 @@ mod tests {
         let state = dir.path().join("state.json");
         assert_eq!(read_journal(&state, 0).unwrap(), []);
         let mut j = Journal::open(&state, 3).unwrap();
+        let consumers = Line::Volume(SavedVolume {
+            consumers: vec![("c".into(), false)],
+            readers: vec!["c".into()],
+            ..sample().volumes[0].clone()
+        });
         j.append(&entry("a", "..1", 0));
         j.append(&entry("a", "..2", 7));
+        j.append(&consumers);
         assert_eq!(read_journal(&state, 3).unwrap(), [], "queued, not written");
         j.sync().unwrap();
-        let want = [entry("a", "..1", 0), entry("a", "..2", 7)];
+        // Each line read back as the kind it was written as.
+        let want = [entry("a", "..1", 0), entry("a", "..2", 7), consumers];
         assert_eq!(read_journal(&state, 3).unwrap(), want);
         assert_eq!(read_journal(&state, 2).unwrap(), [], "another checkpoint's");
         // Opened again for the same checkpoint (a restart): kept and appended to.
@@ -338,7 +376,7 @@ mod tests {
         let mut j = Journal::open(&state, 3).unwrap();
         j.append(&entry("b", "..1", 0));
         j.sync().unwrap();
-        assert_eq!(read_journal(&state, 3).unwrap().len(), 3);
+        assert_eq!(read_journal(&state, 3).unwrap().len(), 4);
         // A torn last line ends it.
         std::fs::OpenOptions::new()
             .append(true)
@@ -346,7 +384,7 @@ mod tests {
             .unwrap()
             .write_all(b"{\"pod_uid\": \"u")
             .unwrap();
-        assert_eq!(read_journal(&state, 3).unwrap().len(), 3);
+        assert_eq!(read_journal(&state, 3).unwrap().len(), 4);
         j.reset(4).unwrap();
         assert_eq!(read_journal(&state, 4).unwrap(), []);
         assert_eq!(read_journal(&state, 3).unwrap(), []);

@@ -273,6 +273,9 @@ pub struct Reloads {
     /// Pods whose volumes' [`Self::settled`] may have changed (a container starting,
     /// or found).
     changed_pods: HashSet<String>,
+    /// With a state journal: the volumes whose consumers' state may have changed since
+    /// [`Self::take_journal`] (None: nothing journals, nothing is kept).
+    unjournaled: Option<HashSet<VolumeKey>>,
 }
 
 impl Default for Reloads {
@@ -291,6 +294,7 @@ impl Default for Reloads {
             first_reads: HashMap::new(),
             restored_reads: HashMap::new(),
             changed_pods: HashSet::new(),
+            unjournaled: None,
         }
     }
 }
@@ -350,7 +354,7 @@ impl Reloads {
     /// containers not yet): its opens stay reported for the first-read window.
     pub fn volume_appeared(&mut self, volume: &VolumeKey, now: SystemTime) {
         self.fresh.insert(volume.clone(), now + self.window);
-        self.changed.insert(volume.clone());
+        self.mark(volume);
     }
 
     /// A consumer scan saw the processes of containers `ids`: the starting ones among
@@ -371,9 +375,32 @@ impl Reloads {
         std::mem::take(&mut self.changed_pods)
     }
 
+    /// Notes that the state of `volume`'s consumers may have changed: for
+    /// [`Self::take_changed`] and [`Self::take_journal`].
+    fn mark(&mut self, volume: &VolumeKey) {
+        self.changed.insert(volume.clone());
+        if let Some(j) = &mut self.unjournaled {
+            j.insert(volume.clone());
+        }
+    }
+
+    /// Keeps, from now on, the volumes [`Self::take_journal`] reports.
+    pub fn journal(&mut self) {
+        self.unjournaled.get_or_insert_default();
+    }
+
+    /// The state of each volume whose consumers' state may have changed since the last
+    /// call, for the state journal; none unless [`Self::journal`] was called.
+    pub fn take_journal(&mut self) -> Vec<Snapshot> {
+        let Some(volumes) = self.unjournaled.as_mut().map(std::mem::take) else {
+            return Vec::new();
+        };
+        volumes.iter().map(|v| self.snapshot_of(v)).collect()
+    }
+
     /// Asks [`Self::take_changed`] to report `volume` (its data dir changed).
     pub fn touch(&mut self, volume: &VolumeKey) {
-        self.changed.insert(volume.clone());
+        self.mark(volume);
     }
 
     /// The volumes whose [`Self::settled`] may have changed since the last call.
@@ -384,7 +411,7 @@ impl Reloads {
     /// The consumers of `volume` as a scan found them: new ones are added (a container
     /// that started after the newest swap has it already), gone ones dropped.
     pub fn set_consumers(&mut self, volume: &VolumeKey, found: Vec<Found>) {
-        self.changed.insert(volume.clone());
+        self.mark(volume);
         let newest = self.newest.get(volume).cloned();
         let late = self.late.get(volume).cloned();
         // Consumers a checkpoint knew: stale exactly when they were then.
@@ -473,32 +500,30 @@ impl Reloads {
     pub fn snapshot(&self) -> Vec<Snapshot> {
         let volumes: HashSet<&VolumeKey> =
             self.newest.keys().chain(self.consumers.keys()).collect();
-        volumes
-            .into_iter()
-            .map(|v| {
-                let newest = self.newest.get(v).cloned();
-                let cs: Vec<(&String, &Consumer)> =
-                    self.consumers.get(v).into_iter().flatten().collect();
-                let ids = |r: Reads| {
-                    (cs.iter())
-                        .filter(|(_, c)| c.reads == r)
-                        .map(|(id, _)| (*id).clone())
-                        .collect()
-                };
-                Snapshot {
-                    volume: v.clone(),
-                    stale: match newest {
-                        Some(_) => (cs.iter())
-                            .map(|(id, c)| ((*id).clone(), c.pending.is_some()))
-                            .collect(),
-                        None => Vec::new(),
-                    },
-                    newest,
-                    readers: ids(Reads::Yes),
-                    non_readers: ids(Reads::No),
-                }
-            })
-            .collect()
+        volumes.into_iter().map(|v| self.snapshot_of(v)).collect()
+    }
+
+    fn snapshot_of(&self, v: &VolumeKey) -> Snapshot {
+        let newest = self.newest.get(v).cloned();
+        let cs: Vec<(&String, &Consumer)> = self.consumers.get(v).into_iter().flatten().collect();
+        let ids = |r: Reads| {
+            (cs.iter())
+                .filter(|(_, c)| c.reads == r)
+                .map(|(id, _)| (*id).clone())
+                .collect()
+        };
+        Snapshot {
+            volume: v.clone(),
+            stale: match newest {
+                Some(_) => (cs.iter())
+                    .map(|(id, c)| ((*id).clone(), c.pending.is_some()))
+                    .collect(),
+                None => Vec::new(),
+            },
+            newest,
+            readers: ids(Reads::Yes),
+            non_readers: ids(Reads::No),
+        }
     }
 
     /// A checkpoint's newest update of `volume`, still current: consumers found later
@@ -593,7 +618,7 @@ impl Reloads {
         }
         self.newest
             .insert(volume.clone(), (ts_dir.to_owned(), swap));
-        self.changed.insert(volume.clone());
+        self.mark(volume);
         if let Some(cs) = self.consumers.get_mut(volume) {
             for c in cs.values_mut() {
                 if c.mount != MountKind::Volume {
@@ -632,7 +657,7 @@ impl Reloads {
                     news |= c.reads();
                 }
                 if news {
-                    self.changed.insert(volume.clone());
+                    self.mark(volume);
                 }
                 self.first_read(volume, None, at);
                 None
@@ -650,7 +675,7 @@ impl Reloads {
                     return;
                 };
                 if c.reads() {
-                    self.changed.insert(volume.clone());
+                    self.mark(volume);
                 }
                 Some(id)
             }
@@ -680,12 +705,16 @@ impl Reloads {
         let Some(cs) = self.consumers.get_mut(volume) else {
             return;
         };
+        let mut reloaded = false;
         for (_, c) in cs.iter_mut().filter(|(c, _)| id.is_none_or(|id| id == *c)) {
             if let Some((_, swap)) = c.pending.take_if(|(pending_ts, _)| pending_ts == ts_dir) {
                 record(c, swap, at);
                 c.reads();
-                self.changed.insert(volume.clone());
+                reloaded = true;
             }
+        }
+        if reloaded {
+            self.mark(volume);
         }
     }
 
@@ -710,15 +739,19 @@ impl Reloads {
         let window = self.window;
         self.first_reads
             .retain(|_, at| now.duration_since(*at).is_ok_and(|d| d < window) || *at > now);
+        let mut decided = Vec::new();
         for (v, cs) in &mut self.consumers {
             for c in cs.values_mut() {
                 if let Reads::Undecided { until } = c.reads
                     && until <= now
                 {
                     c.reads = Reads::No;
-                    self.changed.insert(v.clone());
+                    decided.push(v.clone());
                 }
             }
+        }
+        for v in &decided {
+            self.mark(v);
         }
         let changed = &mut self.changed;
         self.fresh.retain(|v, until| {
@@ -825,6 +858,48 @@ mod tests {
         // Further opens of the same data are not further reloads.
         r.open(me("a"), &vol(), "..2", t(900));
         assert_eq!(r.consumer(&vol(), "a").unwrap().latency.count, 1);
+    }
+
+    /// With a journal, every change of a volume's consumers (found, stale by an update,
+    /// reloaded, decided not to read) is reported once, as the volume's state then; an
+    /// open that changes nothing is not. Without one, nothing is kept.
+    #[test]
+    fn the_journal_gets_each_change_of_a_volumes_consumers_once() {
+        let mut quiet = reloads();
+        quiet.update(&vol(), "..2", t(100));
+        assert_eq!(quiet.take_journal(), []);
+        assert!(quiet.unjournaled.is_none());
+
+        let mut r = Reloads::default();
+        r.journal();
+        r.set_consumers(&vol(), vec![reader("a", MountKind::Volume, 0)]);
+        let first = r.take_journal();
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            (first[0].readers.as_slice(), first[0].stale.len()),
+            (&["a".to_string()][..], 0)
+        );
+        assert_eq!(r.take_journal(), [], "reported once");
+        r.update(&vol(), "..2", t(100));
+        let stale = r.take_journal();
+        assert_eq!(stale[0].stale, [("a".to_string(), true)]);
+        assert_eq!(stale[0].newest, Some(("..2".to_string(), t(100))));
+        r.open(me("a"), &vol(), "..1", t(150));
+        assert_eq!(r.take_journal(), [], "old data: nothing changed");
+        r.open(me("a"), &vol(), "..2", t(160));
+        assert_eq!(r.take_journal()[0].stale, [("a".to_string(), false)]);
+        // One whose start was watched and that did not read, once its window ends.
+        r.container_starting("pod", "b", t(200));
+        r.set_consumers(
+            &vol(),
+            vec![
+                reader("a", MountKind::Volume, 0),
+                found("b", MountKind::Volume, 200),
+            ],
+        );
+        r.take_journal();
+        r.tick(t(200) + FIRST_READ_WINDOW);
+        assert_eq!(r.take_journal()[0].non_readers, ["b"]);
     }
 
     /// After a late mark, a consumer holding a file of the new data open is credited at

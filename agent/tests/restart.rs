@@ -113,8 +113,8 @@ async fn updates_made_while_the_agent_was_down_are_recorded() {
     // The data dirs journaled since the checkpoint supersede it.
     let journal = checkpoint::read_journal(&state, saved.generation).unwrap();
     let saved_ts = |n: &str| {
-        (journal.iter().rev().find(|e| e.name == n))
-            .map(|e| e.ts_dir.clone())
+        (journal.iter().rev().find(|e| e.name() == n))
+            .map(|e| e.ts_dir().to_owned())
             .unwrap_or_else(|| {
                 let v = saved.volumes.iter().find(|v| v.name == n).unwrap();
                 v.ts_dir.clone()
@@ -186,9 +186,10 @@ async fn updates_made_while_the_agent_was_down_are_recorded() {
 
 /// An update counted a moment before a SIGKILL (long before the next checkpoint) is
 /// neither forgotten nor counted again by the next run: the journal had it before it
-/// was counted. Its consumer that never reloaded is never exported fresh: it is stale
-/// still where the run knew it to be a reader, and without a stale series (reads
-/// unknown) where that was learnt after the last checkpoint, as here.
+/// was counted. What its consumers did is journaled as it is learnt too: the one that
+/// never reloaded is a reader, stale still (its watch died with the update, nothing
+/// else shows that it reads the volume); the one that reloaded is fresh (without its
+/// reload journaled it would be found predating the update, and stale).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]
 async fn an_update_just_before_a_sigkill_is_neither_lost_nor_counted_twice() {
@@ -201,6 +202,8 @@ async fn an_update_just_before_a_sigkill_is_neither_lost_nor_counted_twice() {
     let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
     let spec = ContainerSpec::new("naive", w.dir(), KEY, Strategy::NaiveModify);
     let naive = LabContainer::start(bin, &node, &pod, &spec).unwrap();
+    let spec = ContainerSpec::new("watcher", w.dir(), KEY, Strategy::DataDirWatcher);
+    let watcher = LabContainer::start(bin, &node, &pod, &spec).unwrap();
     let state_dir = tempfile::tempdir().unwrap();
     let state = state_dir.path().join("state.json");
     let port = free_port();
@@ -208,18 +211,27 @@ async fn an_update_just_before_a_sigkill_is_neither_lost_nor_counted_twice() {
     let mut first = agent(&node, port, &state);
     wait_ready(addr).await;
     let naive_reads = [("container", "naive"), ("reads", "yes")];
-    wait_metrics(addr, "the naive consumer, reading", |m| {
+    let watcher_reads = [("container", "watcher"), ("reads", "yes")];
+    wait_metrics(addr, "both consumers, reading", |m| {
         m.get("reloadscope_consumer_info", &naive_reads).is_some()
+            && m.get("reloadscope_consumer_info", &watcher_reads).is_some()
     })
     .await;
     w.write(&payload(&[(KEY, "1")]), CallStyle::GoAt).unwrap();
     let (vol, stale) = ([("volume", "stuck")], [("container", "naive")]);
-    let m = wait_metrics(addr, "the update counted, the consumer stale", |m| {
+    let fresh = [("container", "watcher")];
+    let m = wait_metrics(addr, "the update counted, one stale, one reloaded", |m| {
         m.get("reloadscope_volume_updates_total", &vol) == Some(1.0)
             && m.get("reloadscope_consumer_stale_seconds", &stale)
                 .is_some_and(|s| s > 0.0)
+            && m.get("reloadscope_consumer_last_reload_timestamp_seconds", &fresh)
+                .is_some()
     })
     .await;
+    assert_eq!(
+        m.get("reloadscope_consumer_stale_seconds", &fresh),
+        Some(0.0)
+    );
     let stamped = m
         .get("reloadscope_volume_last_update_timestamp_seconds", &vol)
         .unwrap();
@@ -229,8 +241,9 @@ async fn an_update_just_before_a_sigkill_is_neither_lost_nor_counted_twice() {
 
     let second = agent(&node, port, &state);
     wait_ready(addr).await;
-    let m = wait_metrics(addr, "the naive consumer found again", |m| {
+    let m = wait_metrics(addr, "both consumers found again", |m| {
         m.matching("reloadscope_consumer_info", &stale).count() == 1
+            && m.matching("reloadscope_consumer_info", &fresh).count() == 1
     })
     .await;
     assert_eq!(
@@ -243,24 +256,30 @@ async fn an_update_just_before_a_sigkill_is_neither_lost_nor_counted_twice() {
         Some(stamped),
         "the update's time, as the first run stamped it"
     );
-    let reads = (m.matching("reloadscope_consumer_info", &stale))
-        .map(|s| s.labels["reads"].clone())
-        .next()
-        .unwrap();
-    let stale_for = m.get("reloadscope_consumer_stale_seconds", &stale);
-    println!("after the kill: reads {reads}, stale {stale_for:?}");
+    assert!(
+        m.get("reloadscope_consumer_info", &naive_reads).is_some(),
+        "the naive consumer's reads, journaled"
+    );
+    let stale_for = m.get("reloadscope_consumer_stale_seconds", &stale).unwrap();
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
         - stamped;
-    match stale_for {
-        None => assert_eq!(reads, "unknown"),
-        Some(s) => assert!(s > 0.0 && s <= since, "{s} s stale, swap {since} s ago"),
-    }
+    assert!(
+        stale_for > 0.0 && stale_for <= since,
+        "{stale_for} s stale, swap {since} s ago"
+    );
+    assert!(m.get("reloadscope_consumer_info", &watcher_reads).is_some());
+    assert_eq!(
+        m.get("reloadscope_consumer_stale_seconds", &fresh),
+        Some(0.0),
+        "its reload, journaled"
+    );
     // SAFETY: our child's pid.
     unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
     let out = blocking(move || second.wait_with_output().unwrap()).await;
     assert!(out.status.success(), "{:?}", out.status);
     naive.stop().unwrap();
+    watcher.stop().unwrap();
 }
