@@ -1094,7 +1094,7 @@ mod tests {
                 checkpoint::Line::Volume(reloaded.clone()),
             ],
         );
-        assert_eq!(cp.volumes, [reloaded.clone()]);
+        assert_eq!(cp.volumes, std::slice::from_ref(&reloaded));
         // A volume first known from the journal, with its consumers.
         let fresh = saved("n", "..1", 0, &[]);
         merge_journal(
