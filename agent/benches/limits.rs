@@ -31,10 +31,8 @@ use common::{
     agent_process::{AgentProcess, agent_binary},
     procfs::proc_cpu,
 };
-use reloadscope::{
-    lab::{AtomicWriter, CallStyle, LabNode, payload, scrape},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, payload, scrape};
 
 const USAGE: &str = "\
 usage: cargo xtask bench limits [--quick]

@@ -255,7 +255,7 @@ fn main() -> ExitCode {
         "[scale] setup: {} pods x {} volumes, {} consumers",
         p.pods, p.per_pod, p.consumers
     );
-    let sn = match node::ScaleNode::create(p, &bin) {
+    let sn = match node::ScaleNode::create(p) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("[scale] setup failed: {e:#}");

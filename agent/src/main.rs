@@ -2,8 +2,11 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use reloadscope::agent::{self, Config};
+use clap::{Parser, Subcommand};
+use reloadscope::{
+    agent::{self, Config},
+    logging::{LogFormat, init_logging},
+};
 use tracing::{error, info, warn};
 
 /// Sees every ConfigMap, Secret, projected and downwardAPI volume update on a
@@ -22,23 +25,10 @@ struct Cli {
     log_level: String,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent (the DaemonSet's main job).
-    Agent(AgentArgs),
-    /// Run the agent against a lab node: a kubelet-style tree on tmpfs and disk, with a
-    /// writer making the kubelet's atomic updates on a schedule, and a live table of
-    /// what the agent reports. Needs root.
-    Lab(reloadscope::lab::LabArgs),
-    /// The process inside a lab container: started by the lab, not by hand.
-    #[command(hide = true)]
-    LabConsumer(reloadscope::lab::ConsumerArgs),
+    Agent(Box<AgentArgs>),
     /// Show every volume on this node, its consumers, its last update and, per
     /// consumer, reloaded / stale / subPath, with a hint for each problem. Works without
     /// the agent running.
@@ -233,63 +223,6 @@ fn seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Directives added to the `--log-level` filter, each group unless the filter names
-/// one of its targets: they leave out what the agent's own lines say once.
-const QUIET: &[&str] = &[
-    // aya warns about each kernel feature probe it cannot run; without CAP_BPF that is
-    // a line per probe before ours, which says the same once, with the remedy.
-    "aya::kernel_features=error",
-    // With the API unreachable or refusing, each retry of each watcher would log:
-    // kube-runtime's watchers warn at each refused watch (403), kube-client warns at
-    // each answer it cannot read, and its HTTP trace layer (module `client::builder`)
-    // logs an ERROR for each failed request, a refused connection or a 5xx: 11 lines
-    // in 4 s while the API has no route. Each of those errors also comes back to the
-    // watcher or the Event poster that made the request, and the agent logs the API
-    // going and coming back once each (`kubeapi::client`'s health). kube's other
-    // errors stay.
-    "kube_runtime=error,kube_client=error,kube_client::client::builder=off",
-];
-
-/// `level` with each [`QUIET`] group that it does not speak of: where a target of
-/// `level` and one of the group's is a prefix of the other (tracing matches targets
-/// by prefix: `kube=debug` covers `kube_client`), the user's choice stands.
-fn log_filter(level: &str) -> String {
-    let target = |directive: &str| -> String {
-        let end = directive.find(['[', '=']).unwrap_or(directive.len());
-        directive[..end].trim().to_owned()
-    };
-    let named: Vec<String> = level
-        .split(',')
-        .map(target)
-        .filter(|t| !t.is_empty())
-        .collect();
-    let mut filter = level.to_owned();
-    for group in QUIET {
-        let spoken = group.split(',').map(target).any(|quiet| {
-            named
-                .iter()
-                .any(|t| quiet.starts_with(t.as_str()) || t.starts_with(quiet.as_str()))
-        });
-        if !spoken {
-            filter = format!("{filter},{group}");
-        }
-    }
-    filter
-}
-
-fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(level))
-        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
-}
-
 /// What the command line names that cannot work: said before anything starts, and
 /// the agent exits with 2. Paths that may appear later (a kubelet root, the log dirs)
 /// are only warned about; those that exist must be directories, a state file must be
@@ -395,18 +328,7 @@ fn main() -> ExitCode {
         eprintln!("reloadscope: {e:#}");
         return ExitCode::from(2);
     }
-    // Before the runtime starts its threads: the consumer enters a mount namespace of
-    // its own, which must hold the whole (single-threaded) process.
-    let command = match cli.command {
-        Command::LabConsumer(args) => {
-            return match reloadscope::lab::consumer_main(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+    let args = match cli.command {
         // One-shot and synchronous: no runtime needed.
         Command::Inspect(args) => {
             return match reloadscope::inspect::run(args) {
@@ -417,15 +339,13 @@ fn main() -> ExitCode {
                 }
             };
         }
-        other => other,
+        Command::Agent(args) => *args,
     };
-    if let Command::Agent(args) = &command {
-        if let Err(e) = check(args) {
-            error!("{e}");
-            return ExitCode::from(2);
-        }
-        warn_missing(args);
+    if let Err(e) = check(&args) {
+        error!("{e}");
+        return ExitCode::from(2);
     }
+    warn_missing(&args);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -437,13 +357,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match command {
-        Command::Agent(args) => rt.block_on(run_agent(args)),
-        Command::Lab(args) => rt.block_on(reloadscope::lab::run(args)),
-        Command::LabConsumer(_) | Command::Inspect(_) => {
-            unreachable!("handled before the runtime")
-        }
-    };
+    let result = rt.block_on(run_agent(args));
     // Blocking work still running (a consumer scan of a big node, a render) is not
     // waited for: the agent has stopped, its state is saved.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -452,47 +366,6 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KUBE: &str = "kube_runtime=error,kube_client=error,kube_client::client::builder=off";
-
-    #[test]
-    fn the_quiet_directives_go_with_every_filter_that_names_no_target_of_theirs() {
-        let all = format!("aya::kernel_features=error,{KUBE}");
-        assert_eq!(log_filter("info"), format!("info,{all}"));
-        assert_eq!(log_filter("debug"), format!("debug,{all}"));
-        // The agent's own kubeapi module is not kube's.
-        let ours = "info,reloadscope::kubeapi=debug";
-        assert_eq!(log_filter(ours), format!("{ours},{all}"));
-    }
-
-    #[test]
-    fn a_filter_that_names_a_target_keeps_its_choice_for_that_group() {
-        let aya = "aya::kernel_features=error";
-        for level in [
-            "info,kube=debug",
-            "info,kube_client=debug",
-            "info,kube_client::client::builder=error",
-            "warn,kube_runtime[watcher]=debug",
-        ] {
-            assert_eq!(log_filter(level), format!("{level},{aya}"), "{level}");
-        }
-        assert_eq!(
-            log_filter("info,aya=debug"),
-            format!("info,aya=debug,{KUBE}")
-        );
-    }
-
-    #[test]
-    fn every_filter_made_parses() {
-        for level in ["info", "info,kube=debug", "warn,reloadscope::kubeapi=trace"] {
-            tracing_subscriber::EnvFilter::try_new(log_filter(level)).unwrap();
         }
     }
 }

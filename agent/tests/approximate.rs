@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use reloadscope::{
-    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload},
-    volumes::VolumeType,
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{
+    CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload,
 };
 use support::*;
 
@@ -40,7 +40,7 @@ async fn without_cap_sys_admin_reloads_are_measured_per_volume() {
             period: Duration::from_millis(300),
             ..ContainerSpec::new(name, w.dir(), KEY, strategy)
         };
-        let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+        let bin = &reloadscope_lab::lab_bin().unwrap();
         let c = LabContainer::start(bin, &node, &pod, &spec).unwrap();
         vols.push((w, c));
     }
@@ -52,7 +52,7 @@ async fn without_cap_sys_admin_reloads_are_measured_per_volume() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // A reload made before the new data dir is watched is seen only through atime,
     // which a read in the same clock tick as the kubelet's write does not move: the
-    // swaps wait for the agent's watch (lab::marks).
+    // swaps wait for the agent's watch (reloadscope_lab::marks).
     node.swap_gate().wait_for_marks_of(child.id());
     wait_ready(addr).await;
     let approximate = [("measurement", "approximate")];

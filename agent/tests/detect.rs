@@ -10,11 +10,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use reloadscope::{
-    lab::{AtomicWriter, CallStyle, LabNode, LabPod, WriteOutcome, payload},
-    probe::RenameHook,
-    volumes::VolumeType,
-};
+use reloadscope::{probe::RenameHook, volumes::VolumeType};
+use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, LabPod, WriteOutcome, payload};
 use support::*;
 
 const UPDATES: usize = 3;
@@ -344,7 +341,7 @@ async fn exported_metrics_pass_promtool() {
     })
     .await;
     let addr = agent.addr;
-    let (_, body) = blocking(move || reloadscope::lab::scrape::get(addr, "/metrics"))
+    let (_, body) = blocking(move || reloadscope_lab::scrape::get(addr, "/metrics"))
         .await
         .unwrap();
     let mut child = std::process::Command::new("promtool")
@@ -437,7 +434,7 @@ async fn without_cap_bpf_the_agent_says_so_once_and_counts_with_inotify() {
         .expect("setpriv (util-linux)");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     wait_for("/readyz", || async move {
-        let (code, _) = blocking(move || reloadscope::lab::scrape::get(addr, "/readyz"))
+        let (code, _) = blocking(move || reloadscope_lab::scrape::get(addr, "/readyz"))
             .await
             .ok()?;
         (code == 200).then_some(())

@@ -14,10 +14,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reloadscope::{
-    agent::Running,
-    lab::{self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples},
-    volumes::VolumeType,
+use reloadscope::{agent::Running, volumes::VolumeType};
+use reloadscope_lab::{
+    self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples,
 };
 use support::*;
 
@@ -98,7 +97,7 @@ async fn start_with_small_queue(node: &LabNode, ebpf: bool) -> Running {
 fn overflow_burst(
     node: &mut LabNode,
     kept: &[(String, AtomicWriter)],
-    doomed: &reloadscope::lab::LabPod,
+    doomed: &reloadscope_lab::LabPod,
 ) -> (BTreeMap<String, SystemTime>, AtomicWriter) {
     let mut last = BTreeMap::new();
     for i in 1..=BURST {
@@ -282,7 +281,7 @@ async fn a_full_ring_loses_probe_events_and_inotify_records_every_update() {
     let vols = pod_volumes(&mut node, "p");
     let cfg = reloadscope::agent::Config {
         ring_bytes: 4096,
-        ..lab::agent_config(&node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
+        ..reloadscope_lab::agent_config(&node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
     };
     let agent = start_with(cfg).await;
     let stats = || {

@@ -13,10 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reloadscope::{
-    lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape};
 use support::*;
 
 fn update(w: &AtomicWriter, v: &str) {

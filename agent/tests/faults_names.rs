@@ -12,10 +12,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use reloadscope::{
-    lab::{self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload};
 use support::*;
 
 fn write(w: &AtomicWriter, v: &str) {
@@ -102,7 +100,7 @@ async fn odd_names_are_counted_or_refused_out_loud() {
 
     let cfg = reloadscope::agent::Config {
         kubelet_roots: vec![root.clone(), deep.clone()],
-        ..lab::agent_config(&node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
+        ..reloadscope_lab::agent_config(&node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
     };
     let agent = start_with(cfg).await;
     for w in counted.values().chain([&deep_w, &bad_vol, &bad_pod]) {

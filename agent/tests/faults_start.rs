@@ -12,10 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reloadscope::{
-    lab::{CallStyle, LabNode, payload, scrape},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{CallStyle, LabNode, payload, scrape};
 use support::*;
 
 fn bin() -> Command {

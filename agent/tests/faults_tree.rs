@@ -11,10 +11,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use reloadscope::{
-    agent::Running,
-    lab::{self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples},
-    volumes::VolumeType,
+use reloadscope::{agent::Running, volumes::VolumeType};
+use reloadscope_lab::{
+    self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples,
 };
 use support::*;
 
@@ -170,7 +169,7 @@ async fn a_kubelet_root_that_appears_later_is_followed() {
     let later = node.base().join("later/node");
     let cfg = reloadscope::agent::Config {
         kubelet_roots: vec![node.kubelet_root(), later.join("kubelet")],
-        ..lab::agent_config(&node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
+        ..reloadscope_lab::agent_config(&node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
     };
     let agent = start_with(cfg).await;
     let waiting: Vec<String> = (logs.lines().into_iter())

@@ -4,12 +4,10 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use reloadscope::{
-    lab::{ContainerSpec, LabContainer, Strategy},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{ContainerSpec, LabContainer, Strategy};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,18 +16,18 @@ async fn containers_starting_and_stopping_are_seen_without_polling() {
     let (node, pod, w) = shop_volume(VolumeType::ConfigMap, "app-config");
     let agent = start_with(reloadscope::agent::Config {
         rescan: Some(Duration::from_secs(3600)),
-        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+        ..reloadscope_lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
     let info = |n| {
-        move |m: &reloadscope::lab::scrape::Samples| {
+        move |m: &reloadscope_lab::scrape::Samples| {
             m.matching("reloadscope_consumer_info", &[]).count() == n
         }
     };
     // The first scan (at readiness) found nobody.
     wait_metrics(agent.addr, "no consumer", info(0)).await;
 
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     let spec = ContainerSpec::new("watcher", w.dir(), "config.yaml", Strategy::DataDirWatcher);
     let watcher = LabContainer::start(bin, &node, &pod, &spec).unwrap();
     let m = wait_metrics(agent.addr, "the new container", info(1)).await;

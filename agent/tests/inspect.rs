@@ -12,10 +12,8 @@ use std::{
 
 mod support;
 
-use reloadscope::{
-    lab::{CallStyle, LabContainer, LabNode, Strategy, WriteOutcome, payload},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{CallStyle, LabContainer, LabNode, Strategy, WriteOutcome, payload};
 use serde_json::Value;
 use support::{KEY, SUB_KEY, lab_container};
 

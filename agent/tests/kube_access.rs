@@ -13,12 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reloadscope::{
-    lab::{
-        LabNode, LabPod,
-        apiserver::{self, FakeApiServer, Resource},
-    },
-    volumes::VolumeType,
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{
+    LabNode, LabPod,
+    apiserver::{self, FakeApiServer, Resource},
 };
 use support::{kube::*, *};
 

@@ -6,10 +6,8 @@
 
 mod support;
 
-use reloadscope::{
-    lab::{LabNode, LabPod, apiserver::Resource},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{LabNode, LabPod, apiserver::Resource};
 use support::{kube::*, *};
 
 /// A lab node with one pod `shop/web-0` and its ConfigMap volume `app-config`
@@ -36,7 +34,7 @@ async fn wait_pods(agent: &reloadscope::agent::Running, pods: &[&LabPod]) {
 async fn only_this_nodes_pods_and_only_metadata_of_configmaps_and_secrets() {
     let (api, node, pod) = lab().await;
     let mut elsewhere = api_only_pod("shop", "web-1", 1);
-    let mut obj = reloadscope::lab::cluster::pod(&elsewhere, &[], std::time::SystemTime::now());
+    let mut obj = reloadscope_lab::cluster::pod(&elsewhere, &[], std::time::SystemTime::now());
     obj["spec"]["nodeName"] = "other-node".into();
     api.server.create(Resource::Pods, obj).unwrap();
     let agent = start_with(config(&node, api.settings())).await;
@@ -60,7 +58,7 @@ async fn only_this_nodes_pods_and_only_metadata_of_configmaps_and_secrets() {
     // would have been too.
     elsewhere.name = "web-2".into();
     elsewhere.uid = api_only_pod("", "", 2).uid;
-    let mut obj = reloadscope::lab::cluster::pod(&elsewhere, &[], std::time::SystemTime::now());
+    let mut obj = reloadscope_lab::cluster::pod(&elsewhere, &[], std::time::SystemTime::now());
     obj["spec"]["nodeName"] = "other-node".into();
     api.server.create(Resource::Pods, obj).unwrap();
     let here = api_only_pod("shop", "web-3", 3);

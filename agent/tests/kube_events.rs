@@ -11,17 +11,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use reloadscope::{
-    agent,
-    lab::{self, CallStyle, LabNode, Strategy, WriteOutcome, payload},
-    volumes::VolumeType,
-};
+use reloadscope::{agent, volumes::VolumeType};
+use reloadscope_lab::{CallStyle, LabNode, Strategy, WriteOutcome, payload};
 use serde_json::Value;
 use support::{kube::*, *};
 
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
-fn update(w: &lab::AtomicWriter, revision: u32) -> SystemTime {
+fn update(w: &reloadscope_lab::AtomicWriter, revision: u32) -> SystemTime {
     let data = payload(&[(KEY, &format!("revision: {revision}"))]);
     match w.write(&data, CallStyle::GoAt).unwrap() {
         WriteOutcome::Written { swapped_at, .. } => swapped_at,
@@ -58,7 +55,7 @@ async fn a_stale_consumer_gets_one_event_per_update() {
     };
     let agent = start_with(agent::Config {
         kube: Some(settings),
-        ..lab::agent_config(&node, false, SocketAddr::from(([127, 0, 0, 1], 0)))
+        ..reloadscope_lab::agent_config(&node, false, SocketAddr::from(([127, 0, 0, 1], 0)))
     })
     .await;
 

@@ -11,10 +11,8 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use reloadscope::{
-    lab::{CallStyle, WriteOutcome, apiserver::Resource, payload},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{CallStyle, WriteOutcome, apiserver::Resource, payload};
 use support::{kube::*, *};
 
 /// How long the "kubelet" takes to swap after the change.

@@ -20,12 +20,10 @@ use std::{
 };
 
 use nix::{sys::signal, unistd::Pid};
-use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, marks::fdinfos,
-        payload,
-    },
-    volumes::VolumeType,
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{
+    AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, marks::fdinfos,
+    payload,
 };
 use support::*;
 
@@ -52,11 +50,11 @@ fn stopped(pid: u32) -> bool {
 
 /// A container whose shell holds the file open (fd 3), opened again at each `..data`
 /// swap that `inotifywait` reports, and says `held` on its output each time.
-fn holder(node: &LabNode, pod: &reloadscope::lab::LabPod, w: &AtomicWriter) -> LabContainer {
+fn holder(node: &LabNode, pod: &reloadscope_lab::LabPod, w: &AtomicWriter) -> LabContainer {
     let script = "while :; do inotifywait -qq -e moved_to {dir}; exec 3< {file}; echo held; done";
     let argv: Vec<OsString> = ["sh", "-c", script].map(OsString::from).into();
     let spec = ContainerSpec::program("holder", w.dir(), KEY, &argv);
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     LabContainer::start(bin, node, pod, &spec).unwrap()
 }
 
@@ -94,7 +92,7 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
     // Settled: the current data dir's opens are ignored, or it carries no mark.
     let data = w.dir().join("..data");
     wait_for("the settled data dir", || {
-        let m = reloadscope::lab::marks::inode_mark(child.id(), &data).unwrap_or_default();
+        let m = reloadscope_lab::marks::inode_mark(child.id(), &data).unwrap_or_default();
         let settled = match mode {
             // `auto`: the watchers make it a watched volume.
             "ignore" | "auto" => m.ignored_mask & libc::FAN_OPEN != 0,
@@ -117,7 +115,7 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
         .write(&payload(&[(KEY, "revision: 1")]), CallStyle::GoAt)
         .unwrap()
     {
-        reloadscope::lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
+        reloadscope_lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
         other => panic!("{other:?}"),
     };
     // All read the new data while the agent cannot mark it; the holder keeps it open.
@@ -149,7 +147,7 @@ async fn a_late_mark_is_counted(ty: VolumeType, mode: &str) {
     assert_eq!(m.sum("reloadscope_volume_updates_total", &[]), 1.0);
     assert_swap_stamped(&m, "app-config", swapped_at);
     let watched = [("container", "watcher")];
-    let last = |m: &reloadscope::lab::scrape::Samples, who| {
+    let last = |m: &reloadscope_lab::scrape::Samples, who| {
         m.get(
             "reloadscope_consumer_last_reload_timestamp_seconds",
             &[("container", who)],

@@ -6,14 +6,11 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::Path,
     process::{Command, Stdio},
 };
 
-use reloadscope::{
-    lab::{ContainerSpec, LabContainer, Strategy},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{ContainerSpec, LabContainer, Strategy};
 use support::*;
 
 /// Swaps `<vol>` to a new data dir with the kubelet's steps, says `swapped`, waits for
@@ -36,7 +33,7 @@ with open(f"{vol}/config.yaml") as f:
 #[ignore = "needs root: run cargo xtask test"]
 async fn the_swap_writer_is_the_kubelet_whatever_its_name() {
     let (node, pod, w) = shop_volume(VolumeType::ConfigMap, "app-config");
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     // Never reloads: the volume's opens stay reported after the update.
     let spec = ContainerSpec::new("naive", w.dir(), "config.yaml", Strategy::NaiveModify);
     let naive = LabContainer::start(bin, &node, &pod, &spec).unwrap();

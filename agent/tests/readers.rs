@@ -11,14 +11,12 @@ mod support;
 
 use std::{
     ffi::OsString,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use reloadscope::{
-    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape};
 use support::*;
 
 /// Short, so the test sees it end: the start-up read comes well within it.
@@ -53,7 +51,7 @@ async fn a_container_that_never_reads_its_volume_is_not_stale() {
     let once = lab_container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
     let argv = ["sleep", "infinity"].map(OsString::from);
     let spec = ContainerSpec::program("idle", w.dir(), KEY, &argv);
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     let idle = LabContainer::start(bin, &node, &pod, &spec).unwrap();
 
     let m = wait_metrics(agent.addr, "the read at start seen", |m| {

@@ -6,10 +6,8 @@ mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reloadscope::{
-    lab::{CallStyle, LabNode, Strategy, WriteOutcome, payload},
-    volumes::VolumeType,
-};
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{CallStyle, LabNode, Strategy, WriteOutcome, payload};
 use support::*;
 
 fn secs(t: SystemTime) -> f64 {
@@ -184,7 +182,7 @@ async fn reload_latency_matches_the_consumers_own_logs(ty: VolumeType) {
 
 /// The value of label `label` on the one sample of `name` with `container`.
 fn m_get(
-    m: &reloadscope::lab::scrape::Samples,
+    m: &reloadscope_lab::scrape::Samples,
     name: &str,
     container: &str,
     label: &str,
@@ -216,13 +214,13 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let cfg = reloadscope::agent::Config {
         state_file: Some(state.path().join("state.json")),
-        ..reloadscope::lab::agent_config(
+        ..reloadscope_lab::agent_config(
             &node,
             true,
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         )
     };
-    let consumers = |m: &reloadscope::lab::scrape::Samples| {
+    let consumers = |m: &reloadscope_lab::scrape::Samples| {
         m.matching("reloadscope_consumer_info", &[]).count() == 2
     };
 

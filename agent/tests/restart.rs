@@ -14,12 +14,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reloadscope::{
-    checkpoint,
-    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload},
-    probe::read_target,
-    volumes::VolumeType,
-};
+use reloadscope::{checkpoint, probe::read_target, volumes::VolumeType};
+use reloadscope_lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload};
 use support::*;
 
 const KEY: &str = "config.yaml";
@@ -53,7 +49,7 @@ async fn updates_made_while_the_agent_was_down_are_recorded() {
             w
         })
         .collect();
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     let spec = ContainerSpec::new("naive", ws[0].dir(), KEY, Strategy::NaiveModify);
     let naive = LabContainer::start(bin, &node, &pod, &spec).unwrap();
     let state_dir = tempfile::tempdir().unwrap();
@@ -199,7 +195,7 @@ async fn an_update_just_before_a_sigkill_is_neither_lost_nor_counted_twice() {
         .add_volume(&pod, VolumeType::ConfigMap, "stuck")
         .unwrap();
     w.write(&payload(&[(KEY, "0")]), CallStyle::GoAt).unwrap();
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     let spec = ContainerSpec::new("naive", w.dir(), KEY, Strategy::NaiveModify);
     let naive = LabContainer::start(bin, &node, &pod, &spec).unwrap();
     let spec = ContainerSpec::new("watcher", w.dir(), KEY, Strategy::DataDirWatcher);

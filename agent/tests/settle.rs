@@ -8,14 +8,11 @@
 
 mod support;
 
-use reloadscope::{
-    lab::{CallStyle, Strategy, payload},
-    opens::SettledMarks,
-    volumes::VolumeType,
-};
+use reloadscope::{opens::SettledMarks, volumes::VolumeType};
+use reloadscope_lab::{CallStyle, Strategy, payload};
 use support::*;
 
-fn host_opens(m: &reloadscope::lab::scrape::Samples) -> f64 {
+fn host_opens(m: &reloadscope_lab::scrape::Samples) -> f64 {
     m.sum("reloadscope_foreign_opens_total", &[("opener", "host")])
 }
 
@@ -38,7 +35,7 @@ async fn settled_data_costs_less_and_the_next_update_is_measured(
     let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
     let agent = start_with(reloadscope::agent::Config {
         settled_marks: mode,
-        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+        ..reloadscope_lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
     wait_metrics(agent.addr, "both consumers", |m| {
@@ -146,7 +143,7 @@ async fn auto_marks_follow_the_consumers_watches(ty: VolumeType) {
     let naive = lab_container(&node, &pod, &w, "naive", Strategy::NaiveModify, false);
     let agent = start_with(reloadscope::agent::Config {
         settled_marks: SettledMarks::Auto,
-        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+        ..reloadscope_lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
     let data = w.dir().join("..data");
@@ -190,7 +187,7 @@ async fn without_reloads_updates_count_and_no_open_is_watched() {
     assert_eq!(fanotify_groups(), 0);
     let agent = start_with(reloadscope::agent::Config {
         reloads: false,
-        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+        ..reloadscope_lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
     assert_eq!(fanotify_groups(), 0, "--no-reloads opened a fanotify group");

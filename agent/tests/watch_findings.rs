@@ -7,10 +7,9 @@ mod support;
 
 use std::{collections::BTreeSet, ffi::OsString, path::Path, time::Duration};
 
-use reloadscope::{
-    lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape::Samples},
-    volumes::VolumeType,
-    watches,
+use reloadscope::{volumes::VolumeType, watches};
+use reloadscope_lab::{
+    CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape::Samples,
 };
 use support::*;
 
@@ -51,7 +50,7 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
     )
     .unwrap();
     let args = |a: &[&str]| Runs::Program(a.iter().map(OsString::from).collect());
-    let notify = reloadscope::lab::example_bin("notify_consumer").unwrap();
+    let notify = reloadscope_lab::example_bin("notify_consumer").unwrap();
     let notify = notify.to_str().unwrap();
     // Name, what it runs, its findings before any update, and once an update and the
     // grace period are over.
@@ -120,7 +119,7 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
             &["not_rewatched"],
         ),
     ];
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     let mut ctrs = Vec::new();
     for (name, runs, _, _) in &cases {
         let c = match runs {
@@ -142,7 +141,7 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
     }
     let agent = start_with(reloadscope::agent::Config {
         rewatch_grace: Duration::from_millis(500),
-        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+        ..reloadscope_lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
     let before: Vec<(&str, &[&str])> = cases.iter().map(|(n, _, b, _)| (*n, *b)).collect();
@@ -159,7 +158,7 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
 
     let update = payload(&[(KEY, "revision: 1"), (SUB_KEY, "ca 1")]);
     let swapped_at = match w.write(&update, CallStyle::GoAt).unwrap() {
-        reloadscope::lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
+        reloadscope_lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
         other => panic!("{other:?}"),
     };
     wait_metrics(agent.addr, "the rewatcher's reload", |m| {
@@ -216,10 +215,10 @@ async fn a_watch_added_later_is_seen_when_it_is_added() {
     let cmd: Vec<OsString> = ["sh", "-c", &script].iter().map(OsString::from).collect();
     let agent = start_with(reloadscope::agent::Config {
         rescan: Some(Duration::from_secs(3600)),
-        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+        ..reloadscope_lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     let spec = ContainerSpec::program("late", w.dir(), KEY, &cmd);
     let late = LabContainer::start(bin, &node, &pod, &spec).unwrap();
     wait_metrics(agent.addr, "the new container", |m| {
@@ -326,7 +325,7 @@ async fn a_subpath_sibling_pins_the_rewatchers_file(ty: VolumeType) {
     let [(pinned_pod, wp), (control_pod, wc)] = &vols[..] else {
         unreachable!()
     };
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin().unwrap();
     // The pinned pod's subPath container binds the re-watcher's own key.
     let spec = ContainerSpec {
         sub_path: true,
@@ -356,7 +355,7 @@ async fn a_subpath_sibling_pins_the_rewatchers_file(ty: VolumeType) {
 
     let agent = start_with(reloadscope::agent::Config {
         rewatch_grace: Duration::from_millis(500),
-        ..reloadscope::lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
+        ..reloadscope_lab::agent_config(&node, true, "127.0.0.1:0".parse().unwrap())
     })
     .await;
     let want = |rewatcher: &str| {
@@ -379,7 +378,7 @@ async fn a_subpath_sibling_pins_the_rewatchers_file(ty: VolumeType) {
     // The same update in both pods; the control's re-watcher reloads.
     wp.write(&data(1), CallStyle::GoAt).unwrap();
     let swapped_at = match wc.write(&data(1), CallStyle::GoAt).unwrap() {
-        reloadscope::lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
+        reloadscope_lab::WriteOutcome::Written { swapped_at, .. } => swapped_at,
         other => panic!("{other:?}"),
     };
     let new_head = Ok(b"revision: 1".to_vec());

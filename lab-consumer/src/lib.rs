@@ -3,7 +3,7 @@
 //! same inotify calls, and logs every open of it in the [`openlog`] format.
 //!
 //! A strategy runs in a [`Host`], which says where its opens go and how it waits: the
-//! lab's containers (`reloadscope lab-consumer`, logging to an open-log file) and the
+//! lab's containers (`reloadscope-lab consumer`, logging to an open-log file) and the
 //! `reloadscope-consumer` binary of the real-node test image (logging to stdout, as a
 //! container's PID 1) are the two.
 

@@ -1,5 +1,5 @@
 //! `cargo xtask e2e`: the lab node with its consumer containers, the real agent
-//! (`reloadscope lab`) and a real Prometheus (/usr/bin/prometheus, Debian's)
+//! (`reloadscope-lab`) and a real Prometheus (/usr/bin/prometheus, Debian's)
 //! scraping it every second with the shipped alert rules, generated with
 //! [`Config::short`] so they act within seconds. Everything is asserted through
 //! Prometheus' HTTP API, waiting on conditions with deadlines.
@@ -51,7 +51,7 @@ pub fn run() -> Result<()> {
         bail!("`cargo xtask e2e` needs root: the lab mounts tmpfs and the agent loads eBPF");
     }
     let started = Instant::now();
-    cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope"]))?;
+    cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope-lab"]))?;
     let cfg = Config::short();
     assert_eq!(cfg.selector, format!(r#"job="{JOB}""#));
 
@@ -70,11 +70,11 @@ pub fn run() -> Result<()> {
 
     // One pod, one update a second round robin over its 4 volumes: app-config is
     // updated every 4 s. `--duration` stops the lab even if this process is killed.
-    let agent = cmd::target_dir().join("debug/reloadscope");
+    let lab_bin = cmd::target_dir().join("debug/reloadscope-lab");
     let lab = Proc::spawn(
         "lab",
-        Command::new(agent)
-            .args("lab --pods 1 --interval 1 --plain --duration 600".split(' '))
+        Command::new(lab_bin)
+            .args("--pods 1 --interval 1 --plain --duration 600".split(' '))
             .args(["--listen", &lab_addr]),
         dir.path(),
     )?;

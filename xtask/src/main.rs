@@ -69,15 +69,15 @@ enum Task {
         kernels: bool,
     },
 
-    /// Build the agent and run its lab: `reloadscope lab [ARGS]...`
+    /// Build the lab and run the agent on it: `reloadscope-lab [ARGS]...`
     ///
-    /// Builds the debug agent, then replaces this process with
-    /// `target/debug/reloadscope lab [ARGS]...`; its exit code is the
+    /// Builds the debug lab binary (the agent is in it), then replaces this
+    /// process with `target/debug/reloadscope-lab [ARGS]...`; its exit code is the
     /// command's. Put `--` before ARGS to pass options such as `--help` to the
     /// lab itself: `cargo xtask lab -- --help`.
     #[command(verbatim_doc_comment)]
     Lab {
-        /// Arguments for `reloadscope lab`
+        /// Arguments for `reloadscope-lab`
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -166,7 +166,7 @@ enum Task {
 
     /// End to end: the lab, the real agent and a real Prometheus with the alert rules (needs root)
     ///
-    /// Builds the agent, runs `reloadscope lab` and /usr/bin/prometheus scraping
+    /// Builds the agent, runs `reloadscope-lab` and /usr/bin/prometheus scraping
     /// it every second with the shipped rules at lab time scales (stale after
     /// 5 s), then asserts through Prometheus' HTTP API that the stale-consumer
     /// alert fires for the container that never reloads and not for those that
@@ -225,6 +225,13 @@ fn run(task: Task) -> Result<()> {
                 // The agent as deployed, on the real node of `cargo xtask cluster`.
                 return e2e::bench_cluster(&args);
             }
+            // The lab binary each lab container runs, beside the bench (release).
+            cmd::run(&mut cmd::cargo([
+                "build",
+                "-p",
+                "reloadscope-lab",
+                "--release",
+            ]))?;
             cmd::run(cmd::cargo(["bench", "-p", "reloadscope", "--bench", &name, "--"]).args(args))
         }
         Task::Build => {
@@ -256,16 +263,16 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn lab(args: Vec<OsString>) -> Result<()> {
-    cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope"]))?;
-    let binary = cmd::target_dir().join("debug").join("reloadscope");
+    cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope-lab"]))?;
+    let binary = cmd::target_dir().join("debug").join("reloadscope-lab");
     if !binary.is_file() {
         bail!(
-            "`cargo build -p reloadscope` did not produce {}",
+            "`cargo build -p reloadscope-lab` did not produce {}",
             binary.display()
         );
     }
     let mut lab = Command::new(&binary);
-    lab.arg("lab").args(args).current_dir(cmd::workspace_root());
+    lab.args(args).current_dir(cmd::workspace_root());
     // `exec` only returns on failure; on success the lab's exit code is ours.
     let err = lab.exec();
     Err(err).with_context(|| format!("could not start `{}`", cmd::display(&lab)))

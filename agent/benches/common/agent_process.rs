@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reloadscope::lab::{
+use reloadscope_lab::{
     LabNode,
     scrape::{self, Samples},
 };

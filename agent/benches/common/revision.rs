@@ -8,7 +8,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reloadscope::lab::Open;
+use reloadscope_lab::Open;
 
 /// Digits of the revision; a consumer logs the first 32 bytes it read, so the marker
 /// `rev=<digits>\n` must fit in them.

@@ -12,13 +12,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reloadscope::{
-    agent::PAIR_WINDOW,
-    lab::{
-        AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload,
-        scrape::{self, Samples},
-    },
-    volumes::VolumeType,
+use reloadscope::{agent::PAIR_WINDOW, volumes::VolumeType};
+use reloadscope_lab::{
+    AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload,
+    scrape::{self, Samples},
 };
 
 use crate::disk::LabDisk;

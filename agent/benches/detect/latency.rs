@@ -18,10 +18,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use reloadscope::{
     agent::{self, Running},
-    lab::{AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload, scrape},
     updates::Source,
     volumes::{VolumeKey, VolumeType},
 };
+use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload, scrape};
 
 use crate::util::{Dist, fmt_opt_ns, own_bpf_progs, ratio};
 
@@ -145,7 +145,7 @@ pub fn run(p: &Params) -> anyhow::Result<String> {
                     p.rounds,
                     mode_label(ebpf)
                 );
-                let running = rt.block_on(agent::start(reloadscope::lab::agent_config(
+                let running = rt.block_on(agent::start(reloadscope_lab::agent_config(
                     &node,
                     ebpf,
                     SocketAddr::from(([127, 0, 0, 1], 0)),

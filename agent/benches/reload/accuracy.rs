@@ -14,7 +14,6 @@
 use std::{
     fmt::Write as _,
     net::SocketAddr,
-    path::Path,
     sync::atomic::Ordering::Relaxed,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -23,11 +22,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use reloadscope::{
     agent::{self, Running},
-    lab::{
-        self, AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy,
-        WriteOutcome, payload, scrape,
-    },
     volumes::{VolumeKey, VolumeType},
+};
+use reloadscope_lab::{
+    self, AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome,
+    payload, scrape,
 };
 
 use crate::util::{fmt_ns, median, pct};
@@ -101,7 +100,7 @@ fn secs(t: SystemTime) -> f64 {
 }
 
 pub fn run(p: &Params) -> anyhow::Result<String> {
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin()?;
     let mut node = LabNode::temp().context("lab node")?;
     let mut vols = Vec::new();
     let mut ctrs: Vec<Ctr> = Vec::new();
@@ -227,7 +226,7 @@ fn measure(p: &Params, node: &LabNode, vols: &[Vol], ctrs: &[Ctr]) -> anyhow::Re
         .context("tokio runtime")?;
     let running = rt.block_on(agent::start(agent::Config {
         settled_marks: p.settled,
-        ..lab::agent_config(node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
+        ..reloadscope_lab::agent_config(node, true, SocketAddr::from(([127, 0, 0, 1], 0)))
     }))?;
     let r = (|| {
         if !running.shared.ebpf_loaded() {

@@ -6,7 +6,6 @@
 use reloadscope::opens::SettledMarks;
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::atomic::Ordering::Relaxed,
     time::{Duration, Instant},
 };
@@ -14,11 +13,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use reloadscope::{
     agent::{self, Running},
-    lab::{
-        self, AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy,
-        WriteOutcome, payload,
-    },
     volumes::{VolumeKey, VolumeType},
+};
+use reloadscope_lab::{
+    self, AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome,
+    payload,
 };
 
 use crate::{
@@ -96,7 +95,7 @@ fn content(key: &str, pod: usize, rev: u64) -> String {
     format!("rev={rev:06}\npod={pod}\nkey={key}\nlog.level=info\n")
 }
 
-fn volume_payload(pod: usize, rev: u64) -> lab::Payload {
+fn volume_payload(pod: usize, rev: u64) -> reloadscope_lab::Payload {
     payload(&[
         (KEY, &content(KEY, pod, rev)),
         ("extra.properties", "a=1\nb=2\n"),
@@ -107,7 +106,7 @@ fn volume_payload(pod: usize, rev: u64) -> lab::Payload {
 /// read-once lab container per volume. Pod by pod: each container's new mount namespace
 /// copies (then detaches) the tmpfs mounts made so far.
 pub fn build_fleet(pods: usize) -> anyhow::Result<Fleet> {
-    let bin = Path::new(env!("CARGO_BIN_EXE_reloadscope"));
+    let bin = &reloadscope_lab::lab_bin()?;
     let start = Instant::now();
     let mut node = LabNode::temp().context("lab node")?;
     let mut volumes = Vec::new();
@@ -179,7 +178,7 @@ pub fn start_steady(
     settled: SettledMarks,
 ) -> anyhow::Result<Steady> {
     let t = Instant::now();
-    let mut cfg = lab::agent_config(
+    let mut cfg = reloadscope_lab::agent_config(
         &fleet.node,
         side.ebpf(),
         SocketAddr::from(([127, 0, 0, 1], 0)),

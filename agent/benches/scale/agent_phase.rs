@@ -12,7 +12,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use reloadscope::{agent::PAIR_WINDOW, lab::scrape::Samples};
+use reloadscope::agent::PAIR_WINDOW;
+use reloadscope_lab::scrape::Samples;
 
 use crate::Params;
 use crate::churn::Churn;
@@ -389,7 +390,7 @@ pub fn run(
                     continue;
                 }
                 k += 1;
-                match reloadscope::lab::scrape::scrape(addr) {
+                match reloadscope_lab::scrape::scrape(addr) {
                     Ok(m) => snaps.push(snapshot(&m, &ix)),
                     Err(e) => eprintln!("[scale] {tag}: scrape failed: {e}"),
                 }

@@ -67,7 +67,7 @@ impl Churn {
     /// `ours`: this benchmark's pod uids with `-` as `_` (as in the slice names).
     pub fn start(ours: HashSet<String>) -> Churn {
         let stop = Arc::new(AtomicBool::new(false));
-        let Ok(base) = reloadscope::lab::cgroup2_mount() else {
+        let Ok(base) = reloadscope_lab::cgroup2_mount() else {
             return Churn { stop, handle: None };
         };
         let flag = stop.clone();

@@ -9,12 +9,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome,
-        payload,
-    },
-    volumes::VolumeType,
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{
+    AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload,
 };
 
 use crate::Params;
@@ -29,7 +26,7 @@ pub const CONSUMER: &str = "watcher";
 /// The ext4 image: 2 GiB gives 131,072 inodes; 10,000 volumes use about 80,000.
 const IMAGE_MIB: u64 = 2048;
 
-pub fn update_payload(rev: u64) -> reloadscope::lab::Payload {
+pub fn update_payload(rev: u64) -> reloadscope_lab::Payload {
     payload(&[
         (KEY, &revision_content(rev)),
         ("endpoints.yaml", "primary: https://10.0.0.1:8443\n"),
@@ -74,7 +71,8 @@ pub struct Teardown {
 }
 
 impl ScaleNode {
-    pub fn create(p: &Params, bin: &Path) -> anyhow::Result<ScaleNode> {
+    pub fn create(p: &Params) -> anyhow::Result<ScaleNode> {
+        let bin = &reloadscope_lab::lab_bin()?;
         let disk = match LabDisk::create(IMAGE_MIB) {
             Ok(d) => Some(d),
             Err(e) => {

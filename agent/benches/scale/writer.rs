@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use reloadscope::lab::{CallStyle, WriteOutcome};
+use reloadscope_lab::{CallStyle, WriteOutcome};
 
 use crate::common::{procfs::thread_cpu, revision::unix_ns};
 use crate::node::{Vol, update_payload};

@@ -6,11 +6,9 @@ mod node;
 use std::{sync::Arc, time::Duration};
 
 use super::*;
-use crate::{
-    kubeapi::propagation::BUCKETS as DELAY_BUCKETS,
-    lab::scrape::{Sample, Samples, parse},
-};
+use crate::kubeapi::propagation::BUCKETS as DELAY_BUCKETS;
 use node::{node, t0};
+use reloadscope_lab::scrape::{Sample, Samples, parse};
 
 /// Every consumer label: the histogram restricted by nothing.
 const ALL: [&str; 5] = CONSUMER_LABELS;

@@ -11,12 +11,12 @@ use std::{
 use reloadscope::{
     agent::{self, Running},
     kubeapi::{MetaState, Settings},
-    lab::{
-        self, CallStyle, LabNode, LabPod,
-        apiserver::{FakeApiServer, RequestRecord, Resource, SentEvent},
-        cluster, payload,
-    },
     volumes::VolumeType,
+};
+use reloadscope_lab::{
+    self, CallStyle, LabNode, LabPod,
+    apiserver::{FakeApiServer, RequestRecord, Resource, SentEvent},
+    cluster, payload,
 };
 use serde_json::Value;
 
@@ -120,7 +120,7 @@ pub fn config(node: &LabNode, settings: Settings) -> agent::Config {
     agent::Config {
         kube: Some(settings),
         reloads: false,
-        ..lab::agent_config(node, false, SocketAddr::from(([127, 0, 0, 1], 0)))
+        ..reloadscope_lab::agent_config(node, false, SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 }
 
@@ -170,7 +170,7 @@ pub fn api_lines(logs: &[String], server: &FakeApiServer, text: &str) -> Vec<Str
 /// `app-config` and the Secret `web-tls`; and the volume's writer.
 pub async fn shop_lab(
     volumes: &[(VolumeType, &str, &str)],
-) -> (Api, LabNode, LabPod, lab::AtomicWriter) {
+) -> (Api, LabNode, LabPod, reloadscope_lab::AtomicWriter) {
     shop_lab_on(Api::start().await, volumes)
 }
 
@@ -178,7 +178,7 @@ pub async fn shop_lab(
 pub fn shop_lab_on(
     api: Api,
     volumes: &[(VolumeType, &str, &str)],
-) -> (Api, LabNode, LabPod, lab::AtomicWriter) {
+) -> (Api, LabNode, LabPod, reloadscope_lab::AtomicWriter) {
     let mut node = LabNode::temp().unwrap();
     let pod = node.add_pod("shop", "web-0").unwrap();
     let w = node

@@ -8,12 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reloadscope::{
-    agent::{self, Running},
-    lab::{
-        self, LabNode,
-        scrape::{self, Samples},
-    },
+use reloadscope::agent::{self, Running};
+use reloadscope_lab::{
+    self, LabNode,
+    scrape::{self, Samples},
 };
 
 /// Generous: under load these machines have 2 cores.
@@ -21,7 +19,7 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Starts the agent on `node` and waits for /readyz.
 pub async fn start(node: &LabNode, ebpf: bool) -> Running {
-    start_with(lab::agent_config(
+    start_with(reloadscope_lab::agent_config(
         node,
         ebpf,
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -31,11 +29,15 @@ pub async fn start(node: &LabNode, ebpf: bool) -> Running {
 
 /// Starts the agent with `cfg` and waits for /readyz.
 pub async fn start_with(cfg: agent::Config) -> Running {
-    // The agent runs in this process: swaps wait for its marks (lab::marks), unless
+    // The agent runs in this process: swaps wait for its marks (reloadscope_lab::marks), unless
     // it runs on this very thread, where a waiting writer would stall it.
     let flavor = tokio::runtime::Handle::current().runtime_flavor();
     let threads = flavor == tokio::runtime::RuntimeFlavor::MultiThread;
-    lab::SwapGate::wait_everywhere_for_marks_of(if threads { std::process::id() } else { 0 });
+    reloadscope_lab::SwapGate::wait_everywhere_for_marks_of(if threads {
+        std::process::id()
+    } else {
+        0
+    });
     let ebpf = cfg.ebpf;
     let running = agent::start(cfg).await.expect("agent starts");
     wait_ready(running.addr).await;
@@ -163,7 +165,7 @@ pub fn detections(m: &Samples, source: &str) -> f64 {
 /// The fdinfo of every fd of this process that is the anonymous inode `kind`
 /// (`inotify`, `[fanotify]`).
 fn fdinfos(kind: &str) -> Vec<String> {
-    lab::marks::fdinfos(std::process::id(), &format!("anon_inode:{kind}"))
+    reloadscope_lab::marks::fdinfos(std::process::id(), &format!("anon_inode:{kind}"))
 }
 
 /// The lines starting with `prefix` in [`fdinfos`] of `kind`.
@@ -187,7 +189,7 @@ pub fn kernel_inotify_watches() -> usize {
 
 /// Whether this process holds an inotify watch on the inode `path` names now.
 pub fn kernel_watches(path: &std::path::Path) -> bool {
-    let Some(want) = lab::marks::fdinfo_inode(path) else {
+    let Some(want) = reloadscope_lab::marks::fdinfo_inode(path) else {
         return false;
     };
     kernel_watch_lines().iter().any(|l| l.contains(&want))
@@ -200,8 +202,8 @@ pub fn fanotify_groups() -> usize {
 
 /// The inode mark this process's fanotify groups hold on the inode `path` names now:
 /// masks 0 when there is none.
-pub fn fanotify_mark(path: &std::path::Path) -> lab::marks::InodeMark {
-    lab::marks::inode_mark(std::process::id(), path).unwrap_or_default()
+pub fn fanotify_mark(path: &std::path::Path) -> reloadscope_lab::marks::InodeMark {
+    reloadscope_lab::marks::inode_mark(std::process::id(), path).unwrap_or_default()
 }
 
 /// Whether that mark ignores opens in the dir (`FAN_OPEN` in its ignored mask).
@@ -217,7 +219,7 @@ pub fn fanotify_marks(path: &std::path::Path) -> bool {
 
 /// Mount marks in this process's fanotify groups (`fanotify mnt_id:` fdinfo lines).
 pub fn fanotify_mount_marks() -> usize {
-    let groups = lab::marks::fdinfos(std::process::id(), "anon_inode:[fanotify]");
+    let groups = reloadscope_lab::marks::fdinfos(std::process::id(), "anon_inode:[fanotify]");
     (groups.iter().flat_map(|g| g.lines()))
         .filter(|l| l.starts_with("fanotify mnt_id:"))
         .count()
@@ -294,7 +296,7 @@ impl Logs {
 /// process that watches `dir` (given a kubelet `pods` dir: the agent's walker), or 0.
 /// Unlike [`kernel_inotify_watches`], it does not move with the node's cgroups.
 pub fn kernel_group_watches(dir: &std::path::Path) -> usize {
-    let Some(want) = lab::marks::fdinfo_inode(dir) else {
+    let Some(want) = reloadscope_lab::marks::fdinfo_inode(dir) else {
         return 0;
     };
     for info in fdinfos("inotify") {
@@ -319,20 +321,20 @@ pub const SUB_KEY: &str = "ca.crt";
 /// through subPath, when `sub_path`), re-reading every 300 ms where it polls.
 pub fn lab_container(
     node: &LabNode,
-    pod: &lab::LabPod,
-    w: &lab::AtomicWriter,
+    pod: &reloadscope_lab::LabPod,
+    w: &reloadscope_lab::AtomicWriter,
     name: &str,
-    strategy: lab::Strategy,
+    strategy: reloadscope_lab::Strategy,
     sub_path: bool,
-) -> lab::LabContainer {
+) -> reloadscope_lab::LabContainer {
     let key = if sub_path { SUB_KEY } else { KEY };
-    let spec = lab::ContainerSpec {
+    let spec = reloadscope_lab::ContainerSpec {
         period: Duration::from_millis(300),
         sub_path,
-        ..lab::ContainerSpec::new(name, w.dir(), key, strategy)
+        ..reloadscope_lab::ContainerSpec::new(name, w.dir(), key, strategy)
     };
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_reloadscope"));
-    lab::LabContainer::start(bin, node, pod, &spec).unwrap()
+    let bin = &reloadscope_lab::lab_bin().unwrap();
+    reloadscope_lab::LabContainer::start(bin, node, pod, &spec).unwrap()
 }
 
 /// A lab node with one pod, `shop/web`, and one volume of it, written once (`KEY`:
@@ -340,17 +342,24 @@ pub fn lab_container(
 pub fn shop_volume(
     ty: reloadscope::volumes::VolumeType,
     name: &str,
-) -> (LabNode, lab::LabPod, lab::AtomicWriter) {
+) -> (
+    LabNode,
+    reloadscope_lab::LabPod,
+    reloadscope_lab::AtomicWriter,
+) {
     let mut node = LabNode::temp().unwrap();
     let pod = node.add_pod("shop", "web").unwrap();
     let w = node.add_volume(&pod, ty, name).unwrap();
-    w.write(&lab::payload(&[(KEY, "revision: 0")]), lab::CallStyle::GoAt)
-        .unwrap();
+    w.write(
+        &reloadscope_lab::payload(&[(KEY, "revision: 0")]),
+        reloadscope_lab::CallStyle::GoAt,
+    )
+    .unwrap();
     (node, pod, w)
 }
 
 /// `cat`s `KEY` of `w`'s volume from a host process, as the kubelet's sync re-reads it.
-pub fn host_reread(w: &lab::AtomicWriter) {
+pub fn host_reread(w: &reloadscope_lab::AtomicWriter) {
     let status = std::process::Command::new("cat")
         .arg(w.dir().join(KEY))
         .stdout(std::process::Stdio::null())

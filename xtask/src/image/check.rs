@@ -4,7 +4,8 @@
 //! them into its `k8s.io` namespace as a node's does, and runs each with runc: the
 //! agent's `reloadscope --version`, the consumer with its image's default arguments.
 //! A missing library or interpreter, a wrong Entrypoint or a malformed archive fails
-//! here, not on a node.
+//! here, not on a node. The agent's release binary must also hold no code of the lab
+//! crate ([`lab_markers`]), which is a test tool only.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub fn check() -> Result<()> {
     prereqs::ensure_packages(PACKAGES)?;
     let images = super::build_all()?;
     let built = Instant::now();
+    no_lab_code()?;
     let archives = [(&AGENT, &images.agent), (&CONSUMER, &images.consumer)];
     for (spec, archive) in archives {
         skopeo(spec, archive)?;
@@ -54,6 +56,41 @@ pub fn check() -> Result<()> {
          ({:.1} s after the build)",
         built.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// What linked lab code leaves in a binary: the lab crate's name in its symbols, and its
+/// source paths in its panic locations.
+const LAB_MARKERS: [&str; 2] = ["reloadscope_lab", "lab/src/"];
+
+/// The [`LAB_MARKERS`] found in `binary`.
+fn lab_markers(binary: &Path) -> Result<Vec<&'static str>> {
+    let bytes = fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
+    Ok((LAB_MARKERS.into_iter())
+        .filter(|m| bytes.windows(m.len()).any(|w| w == m.as_bytes()))
+        .collect())
+}
+
+/// The release agent has none of [`LAB_MARKERS`], and the lab's own binary, the
+/// control, has them all (the check can see lab code where there is some).
+fn no_lab_code() -> Result<()> {
+    let agent = crate::cmd::target_dir().join("release").join(AGENT.binary);
+    let found = lab_markers(&agent)?;
+    ensure!(
+        found.is_empty(),
+        "{} holds lab code: {found:?} found in it",
+        agent.display()
+    );
+    crate::cmd::run(&mut crate::cmd::cargo(["build", "-p", "reloadscope-lab"]))?;
+    let lab = crate::cmd::target_dir().join("debug/reloadscope-lab");
+    let control = lab_markers(&lab)?;
+    ensure!(
+        control == LAB_MARKERS,
+        "the lab binary {} shows only {control:?} of {LAB_MARKERS:?}: the check cannot \
+         see lab code",
+        lab.display()
+    );
+    println!("image check: the agent's release binary holds no lab code");
     Ok(())
 }
 
@@ -313,6 +350,18 @@ impl Drop for ScratchDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_markers_are_found_anywhere_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bin");
+        fs::write(&file, b"\x7fELF..._ZN15reloadscope_lab4node...").unwrap();
+        assert_eq!(lab_markers(&file).unwrap(), ["reloadscope_lab"]);
+        fs::write(&file, b"lab/src/writer.rs\0reloadscope_lab").unwrap();
+        assert_eq!(lab_markers(&file).unwrap(), LAB_MARKERS);
+        fs::write(&file, b"agent/src/main.rs reloadscope::agent").unwrap();
+        assert!(lab_markers(&file).unwrap().is_empty());
+    }
 
     #[test]
     fn references_are_normalized_as_containerd_does() {

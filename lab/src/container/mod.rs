@@ -15,7 +15,7 @@
 //! <base>/containers/<id>.stderr    its stderr
 //! ```
 //!
-//! The process is `reloadscope lab-consumer` ([`consumer_main`](super::consumer_main)):
+//! The process is `reloadscope-lab consumer` ([`consumer_main`](super::consumer_main)):
 //! it moves itself into the cgroup, unshares its mount namespace, binds the volume
 //! (read-only) and consumes the file with a [`Strategy`], logging every open. It keeps
 //! the host's root, so paths are the same inside and out, but detaches the copies of
@@ -50,7 +50,7 @@ use nix::mount::MsFlags;
 mod setup;
 
 use super::{LabNode, LabPod, Strategy, node::unmount};
-use crate::consumers::mountinfo::{self, Mount};
+use reloadscope::consumers::mountinfo::{self, Mount};
 pub use setup::cgroup2_mount;
 pub(super) use setup::mountinfo;
 use setup::*;
@@ -134,27 +134,48 @@ impl<'a> ContainerSpec<'a> {
     }
 }
 
-/// The path of example binary `name` of this package, built next to the running
-/// executable: `target/<profile>/examples/<name>` for a test binary
-/// (`target/<profile>/deps/...`) or the reloadscope binary (`target/<profile>/...`).
-/// `cargo test` and `cargo build --examples` build them; `cargo test --test X` alone
-/// does not, and then this fails, saying so.
-pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
+/// The directory of the running executable's build profile: `target/<profile>` for a
+/// test or bench binary (`target/<profile>/deps/...`) or a binary of the workspace.
+fn profile_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("find the running executable")?;
     let dir = exe
         .parent()
         .context("the running executable has no directory")?;
-    let profile = if dir.file_name() == Some(OsStr::new("deps")) {
+    Ok(if dir.file_name() == Some(OsStr::new("deps")) {
         dir.parent().context("deps dir has no parent")?
     } else {
         dir
-    };
-    let bin = profile.join("examples").join(name);
+    }
+    .to_owned())
+}
+
+/// The path of example binary `name` of this crate, built next to the running
+/// executable: `target/<profile>/examples/<name>`. `cargo test` and `cargo build
+/// --examples` build them; `cargo test --test X` alone does not, and then this fails,
+/// saying so.
+pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let bin = profile_dir()?.join("examples").join(name);
     if !bin.is_file() {
         bail!(
-            "no example binary {bin:?}: build it with `cargo build -p reloadscope --examples` \
+            "no example binary {bin:?}: build it with `cargo build -p reloadscope-lab --examples` \
              (plain `cargo test` builds it too)"
         );
+    }
+    Ok(bin)
+}
+
+/// The `reloadscope-lab` binary, which runs as each lab container's process
+/// ([`LabContainer::start`]): the running executable when it is that binary, else the
+/// one built beside it (`target/<profile>/reloadscope-lab`). `cargo test --workspace`
+/// builds it; a test of another crate run alone may not, and then this fails, saying so.
+pub fn lab_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("find the running executable")?;
+    if exe.file_name() == Some(OsStr::new("reloadscope-lab")) {
+        return Ok(exe);
+    }
+    let bin = profile_dir()?.join("reloadscope-lab");
+    if !bin.is_file() {
+        bail!("no lab binary {bin:?}: build it with `cargo build -p reloadscope-lab`");
     }
     Ok(bin)
 }
@@ -193,7 +214,7 @@ pub struct LabContainer {
 }
 
 impl LabContainer {
-    /// `bin` is the reloadscope binary: the container process is `bin lab-consumer
+    /// `bin` is the lab binary ([`lab_bin`]): the container process is `bin consumer
     /// [args]` (which execs `spec.command`, if set, once set up). Creates, like the
     /// kubelet and a runtime: the cgroup
     /// `<cgroup2>/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid
@@ -295,7 +316,7 @@ impl LabContainer {
         };
 
         let mut cmd = Command::new(bin);
-        cmd.arg("lab-consumer")
+        cmd.arg("consumer")
             .arg("--cgroup")
             .arg(&ctr.cgroup_dir)
             .arg("--source")

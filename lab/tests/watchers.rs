@@ -20,12 +20,10 @@ use libc::{
     IN_ATTRIB, IN_CLOSE_WRITE, IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MODIFY, IN_MOVE_SELF,
     IN_MOVED_FROM, IN_MOVED_TO, IN_OPEN,
 };
-use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Open, Strategy,
-        WriteOutcome, example_bin, payload,
-    },
-    volumes::VolumeType,
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{
+    AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Open, Strategy,
+    WriteOutcome, example_bin, payload,
 };
 
 const KEY: &str = "config.yaml";
@@ -35,7 +33,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const TYPES: [VolumeType; 2] = [VolumeType::ConfigMap, VolumeType::Secret];
 
 fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_reloadscope"))
+    Path::new(env!("CARGO_BIN_EXE_reloadscope-lab"))
 }
 
 fn content(rev: u32) -> String {

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::{LabPod, writer::civil_from_days};
-use crate::volumes::VolumeType;
+use reloadscope::volumes::VolumeType;
 
 /// The node the lab's pods run on (`spec.nodeName`).
 pub const NODE_NAME: &str = "lab-node";
@@ -203,7 +203,7 @@ mod tests {
             SystemTime::now(),
         );
         let parsed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(value).unwrap();
-        let meta = crate::kubeapi::model::pod_meta(&parsed).unwrap();
+        let meta = reloadscope::kubeapi::model::pod_meta(&parsed).unwrap();
         assert_eq!(meta.name, "app-0");
         assert_eq!(
             meta.workload.as_ref().map(|w| w.kind.as_str()),
@@ -213,6 +213,6 @@ mod tests {
             meta.source_labels("app-config"),
             ("ConfigMap".to_owned(), "app-config".to_owned())
         );
-        assert!(meta.references(crate::kubeapi::SourceKind::ConfigMap, ROOT_CA));
+        assert!(meta.references(reloadscope::kubeapi::SourceKind::ConfigMap, ROOT_CA));
     }
 }

@@ -17,7 +17,7 @@ use super::{
     apiserver::{FakeApiServer, Resource},
     cluster,
 };
-use crate::{kubeapi::Settings, volumes::VolumeType};
+use reloadscope::{kubeapi::Settings, volumes::VolumeType};
 
 /// A volume the lab never swaps though its ConfigMap changes on the API.
 pub const FROZEN: (VolumeType, &str) = (VolumeType::ConfigMap, "flags");

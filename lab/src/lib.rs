@@ -1,9 +1,12 @@
-//! The lab node: a kubelet-style directory tree made of real kernel parts (disk
-//! directories, tmpfs mounts) and a writer that performs the kubelet AtomicWriter's
-//! steps with the same system calls (docs/design.md 1 and 2).
+//! The lab: a model of a Kubernetes node for testing the agent, kept out of the
+//! shipped `reloadscope` binary. A kubelet-style directory tree made of real kernel
+//! parts (disk directories, tmpfs mounts), a writer that performs the kubelet
+//! AtomicWriter's steps with the same system calls (docs/design.md 1 and 2), containers
+//! in their own cgroups and mount namespaces, and a Kubernetes API server.
 //!
 //! Tests and benchmarks drive the agent with it: whatever the agent sees here, it sees
-//! the same way on a node.
+//! the same way on a node. The `reloadscope-lab` binary runs the agent on a lab node
+//! with a live table (`cargo xtask lab`), and is the process inside each lab container.
 //!
 //! - [`LabNode`] makes `<base>/kubelet/pods/<uid>/volumes/kubernetes.io~<plugin>/<volume>`,
 //!   `<base>/log/pods/<namespace>_<name>_<uid>/` and `<base>/log/containers/`; secret
@@ -24,7 +27,7 @@ mod sys;
 mod writer;
 
 pub use consumer::{ConsumerArgs, consumer_main};
-pub use container::{ContainerSpec, LabContainer, Open, cgroup2_mount, example_bin};
+pub use container::{ContainerSpec, LabContainer, Open, cgroup2_mount, example_bin, lab_bin};
 /// How a lab container's process consumes its file (the `lab_consumer` crate).
 pub use lab_consumer::Strategy;
 pub use marks::SwapGate;
@@ -37,16 +40,16 @@ pub fn agent_config(
     node: &LabNode,
     ebpf: bool,
     listen: std::net::SocketAddr,
-) -> crate::agent::Config {
-    crate::agent::Config {
+) -> reloadscope::agent::Config {
+    reloadscope::agent::Config {
         kubelet_roots: vec![node.kubelet_root()],
         pod_logs_dir: node.pod_logs_dir(),
         container_logs_dir: node.container_logs_dir(),
         listen,
         ebpf,
         // The kernel matrix runs the same tests once per variant.
-        probe: crate::probe::Choice::from_env().unwrap_or_default(),
-        ..crate::agent::Config::node_defaults()
+        probe: reloadscope::probe::Choice::from_env().unwrap_or_default(),
+        ..reloadscope::agent::Config::node_defaults()
     }
 }
 

@@ -26,7 +26,7 @@ use nix::{
 };
 
 use super::writer::AtomicWriter;
-use crate::volumes::VolumeType;
+use reloadscope::volumes::VolumeType;
 
 /// Options of a lab tmpfs volume: small, and world-writable with the sticky bit, which
 /// is what the kubelet's tmpfs volumes get.
@@ -340,7 +340,8 @@ fn detach_mounts_under(dir: &Path) {
 
 /// The mount points of this mount namespace.
 fn mount_points() -> io::Result<Vec<PathBuf>> {
-    let (mounts, _) = crate::consumers::mountinfo::parse_bytes(&fs::read("/proc/self/mountinfo")?);
+    let (mounts, _) =
+        reloadscope::consumers::mountinfo::parse_bytes(&fs::read("/proc/self/mountinfo")?);
     Ok(mounts.into_iter().map(|m| m.mount_point).collect())
 }
 
@@ -368,7 +369,7 @@ mod tests {
     use nix::sys::statfs::{TMPFS_MAGIC, statfs};
 
     use super::*;
-    use crate::lab::{CallStyle, WriteOutcome, payload};
+    use crate::{CallStyle, WriteOutcome, payload};
 
     fn is_uuid_v4(s: &str) -> bool {
         let parts: Vec<&str> = s.split('-').collect();

@@ -1,4 +1,4 @@
-//! The process inside a lab container: `reloadscope lab-consumer`, started by
+//! The process inside a lab container: `reloadscope-lab consumer`, started by
 //! [`LabContainer::start`](super::LabContainer::start).
 //!
 //! It sets itself up the way a container runtime sets up a container (its cgroup, its
@@ -42,7 +42,7 @@ use nix::{
 use super::Strategy;
 use super::container::mountinfo;
 
-/// Options of the hidden `reloadscope lab-consumer` command. Only
+/// Options of the hidden `reloadscope-lab consumer` command. Only
 /// [`LabContainer::start`](super::LabContainer::start) runs it.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConsumerArgs {
@@ -97,7 +97,7 @@ enum Run {
     Exec(Vec<OsString>, Option<PathBuf>),
 }
 
-/// `reloadscope lab-consumer`: joins the cgroup, enters a mount namespace of its own,
+/// `reloadscope-lab consumer`: joins the cgroup, enters a mount namespace of its own,
 /// binds the volume at its mount path, then runs the strategy until killed. Returns
 /// only on a setup or I/O error (needs root: cgroup, unshare, mount).
 ///
@@ -108,7 +108,7 @@ pub fn consumer_main(args: ConsumerArgs) -> anyhow::Result<()> {
         .context("read /proc/self/task")?
         .count();
     if threads != 1 {
-        anyhow::bail!("lab-consumer must run single-threaded, not in {threads} threads");
+        anyhow::bail!("the lab consumer must run single-threaded, not in {threads} threads");
     }
     let period = Duration::try_from_secs_f64(args.period)
         .map_err(|_| anyhow::anyhow!("--period {}: not a duration in seconds", args.period))?;

@@ -1,4 +1,4 @@
-//! `reloadscope lab`: the real agent on a lab node, with a kubelet-like writer updating
+//! `reloadscope-lab`: the real agent on a lab node, with a kubelet-like writer updating
 //! volumes on a schedule and a live table of what the agent reports.
 
 use std::{
@@ -14,13 +14,13 @@ use anyhow::Context as _;
 use super::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, api, payload,
 };
-use crate::{
+use reloadscope::{
     agent,
     updates::Source,
     volumes::{VolumeKey, VolumeType},
 };
 
-/// Options of `reloadscope lab`.
+/// Options of `reloadscope-lab`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct LabArgs {
     /// Pods on the lab node, each with one volume of every type.
@@ -130,7 +130,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     }
     let mut ctrs = Vec::new();
     if !args.no_containers {
-        let bin = std::env::current_exe().context("finding the reloadscope binary")?;
+        let bin = crate::lab_bin()?;
         for v in vols
             .iter()
             .filter(|v| v.key.volume_type == VolumeType::ConfigMap)
@@ -329,7 +329,7 @@ fn render_consumers(running: &agent::Running, ctrs: &[Ctr]) -> String {
                     .last_latency
                     .map_or("-".into(), |l| format!("{:.1} ms", l * 1e3));
                 let stale = match s.mount {
-                    crate::reloads::MountKind::SubPath => "never".to_owned(),
+                    reloadscope::reloads::MountKind::SubPath => "never".to_owned(),
                     _ => format!("{:.1}s", s.stale_seconds(now)),
                 };
                 format!(

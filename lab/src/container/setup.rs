@@ -267,7 +267,7 @@ pub(super) fn remove_file(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The mounts listed in a mountinfo file (the agent's own parser).
-pub(in crate::lab) fn mountinfo(path: &Path) -> io::Result<Vec<Mount>> {
+pub(crate) fn mountinfo(path: &Path) -> io::Result<Vec<Mount>> {
     Ok(mountinfo::parse_bytes(&fs::read(path)?).0)
 }
 

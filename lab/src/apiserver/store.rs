@@ -217,7 +217,7 @@ impl Store {
 
     /// The server's clock now, as the API writes times: RFC 3339, whole seconds.
     pub fn now_rfc3339(&self) -> String {
-        crate::lab::cluster::timestamp(self.now())
+        crate::cluster::timestamp(self.now())
     }
 
     pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<&Value> {

@@ -1,4 +1,4 @@
-//! `reloadscope lab` as a user runs it: it must show updates seen by both sources and
+//! `reloadscope-lab` as a user runs it: it must show updates seen by both sources and
 //! leave no mount and no directory behind. Needs root.
 
 use std::{
@@ -9,9 +9,8 @@ use std::{
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
 fn lab_reports_updates_from_both_sources_and_cleans_up() {
-    let out = Command::new(env!("CARGO_BIN_EXE_reloadscope"))
+    let out = Command::new(env!("CARGO_BIN_EXE_reloadscope-lab"))
         .args([
-            "lab",
             "--duration",
             "3.5",
             "--interval",
@@ -94,8 +93,8 @@ fn lab_reports_updates_from_both_sources_and_cleans_up() {
 #[test]
 #[ignore = "needs root: run cargo xtask test"]
 fn ctrl_c_stops_the_lab_and_removes_its_node() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reloadscope"))
-        .args(["lab", "--plain", "--pods", "1", "--listen", "127.0.0.1:0"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reloadscope-lab"))
+        .args(["--plain", "--pods", "1", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -492,7 +492,8 @@ mod tests {
     };
 
     use super::*;
-    use crate::{lab::LabNode, volumes::VolumeType};
+    use crate::LabNode;
+    use reloadscope::volumes::VolumeType;
 
     /// A node and one disk-backed (ConfigMap) volume on it.
     fn disk_volume() -> (LabNode, AtomicWriter) {

@@ -8,12 +8,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use reloadscope::{
-    lab::{
-        AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Open, Strategy,
-        WriteOutcome, payload,
-    },
-    volumes::VolumeType,
+use reloadscope::volumes::VolumeType;
+use reloadscope_lab::{
+    AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Open, Strategy,
+    WriteOutcome, payload,
 };
 
 const KEY: &str = "config.yaml";
@@ -25,7 +23,7 @@ const PERIOD: Duration = Duration::from_millis(200);
 const TIMER_SLACK: Duration = Duration::from_millis(150);
 
 fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_reloadscope"))
+    Path::new(env!("CARGO_BIN_EXE_reloadscope-lab"))
 }
 
 fn content(rev: u32) -> String {
@@ -225,7 +223,7 @@ fn finish(mut node: LabNode, pod: LabPod, containers: Vec<LabContainer>) {
 }
 
 fn cgroup_pod_slice(pod: &LabPod) -> PathBuf {
-    let v2 = reloadscope::lab::cgroup2_mount().unwrap();
+    let v2 = reloadscope_lab::cgroup2_mount().unwrap();
     v2.join("kubepods.slice/kubepods-burstable.slice")
         .join(format!(
             "kubepods-burstable-pod{}.slice",
