@@ -6,4 +6,4 @@
 
 pub mod stats;
 pub mod swap;
-pub mod watch;
+pub mod watch_call;

@@ -31,7 +31,7 @@ use common::{
     agent_process::{AgentProcess, agent_binary},
     procfs::proc_cpu,
 };
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, payload, scrape};
 
 const USAGE: &str = "\

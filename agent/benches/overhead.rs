@@ -31,7 +31,10 @@ mod rounds;
 #[allow(dead_code, unused_imports)]
 mod util;
 
-use std::{process::ExitCode, time::Duration, time::Instant};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use reloadscope::probe::{Choice, RenameHook, Variant};
 

@@ -32,8 +32,13 @@ mod openloop;
 #[path = "reload/util.rs"]
 mod util;
 
+use std::{
+    fmt::Write as _,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
 use reloadscope::opens::SettledMarks;
-use std::{fmt::Write as _, process::ExitCode, time::Duration, time::Instant};
 
 const USAGE: &str = "\
 usage: cargo xtask bench reload [--quick] [--only cost|accuracy|marks]... [--no-ebpf-row]

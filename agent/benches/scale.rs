@@ -34,7 +34,11 @@ mod report;
 #[path = "scale/writer.rs"]
 mod writer;
 
-use std::{fmt::Write as _, process::ExitCode, time::Duration, time::Instant};
+use std::{
+    fmt::Write as _,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 const USAGE: &str = "\
 usage: cargo xtask bench scale [--quick] [--pods N] [--consumers N] [--seconds N] [--idle N]

@@ -10,7 +10,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, OnceLock, atomic::Ordering::Relaxed},
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -21,19 +21,21 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    approx::Approx,
-    checkpoint, consumers,
-    events::{self, Event},
+    checkpoint, clock, consumers, events,
+    events::Event,
     fanotify::Fanotify,
-    metrics::{self, Shared},
-    opens::{self, Opens},
-    probe::{self, Probe},
+    linter, metrics,
+    node::volumes::{Roots, VolumeKey},
+    opens,
+    opens::{Approx, Opens},
+    probe,
+    probe::Probe,
     reloads::MountKind,
     server,
+    state::Shared,
     updates::Tracker,
-    volumes::{Roots, VolumeKey},
-    watch::{self as walk, Walker},
-    watches,
+    walker,
+    walker::Walker,
 };
 
 /// How long one source's report waits for the other's before it is a gap.
@@ -90,7 +92,7 @@ impl Config {
             ring_bytes: probe::DEFAULT_RING_BYTES,
             state_file: None,
             rescan: None,
-            rewatch_grace: watches::REWATCH_GRACE,
+            rewatch_grace: linter::REWATCH_GRACE,
             kube: None,
             labels: crate::metrics::LabelControls::default(),
             histogram_labels: ["namespace", "workload", "pod", "container", "volume"]
@@ -98,12 +100,6 @@ impl Config {
                 .to_vec(),
         }
     }
-}
-
-/// Milliseconds since the agent's first call, monotonic.
-pub fn monotonic_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// A running agent.
@@ -134,7 +130,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    monotonic_ms();
+    clock::monotonic_ms();
     crate::limits::raise_nofile();
     let roots = Roots::new(cfg.kubelet_roots.iter().cloned());
     let listener = server::bind(cfg.listen).await?;
@@ -142,7 +138,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared::new(Tracker::new(PAIR_WINDOW, false)));
     let keep = metrics::histogram_labels(&cfg.histogram_labels).map_err(anyhow::Error::msg)?;
     let exporter = metrics::Exporter::new(shared.clone(), cfg.labels.clone(), &keep)?;
-    *shared.linter.lock().expect("linter lock") = watches::Linter::new(cfg.rewatch_grace);
+    *shared.linter.lock().expect("linter lock") = linter::Linter::new(cfg.rewatch_grace);
     let journal = match &cfg.state_file {
         Some(path) => {
             let generation = restore(&shared, path);
@@ -180,7 +176,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                         Ok(calls) => {
                             let (proc_root, rescan) = (cfg.proc_root.clone(), rescan.clone());
                             let stop = stopped(stop_rx.clone());
-                            let calls = probe::watches::read_calls(calls, proc_root, rescan, stop);
+                            let calls =
+                                probe::watch_calls::read_calls(calls, proc_root, rescan, stop);
                             tasks.push(tokio::spawn(calls));
                         }
                         Err(e) => warn!("inotify watch calls not traced (scans only): {e}"),
@@ -267,7 +264,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     if let Some(settings) = cfg.kube.clone() {
         shared.meta.state.lock().expect("meta lock").configured = true;
-        tasks.push(crate::kubeapi::client::spawn(
+        tasks.push(crate::apiclient::spawn(
             settings,
             shared.clone(),
             stop_rx.clone(),
@@ -295,7 +292,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shared.blind.clone(),
     )
     .await?;
-    tasks.push(tokio::spawn(walk::run(
+    tasks.push(tokio::spawn(walker::run(
         walker,
         reader,
         shared.watches.clone(),
@@ -329,7 +326,7 @@ fn tell_watched(
     let now: HashSet<VolumeKey> = {
         let l = shared.linter.lock().expect("linter lock");
         (l.consumers())
-            .filter(|(_, s)| s.findings.contains(&watches::Finding::Ok))
+            .filter(|(_, s)| s.findings.contains(&linter::Finding::Ok))
             .map(|(k, _)| k.clone())
             .collect()
     };
@@ -352,7 +349,7 @@ fn tell_watched(
 fn lint(
     shared: &Shared,
     scan: &consumers::Scan,
-    inodes: &HashMap<VolumeKey, (Option<String>, watches::VolumeInodes)>,
+    inodes: &HashMap<VolumeKey, (Option<String>, linter::VolumeInodes)>,
     updated: &HashMap<VolumeKey, SystemTime>,
 ) -> HashSet<(VolumeKey, String)> {
     let mut watching = HashSet::new();
@@ -369,7 +366,7 @@ fn lint(
             if counted.insert(&f.id) {
                 *observed.entry(key.pod_uid.clone()).or_default() += held.len();
             }
-            let seen = watches::Seen {
+            let seen = linter::Seen {
                 key,
                 id: &f.id,
                 name: &f.name,
@@ -455,7 +452,7 @@ fn restore(shared: &Shared, path: &std::path::Path) -> u64 {
         let readers = std::mem::take(&mut v.readers);
         r.restore_reads(&key, readers, std::mem::take(&mut v.non_readers));
         // No update known then (swap 0): nothing pending to restore.
-        let current = probe::read_target(&v.dir.join(crate::volumes::DATA));
+        let current = crate::node::read_target(&v.dir.join(crate::node::volumes::DATA));
         if v.swap_unix_ns == 0 || current.as_deref() != Some(v.ts_dir.as_str()) {
             continue;
         }
@@ -577,10 +574,10 @@ async fn consumer_loop(
             let mut inodes = HashMap::new();
             let mut updated = HashMap::new();
             for ((k, dir), at) in consumed {
-                let current = probe::read_target(&dir.join(crate::volumes::DATA));
-                let vi = watches::VolumeInodes {
+                let current = crate::node::read_target(&dir.join(crate::node::volumes::DATA));
+                let vi = linter::VolumeInodes {
                     pinned: scan.pinned.get(k).cloned().unwrap_or_default(),
-                    ..watches::VolumeInodes::read(dir)
+                    ..linter::VolumeInodes::read(dir)
                 };
                 inodes.insert(k.clone(), (current, vi));
                 if let Some(at) = at {
@@ -718,7 +715,7 @@ impl StateLoop {
                 _ = tick.tick() => {
                     self.shared.tracker.lock().expect("tracker lock").tick(Instant::now());
                     self.shared.reloads.lock().expect("reloads lock").tick(SystemTime::now());
-                    self.shared.heartbeat_ms.store(monotonic_ms(), Relaxed);
+                    self.shared.heartbeat_ms.store(clock::monotonic_ms(), Relaxed);
                     // Consumer scans change who is stale too.
                     self.settle();
                     self.journal_consumers();
@@ -951,7 +948,7 @@ impl StateLoop {
                         r.volume_appeared(&key, SystemTime::now());
                     }
                 }
-                let data = dir.join(crate::volumes::DATA);
+                let data = dir.join(crate::node::volumes::DATA);
                 let swapped = || {
                     std::fs::symlink_metadata(&data)
                         .and_then(|m| m.modified())

@@ -22,7 +22,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::volumes::{VolumeKey, VolumeType};
+use crate::node::volumes::{VolumeKey, VolumeType};
 
 const VERSION: u32 = 1;
 

@@ -1,6 +1,16 @@
-//! Converts the probe's `CLOCK_BOOTTIME` stamps to wall-clock time.
+//! Clocks: the probe's `CLOCK_BOOTTIME` stamps as wall-clock time, and the monotonic
+//! milliseconds the liveness heartbeat is kept in.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant, SystemTime},
+};
+
+/// Milliseconds since the agent's first call, monotonic.
+pub fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 fn now_ns(clock: libc::clockid_t) -> u128 {
     let mut ts = libc::timespec {

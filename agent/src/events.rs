@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use crate::{
+    node::{pod_logs::PodName, volumes::VolumeKey},
     reloads::Opener,
-    updates::{Detection, PodName},
-    volumes::VolumeKey,
+    updates::Detection,
 };
 
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! on the swap syscalls and from inotify, and exports them as Prometheus metrics.
 
 pub mod agent;
-pub mod approx;
+pub mod apiclient;
 pub mod blind;
 pub mod checkpoint;
 pub mod clock;
@@ -12,14 +12,15 @@ pub mod fanotify;
 pub mod inspect;
 pub mod kubeapi;
 pub mod limits;
+pub mod linter;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod node;
 pub mod opens;
 pub mod probe;
 pub mod reloads;
 pub mod server;
+pub mod state;
 pub mod updates;
-pub mod volumes;
-pub mod watch;
-pub mod watches;
+pub mod walker;

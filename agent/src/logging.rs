@@ -20,7 +20,7 @@ const QUIET: &[&str] = &[
     // logs an ERROR for each failed request, a refused connection or a 5xx: 11 lines
     // in 4 s while the API has no route. Each of those errors also comes back to the
     // watcher or the Event poster that made the request, and the agent logs the API
-    // going and coming back once each (`kubeapi::client`'s health). kube's other
+    // going and coming back once each (`apiclient`'s health). kube's other
     // errors stay.
     "kube_runtime=error,kube_client=error,kube_client::client::builder=off",
 ];

@@ -20,7 +20,7 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log level, or a tracing filter such as `info,reloadscope::watch=debug`.
+    /// Log level, or a tracing filter such as `info,reloadscope::walker=debug`.
     #[arg(long, global = true, default_value = "info", env = "RELOADSCOPE_LOG")]
     log_level: String,
 }

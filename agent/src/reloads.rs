@@ -29,7 +29,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::volumes::VolumeKey;
+use crate::node::volumes::VolumeKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MountKind {
@@ -782,7 +782,7 @@ fn record(c: &mut Consumer, swap: SystemTime, at: SystemTime) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volumes::VolumeType;
+    use crate::node::volumes::VolumeType;
 
     fn t(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)

@@ -21,11 +21,6 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    agent::monotonic_ms,
-    memory,
-    metrics::{Exporter, Shared},
-};
 use axum::{
     Router,
     body::Body,
@@ -38,6 +33,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
+
+use crate::{clock::monotonic_ms, memory, metrics::Exporter, state::Shared};
 
 /// The state loop ticks every 250 ms; silent this long means it is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(10);

@@ -19,8 +19,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::volumes::{VolumeKey, VolumeType};
 use closed::Closed;
+
+use crate::node::{
+    pod_logs::PodName,
+    volumes::{VolumeKey, VolumeType},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -83,13 +87,6 @@ impl VolumeState {
 }
 
 const PENDING_MAX: usize = 4096;
-
-/// Pod names, from the pod-logs dir.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodName {
-    pub namespace: String,
-    pub name: String,
-}
 
 #[derive(Debug)]
 pub struct Tracker {

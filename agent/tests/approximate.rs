@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload,
 };

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use reloadscope::{probe::RenameHook, volumes::VolumeType};
+use reloadscope::{node::volumes::VolumeType, probe::RenameHook};
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, LabPod, WriteOutcome, payload};
 use support::*;
 

@@ -14,7 +14,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reloadscope::{agent::Running, volumes::VolumeType};
+use reloadscope::{agent::Running, node::volumes::VolumeType};
 use reloadscope_lab::{
     self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples,
 };

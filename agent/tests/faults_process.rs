@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape};
 use support::*;
 

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use reloadscope::{agent::Running, volumes::VolumeType};
+use reloadscope::{agent::Running, node::volumes::VolumeType};
 use reloadscope_lab::{
     self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples,
 };
@@ -146,7 +146,7 @@ async fn a_hundred_pods_churned_while_the_agent_runs_leave_nothing() {
     assert_eq!(known(&m), BTreeSet::from(["ok-cfg".to_owned()]));
     still_counts(&agent, &ok, made + 1.0).await;
     watches_settle(&agent, &node, idle).await;
-    // The one warning a removal race gives: opens.rs logs a tmpfs volume gone before
+    // The one warning a removal race gives: opens/exact.rs logs a tmpfs volume gone before
     // its fanotify mark at WARN level (reported; not a fault of the walk).
     let unexpected: Vec<String> = (logs.warnings().into_iter())
         .filter(|l| {

@@ -12,7 +12,7 @@ use std::{
 
 mod support;
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, LabContainer, LabNode, Strategy, WriteOutcome, payload};
 use serde_json::Value;
 use support::{KEY, SUB_KEY, lab_container};

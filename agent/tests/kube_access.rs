@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     LabNode, LabPod,
     apiserver::{self, FakeApiServer, Resource},
@@ -204,7 +204,7 @@ async fn an_unreachable_api_is_logged_once_and_its_return_once() {
     // how the test counts them. No kube target is named, so the filter's quiet
     // directives for kube's crates are those of the default `info`.
     cmd.args(["--no-ebpf", "--no-reloads", "--node-name", NODE])
-        .args(["--log-level", "info,reloadscope::kubeapi::client=debug"])
+        .args(["--log-level", "info,reloadscope::apiclient=debug"])
         .arg("--kubeconfig")
         .arg(&kubeconfig);
     let mut agent = Agent(cmd.spawn().expect("the agent"));

@@ -6,7 +6,7 @@
 
 mod support;
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{LabNode, LabPod, apiserver::Resource};
 use support::{kube::*, *};
 

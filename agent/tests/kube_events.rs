@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use reloadscope::{agent, volumes::VolumeType};
+use reloadscope::{agent, node::volumes::VolumeType};
 use reloadscope_lab::{CallStyle, LabNode, Strategy, WriteOutcome, payload};
 use serde_json::Value;
 use support::{kube::*, *};

@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, WriteOutcome, apiserver::Resource, payload};
 use support::{kube::*, *};
 

@@ -20,7 +20,7 @@ use std::{
 };
 
 use nix::{sys::signal, unistd::Pid};
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, marks::fdinfos,
     payload,

@@ -9,7 +9,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{ContainerSpec, LabContainer, Strategy};
 use support::*;
 

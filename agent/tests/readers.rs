@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape};
 use support::*;
 

@@ -14,7 +14,10 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use reloadscope::{checkpoint, probe::read_target, volumes::VolumeType};
+use reloadscope::{
+    checkpoint,
+    node::{read_target, volumes::VolumeType},
+};
 use reloadscope_lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload};
 use support::*;
 

@@ -8,7 +8,7 @@
 
 mod support;
 
-use reloadscope::{opens::SettledMarks, volumes::VolumeType};
+use reloadscope::{node::volumes::VolumeType, opens::SettledMarks};
 use reloadscope_lab::{CallStyle, Strategy, payload};
 use support::*;
 

@@ -7,7 +7,7 @@ mod support;
 
 use std::{collections::BTreeSet, ffi::OsString, path::Path, time::Duration};
 
-use reloadscope::{volumes::VolumeType, watches};
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape::Samples,
 };
@@ -130,7 +130,8 @@ async fn each_watcher_gets_exactly_its_finding(ty: VolumeType) {
                 // Running is not watching yet: wait for its watch.
                 let pid = c.pid;
                 wait_for("the program's watch", || async move {
-                    let w = watches::fdinfo::of_process(Path::new("/proc"), pid, drop).ok()?;
+                    let w = reloadscope::node::fdinfo::of_process(Path::new("/proc"), pid, drop)
+                        .ok()?;
                     (!w.is_empty()).then_some(())
                 })
                 .await;
@@ -295,7 +296,7 @@ fn inspected(node: &LabNode, pod: &str, container: &str) -> (Vec<String>, Vec<St
 
 /// The inotify watches of process `pid` on inode `ino`.
 fn watching(pid: u32, ino: u64) -> bool {
-    let w = watches::fdinfo::of_process(Path::new("/proc"), pid, drop).unwrap();
+    let w = reloadscope::node::fdinfo::of_process(Path::new("/proc"), pid, drop).unwrap();
     w.iter().any(|w| w.ino == ino)
 }
 

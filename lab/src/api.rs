@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use reloadscope::{kubeapi::Settings, node::volumes::VolumeType};
 use serde_json::json;
 
 use super::{
@@ -17,7 +18,6 @@ use super::{
     apiserver::{FakeApiServer, Resource},
     cluster,
 };
-use reloadscope::{kubeapi::Settings, volumes::VolumeType};
 
 /// A volume the lab never swaps though its ConfigMap changes on the API.
 pub const FROZEN: (VolumeType, &str) = (VolumeType::ConfigMap, "flags");

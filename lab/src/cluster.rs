@@ -4,10 +4,10 @@
 
 use std::time::SystemTime;
 
+use reloadscope::node::volumes::VolumeType;
 use serde_json::{Value, json};
 
 use super::{LabPod, writer::civil_from_days};
-use reloadscope::volumes::VolumeType;
 
 /// The node the lab's pods run on (`spec.nodeName`).
 pub const NODE_NAME: &str = "lab-node";

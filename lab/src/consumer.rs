@@ -39,8 +39,7 @@ use nix::{
     sched::CloneFlags,
 };
 
-use super::Strategy;
-use super::container::mountinfo;
+use super::{Strategy, container::mountinfo};
 
 /// Options of the hidden `reloadscope-lab consumer` command. Only
 /// [`LabContainer::start`](super::LabContainer::start) runs it.

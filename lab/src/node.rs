@@ -24,9 +24,9 @@ use nix::{
     errno::Errno,
     mount::{MntFlags, MsFlags},
 };
+use reloadscope::node::volumes::VolumeType;
 
 use super::writer::AtomicWriter;
-use reloadscope::volumes::VolumeType;
 
 /// Options of a lab tmpfs volume: small, and world-writable with the sticky bit, which
 /// is what the kubelet's tmpfs volumes get.
@@ -340,8 +340,7 @@ fn detach_mounts_under(dir: &Path) {
 
 /// The mount points of this mount namespace.
 fn mount_points() -> io::Result<Vec<PathBuf>> {
-    let (mounts, _) =
-        reloadscope::consumers::mountinfo::parse_bytes(&fs::read("/proc/self/mountinfo")?);
+    let (mounts, _) = reloadscope::node::mountinfo::parse_bytes(&fs::read("/proc/self/mountinfo")?);
     Ok(mounts.into_iter().map(|m| m.mount_point).collect())
 }
 

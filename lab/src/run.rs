@@ -10,14 +10,14 @@ use std::{
 };
 
 use anyhow::Context as _;
+use reloadscope::{
+    agent,
+    node::volumes::{VolumeKey, VolumeType},
+    updates::Source,
+};
 
 use super::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Strategy, api, payload,
-};
-use reloadscope::{
-    agent,
-    updates::Source,
-    volumes::{VolumeKey, VolumeType},
 };
 
 /// Options of `reloadscope-lab`.

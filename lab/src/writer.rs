@@ -491,9 +491,10 @@ mod tests {
         time::Duration,
     };
 
+    use reloadscope::node::volumes::VolumeType;
+
     use super::*;
     use crate::LabNode;
-    use reloadscope::volumes::VolumeType;
 
     /// A node and one disk-backed (ConfigMap) volume on it.
     fn disk_volume() -> (LabNode, AtomicWriter) {

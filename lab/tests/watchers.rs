@@ -20,7 +20,7 @@ use libc::{
     IN_ATTRIB, IN_CLOSE_WRITE, IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MODIFY, IN_MOVE_SELF,
     IN_MOVED_FROM, IN_MOVED_TO, IN_OPEN,
 };
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, LabPod, Open, Strategy,
     WriteOutcome, example_bin, payload,

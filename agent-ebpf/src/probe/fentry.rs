@@ -12,7 +12,7 @@
 
 use agent_common::{
     swap::{DATA_NAME, DATA_TMP_NAME, Syscall},
-    watch::WatchCall,
+    watch_call::WatchCall,
 };
 use aya_ebpf::{
     helpers::{
@@ -23,7 +23,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use super::{Args, swap, watch};
+use super::{Args, swap, watch_call};
 
 /// Offsets in x86_64 `struct pt_regs` of the syscall argument registers, in argument
 /// order: di, si, dx, r10, r8.
@@ -174,22 +174,22 @@ fn read_arg(regs: *const u8, i: usize) -> u64 {
 
 #[fentry(function = "__x64_sys_inotify_add_watch")]
 pub fn fentry_inotify_add_watch(ctx: FEntryContext) -> u32 {
-    watch::enter(&args(ctx.arg(0)), WatchCall::Add)
+    watch_call::enter(&args(ctx.arg(0)), WatchCall::Add)
 }
 
 #[fexit(function = "__x64_sys_inotify_add_watch")]
 pub fn fexit_inotify_add_watch(ctx: FExitContext) -> u32 {
-    watch::exit(ret(&ctx))
+    watch_call::exit(ret(&ctx))
 }
 
 #[fentry(function = "__x64_sys_inotify_rm_watch")]
 pub fn fentry_inotify_rm_watch(ctx: FEntryContext) -> u32 {
-    watch::enter(&args(ctx.arg(0)), WatchCall::Remove)
+    watch_call::enter(&args(ctx.arg(0)), WatchCall::Remove)
 }
 
 #[fexit(function = "__x64_sys_inotify_rm_watch")]
 pub fn fexit_inotify_rm_watch(ctx: FExitContext) -> u32 {
-    watch::exit(ret(&ctx))
+    watch_call::exit(ret(&ctx))
 }
 
 /// No work at all, on the call `cargo xtask bench overhead`'s rename loop makes: what

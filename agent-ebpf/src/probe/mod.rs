@@ -4,7 +4,7 @@
 pub mod fentry;
 pub mod swap;
 pub mod tracepoint;
-pub mod watch;
+pub mod watch_call;
 
 use agent_common::stats;
 use aya_ebpf::{macros::map, maps::PerCpuArray};

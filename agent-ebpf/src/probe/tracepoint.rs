@@ -1,10 +1,10 @@
 //! The tracepoint variant: `syscalls:sys_enter_*` / `sys_exit_*`. Any syscall
 //! tracepoint puts every task on the syscall slow path (docs/design.md 7).
 
-use agent_common::{swap::Syscall, watch::WatchCall};
+use agent_common::{swap::Syscall, watch_call::WatchCall};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use super::{Args, swap, watch};
+use super::{Args, swap, watch_call};
 
 /// Argument `i` of a `sys_enter_*` record: each 8 bytes, after the common header and
 /// `__syscall_nr`.
@@ -67,16 +67,16 @@ pub fn sys_exit_swap(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_inotify_add_watch(ctx: TracePointContext) -> u32 {
-    watch::enter(&args(&ctx), WatchCall::Add)
+    watch_call::enter(&args(&ctx), WatchCall::Add)
 }
 
 #[tracepoint]
 pub fn sys_enter_inotify_rm_watch(ctx: TracePointContext) -> u32 {
-    watch::enter(&args(&ctx), WatchCall::Remove)
+    watch_call::enter(&args(&ctx), WatchCall::Remove)
 }
 
 /// Both watch calls' exits.
 #[tracepoint]
 pub fn sys_exit_watch(ctx: TracePointContext) -> u32 {
-    watch::exit(ret(&ctx))
+    watch_call::exit(ret(&ctx))
 }

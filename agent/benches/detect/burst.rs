@@ -12,14 +12,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reloadscope::{agent::PAIR_WINDOW, volumes::VolumeType};
+use reloadscope::{agent::PAIR_WINDOW, node::volumes::VolumeType};
 use reloadscope_lab::{
     AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload,
     scrape::{self, Samples},
 };
 
-use crate::disk::LabDisk;
-use crate::util::{fmt_kib, fs_desc, proc_cpu, proc_status_kib, ratio, thread_cpu};
+use crate::{
+    disk::LabDisk,
+    util::{fmt_kib, fs_desc, proc_cpu, proc_status_kib, ratio, thread_cpu},
+};
 
 /// Volumes per pod: the last one of each pod is a Secret (tmpfs), the others ConfigMaps.
 const PER_POD: usize = 10;

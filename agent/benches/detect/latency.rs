@@ -17,9 +17,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use reloadscope::{
-    agent::{self, Running},
+    agent,
+    agent::Running,
+    node::volumes::{VolumeKey, VolumeType},
     updates::Source,
-    volumes::{VolumeKey, VolumeType},
 };
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload, scrape};
 

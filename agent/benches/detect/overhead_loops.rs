@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::watch::DecodedWatch;
+use agent_common::watch_call::DecodedWatch;
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 

@@ -1,9 +1,9 @@
 //! Helpers of the detect benchmark: distributions, formatting, and what /proc says
 //! about a process (CPU time, memory) and about the machine.
 
-pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
-
 use std::{fs, io, path::Path, time::Duration};
+
+pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
 
 /// Samples in nanoseconds, sorted. Signed: a detection can be observed before the
 /// writer's own clock read that follows the rename.

@@ -21,8 +21,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use reloadscope::{
-    agent::{self, Running},
-    volumes::{VolumeKey, VolumeType},
+    agent,
+    agent::Running,
+    node::volumes::{VolumeKey, VolumeType},
 };
 use reloadscope_lab::{
     self, AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome,

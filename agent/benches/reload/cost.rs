@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use reloadscope::{agent::Running, volumes::VolumeType};
+use reloadscope::{agent::Running, node::volumes::VolumeType};
 
 use crate::{
     cost_fleet::{Fleet, KEY, POD_VOLUMES, build_fleet, start_steady, update, wait_stale},

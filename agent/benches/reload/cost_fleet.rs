@@ -3,7 +3,6 @@
 //! and the stale window: the two target volumes updated, and the wait until the agent
 //! shows their consumers stale and the kernel reports their new data dirs.
 
-use reloadscope::opens::SettledMarks;
 use std::{
     net::SocketAddr,
     sync::atomic::Ordering::Relaxed,
@@ -12,8 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use reloadscope::{
-    agent::{self, Running},
-    volumes::{VolumeKey, VolumeType},
+    agent,
+    agent::Running,
+    node::volumes::{VolumeKey, VolumeType},
+    opens::SettledMarks,
 };
 use reloadscope_lab::{
     self, AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome,

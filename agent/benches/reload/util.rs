@@ -1,9 +1,9 @@
 //! Helpers of the reload benchmark: figures, formatting, and what /proc says about the
 //! machine and this process (CPU time, the agent's fanotify marks).
 
-pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
-
 use std::{fs, path::Path, time::Duration};
+
+pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
 
 /// Nearest-rank percentile of `values` (any order).
 pub fn pct(values: &[f64], p: f64) -> f64 {

@@ -15,15 +15,17 @@ use anyhow::Context as _;
 use reloadscope::agent::PAIR_WINDOW;
 use reloadscope_lab::scrape::Samples;
 
-use crate::Params;
-use crate::churn::Churn;
-use crate::common::{
-    agent_process::AgentProcess,
-    procfs::{MachineCpu, inotify_watches, proc_cpu, proc_status_kib, self_cpu},
-    revision::{first_opens, unix_ns},
+use crate::{
+    Params,
+    churn::Churn,
+    common::{
+        agent_process::AgentProcess,
+        procfs::{MachineCpu, inotify_watches, proc_cpu, proc_status_kib, self_cpu},
+        revision::{first_opens, unix_ns},
+    },
+    node::{CONSUMER, NAMESPACE, ScaleNode},
+    writer::{Burst, sustained, update_at},
 };
-use crate::node::{CONSUMER, NAMESPACE, ScaleNode};
-use crate::writer::{Burst, sustained, update_at};
 
 /// How long the counts may take to settle after the burst.
 const SETTLE_MAX: Duration = Duration::from_secs(10);

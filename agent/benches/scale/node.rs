@@ -9,14 +9,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use reloadscope::volumes::VolumeType;
+use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload,
 };
 
-use crate::Params;
-use crate::common::revision::revision_content;
-use crate::disk::LabDisk;
+use crate::{Params, common::revision::revision_content, disk::LabDisk};
 
 /// The key consumers read; its content starts with the revision marker.
 pub const KEY: &str = "config.yaml";
@@ -219,7 +217,7 @@ fn mount_points_under(dir: &Path) -> usize {
     let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
         return usize::MAX;
     };
-    let (mounts, _) = reloadscope::consumers::mountinfo::parse_bytes(&info);
+    let (mounts, _) = reloadscope::node::mountinfo::parse_bytes(&info);
     mounts
         .iter()
         .filter(|m| m.mount_point.starts_with(dir))

@@ -21,11 +21,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::Params;
-use crate::agent_phase::{Window, WindowStart};
-use crate::common::{procfs::proc_status_kib, revision::unix_ns};
-use crate::node::ScaleNode;
-use crate::writer::{Burst, sustained, update_at};
+use crate::{
+    Params,
+    agent_phase::{Window, WindowStart},
+    common::{procfs::proc_status_kib, revision::unix_ns},
+    node::ScaleNode,
+    writer::{Burst, sustained, update_at},
+};
 
 /// First argument of the benchmark binary when it runs as the poller.
 pub const FLAG: &str = "--poller-child";

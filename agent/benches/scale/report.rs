@@ -2,11 +2,13 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::Params;
-use crate::agent_phase::{AgentFigures, COST_SCRAPES, Window};
-use crate::common::{fmt_ns, percentile, procfs::fmt_kib};
-use crate::node::ScaleNode;
-use crate::poller::PollerFigures;
+use crate::{
+    Params,
+    agent_phase::{AgentFigures, COST_SCRAPES, Window},
+    common::{fmt_ns, percentile, procfs::fmt_kib},
+    node::ScaleNode,
+    poller::PollerFigures,
+};
 
 pub struct Setup {
     pub volumes: usize,

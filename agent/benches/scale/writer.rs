@@ -9,8 +9,10 @@ use std::{
 
 use reloadscope_lab::{CallStyle, WriteOutcome};
 
-use crate::common::{procfs::thread_cpu, revision::unix_ns};
-use crate::node::{Vol, update_payload};
+use crate::{
+    common::{procfs::thread_cpu, revision::unix_ns},
+    node::{Vol, update_payload},
+};
 
 /// One update made.
 #[derive(Clone, Copy, Debug)]

@@ -27,12 +27,13 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::{
-    ContainerRef,
-    cgroup::{parse_cgroup_path, pod_of_cgroup_path},
-    mountinfo,
+use crate::{
+    events::{self, Event},
+    node::{
+        cgroup::{ContainerRef, parse_cgroup_path, pod_of_cgroup_path},
+        mountinfo,
+    },
 };
-use crate::events::{self, Event};
 
 const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)

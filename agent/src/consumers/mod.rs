@@ -6,10 +6,7 @@
 //! volume) or a file below it (a subPath mount, pinned to the data of its start).
 //! Container names come from the container-logs dir.
 
-pub mod cgroup;
 pub mod follow;
-pub mod mountinfo;
-pub mod names;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,16 +14,18 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-pub use cgroup::{ContainerRef, Qos, containerd_scope, parse_proc_cgroup, systemd_pod_path};
-pub use mountinfo::Mount;
-pub use names::{container_log_name, parse_container_log_name};
 use tracing::debug;
 
 use crate::{
     clock,
+    node::{
+        cgroup::parse_proc_cgroup,
+        fdinfo::{self, Ino, Watch},
+        mountinfo::{self, Mount},
+        pod_logs::parse_container_log_name,
+        volumes::{VolumeKey, is_timestamped_dir},
+    },
     reloads::{Found, MountKind},
-    volumes::{VolumeKey, is_timestamped_dir},
-    watches::{self, Ino, Watch},
 };
 
 /// Where a volume dir is stored, as other mount namespaces' mountinfo shows it.
@@ -86,8 +85,7 @@ fn fds<'a>(
                 files.push(t);
             }
         };
-        watches
-            .extend(watches::fdinfo::of_process(proc_root, pid, in_data_dir).unwrap_or_default());
+        watches.extend(fdinfo::of_process(proc_root, pid, in_data_dir).unwrap_or_default());
     }
     (watches, (SystemTime::now(), files))
 }

@@ -35,9 +35,8 @@ use std::{
     sync::Arc,
 };
 
-use tokio::io::{Interest, unix::AsyncFd};
-
 pub(crate) use parse::parse;
+use tokio::io::{Interest, unix::AsyncFd};
 
 /// A directory's identity as fanotify reports it: filesystem id + file handle.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

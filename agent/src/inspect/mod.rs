@@ -27,12 +27,7 @@ pub use output::{ConsumerReport, Report, VolumeReport};
 pub use verdict::{Verdict, assess, old_data_fd};
 pub use walk::{Data, read_data};
 
-use crate::{
-    clock, consumers,
-    reloads::MountKind,
-    volumes::Roots,
-    watches::{self, Finding},
-};
+use crate::{clock, consumers, linter, linter::Finding, node::volumes::Roots, reloads::MountKind};
 
 /// Options of `reloadscope inspect`.
 #[derive(Clone, Debug, clap::Args)]
@@ -110,9 +105,9 @@ pub fn inspect(args: &InspectArgs) -> Inspection {
             host_dirs.push(real);
         }
         let mut consumers = Vec::new();
-        let inodes = watches::VolumeInodes {
+        let inodes = linter::VolumeInodes {
             pinned: scan.pinned.remove(&v.key).unwrap_or_default(),
-            ..watches::VolumeInodes::read(&v.dir)
+            ..linter::VolumeInodes::read(&v.dir)
         };
         for f in scan.consumers.remove(&v.key).unwrap_or_default() {
             let inside = f
@@ -130,7 +125,7 @@ pub fn inspect(args: &InspectArgs) -> Inspection {
             };
             let verdict = assess(f.mount, f.started, v.data.as_ref().map(|d| d.swapped), held);
             let held_watches = scan.watches.get(&f.id).map_or(&[][..], Vec::as_slice);
-            let found = watches::classify(f.mount, held_watches, &inodes).findings;
+            let found = linter::classify(f.mount, held_watches, &inodes).findings;
             // A subPath consumer's verdict says it already.
             let fixes = found.iter().filter(|w| **w != Finding::SubPath);
             consumers.push(ConsumerReport {

@@ -9,7 +9,7 @@ use std::{
     time::SystemTime,
 };
 
-use crate::{reloads::MountKind, volumes::is_timestamped_dir};
+use crate::{node::volumes::is_timestamped_dir, reloads::MountKind};
 
 pub const HINT_SUBPATH: &str = "subPath mount: never receives updates; mount the volume as a directory and read the file through it";
 pub const HINT_HOLDS_OLD_DATA: &str = "still reading data from before the last update: it does not reload; watch the volume dir for ..data (IN_MOVED_TO) or re-add file watches after IN_DELETE_SELF";

@@ -11,11 +11,10 @@ use std::{
     time::SystemTime,
 };
 
-use crate::{
-    consumers::parse_proc_cgroup,
-    updates::PodName,
+use crate::node::{
+    cgroup::parse_proc_cgroup,
+    pod_logs::{PodName, parse_pod_log_dir},
     volumes::{DATA, Roots, VolumeKey, VolumeType},
-    watch::parse_pod_log_dir,
 };
 
 /// A volume's current data: the `..data` target and the time of the swap that made it.

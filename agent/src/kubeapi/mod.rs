@@ -5,10 +5,9 @@
 //!
 //! - [`model`]: pods as the API returns them, reduced to what the metrics need.
 //! - [`propagation`]: pending changes and their delays, a pure state machine.
-//! - [`client`]: the watchers (this node's pods; ConfigMap and Secret metadata) and the
-//!   Events.
+//! - The watchers that fill it (this node's pods; ConfigMap and Secret metadata) and
+//!   the Events are the task [`crate::apiclient`]'s.
 
-pub mod client;
 pub mod model;
 pub mod propagation;
 

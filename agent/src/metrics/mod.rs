@@ -1,5 +1,5 @@
-//! The Prometheus view of the agent's state. It only reads: every scrape renders the
-//! tracker's current volumes, so a pod's series vanish with it and a pod name learnt
+//! The Prometheus view of the agent's state ([`Shared`]). It only reads: every scrape
+//! renders the tracker's current volumes, so a pod's series vanish with it and a pod name learnt
 //! late names all its series at once.
 //!
 //! Which labels the per-consumer families keep, and which namespaces and volumes are
@@ -10,90 +10,24 @@
 mod consumers;
 mod kube;
 mod labels;
+mod linter;
 mod process;
 mod render;
 mod volumes;
-mod watches;
 
 #[cfg(test)]
 mod tests;
 
+use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
+
 pub use labels::{CONSUMER_LABELS, LabelControls, histogram_labels};
-
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
-};
-
 use prometheus::{
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
 
-use crate::{
-    probe::{Probe, ReaderStats},
-    updates::{Source, Tracker},
-    volumes::VolumeType,
-};
-
-/// State shared by the agent's tasks and read by scrapes.
-pub struct Shared {
-    pub tracker: Mutex<Tracker>,
-    pub reloads: Mutex<crate::reloads::Reloads>,
-    /// What each consumer's inotify watches will do at the next update.
-    pub linter: Mutex<crate::watches::Linter>,
-    /// What the Kubernetes API says of this node's pods, when one is configured.
-    pub meta: crate::kubeapi::Meta,
-    /// Updates whose new data dir was marked for open events only after the swap.
-    pub late_marks: AtomicU64,
-    pub fanotify_overflows: AtomicU64,
-    /// Whether opens are attributed with fanotify (CAP_SYS_ADMIN).
-    pub fanotify: AtomicBool,
-    /// Whether opens are seen with inotify instead, unattributed.
-    pub approximate: AtomicBool,
-    pub probe: Mutex<Option<Probe>>,
-    pub reader: Arc<ReaderStats>,
-    pub overflows: AtomicU64,
-    pub watches: Arc<AtomicUsize>,
-    /// inotify watches on the cgroup tree (containers starting and stopping) and on data
-    /// dirs (approximate opens).
-    pub cgroup_watches: Arc<AtomicUsize>,
-    pub open_watches: AtomicUsize,
-    pub ready: AtomicBool,
-    /// Milliseconds on the monotonic clock of the state loop's last turn (liveness).
-    pub heartbeat_ms: AtomicU64,
-    /// What the agent cannot see now, and why.
-    pub blind: Arc<crate::blind::Blind>,
-}
-
-impl Shared {
-    pub fn new(tracker: Tracker) -> Self {
-        Shared {
-            tracker: Mutex::new(tracker),
-            reloads: Mutex::default(),
-            linter: Mutex::default(),
-            meta: crate::kubeapi::Meta::default(),
-            late_marks: AtomicU64::new(0),
-            fanotify_overflows: AtomicU64::new(0),
-            fanotify: AtomicBool::new(false),
-            approximate: AtomicBool::new(false),
-            probe: Mutex::new(None),
-            reader: Arc::default(),
-            overflows: AtomicU64::new(0),
-            watches: Arc::default(),
-            cgroup_watches: Arc::default(),
-            open_watches: AtomicUsize::new(0),
-            ready: AtomicBool::new(false),
-            heartbeat_ms: AtomicU64::new(0),
-            blind: Arc::default(),
-        }
-    }
-
-    pub fn ebpf_loaded(&self) -> bool {
-        self.probe.lock().expect("probe lock").is_some()
-    }
-}
+use crate::{node::volumes::VolumeType, state::Shared, updates::Source};
 
 struct Families {
     detections: IntCounterVec,
@@ -347,7 +281,7 @@ fn registry(
         labels.clone(),
         histogram_labels,
     )?))?;
-    r.register(Box::new(watches::WatchCollector::new(
+    r.register(Box::new(linter::WatchCollector::new(
         shared.clone(),
         labels.clone(),
     )?))?;

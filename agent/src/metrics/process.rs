@@ -2,11 +2,12 @@
 //! prometheus crate has a collector for them, but it rounds the CPU time down to whole
 //! seconds, which makes the agent's CPU (a few percent of a core) read as 0.
 
-use crate::clock;
 use prometheus::{
     core::{Collector, Desc},
     proto::{Counter, Gauge, Metric, MetricFamily, MetricType},
 };
+
+use crate::clock;
 
 /// (name, help, type) of each family, in the order they are collected.
 const FAMILIES: [(&str, &str, MetricType); 7] = [

@@ -5,10 +5,11 @@ mod node;
 
 use std::{sync::Arc, time::Duration};
 
-use super::*;
-use crate::kubeapi::propagation::BUCKETS as DELAY_BUCKETS;
 use node::{node, t0};
 use reloadscope_lab::scrape::{Sample, Samples, parse};
+
+use super::*;
+use crate::kubeapi::propagation::BUCKETS as DELAY_BUCKETS;
 
 /// Every consumer label: the histogram restricted by nothing.
 const ALL: [&str; 5] = CONSUMER_LABELS;

@@ -6,7 +6,6 @@ use aya::{
     Btf, BtfError, Ebpf, EbpfLoader, Endianness,
     programs::{FEntry, FExit, TracePoint},
 };
-
 use tracing::debug;
 
 use super::{OBJECT, ProbeError};

@@ -8,22 +8,24 @@
 mod attach;
 mod kbtf;
 mod resolve;
-pub mod watches;
+pub mod watch_calls;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use agent_common::{stats, swap::DecodedSwap};
+pub use attach::{Choice, RenameHook, Variant};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
+pub use resolve::{Resolver, Skip};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
-pub use attach::{Choice, RenameHook, Variant};
-pub use resolve::{Resolver, Skip, read_target};
-
-use crate::{events::Event, events::Sender, volumes::Roots};
+use crate::{
+    events::{Event, Sender},
+    node::volumes::Roots,
+};
 
 /// The kernel object built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -233,7 +235,7 @@ impl Probe {
     }
 
     /// Attaches the `inotify_add_watch` / `inotify_rm_watch` programs of the same
-    /// variant and hands over their ring buffer, for [`watches::read_calls`]. Once.
+    /// variant and hands over their ring buffer, for [`watch_calls::read_calls`]. Once.
     pub fn watch_calls(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         attach::watch_calls(&mut self.ebpf, self.btf.as_ref(), &mut self.links)?;
         let map = self.ebpf.take_map("WATCH_EVENTS");

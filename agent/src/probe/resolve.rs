@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     ffi::OsStr,
-    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
@@ -13,8 +12,11 @@ use agent_common::swap::{AT_FDCWD, DecodedSwap};
 
 use crate::{
     clock,
+    node::{
+        read_target, volumes,
+        volumes::{DATA, DATA_TMP, Place, Roots},
+    },
     updates::{Detection, Source},
-    volumes::{self, DATA, DATA_TMP, Place, Roots},
 };
 
 /// Symlink targets waiting for their rename, by volume dir. Bounded: an entry whose
@@ -129,13 +131,6 @@ impl Resolver {
     }
 }
 
-/// The last component of a symlink's target, as the timestamped dir name.
-pub fn read_target(link: &Path) -> Option<String> {
-    let t = std::fs::read_link(link).ok()?;
-    let name = t.file_name()?;
-    std::str::from_utf8(name.as_bytes()).ok().map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use std::{ffi::OsString, os::unix::ffi::OsStringExt};
@@ -143,7 +138,7 @@ mod tests {
     use agent_common::swap::Syscall;
 
     use super::*;
-    use crate::volumes::VolumeType;
+    use crate::node::volumes::VolumeType;
 
     const VOL: &str = "/kl/pods/u1/volumes/kubernetes.io~configmap/cfg";
 

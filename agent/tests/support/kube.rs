@@ -9,9 +9,10 @@ use std::{
 };
 
 use reloadscope::{
-    agent::{self, Running},
+    agent,
+    agent::Running,
     kubeapi::{MetaState, Settings},
-    volumes::VolumeType,
+    node::volumes::VolumeType,
 };
 use reloadscope_lab::{
     self, CallStyle, LabNode, LabPod,

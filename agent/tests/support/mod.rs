@@ -340,7 +340,7 @@ pub fn lab_container(
 /// A lab node with one pod, `shop/web`, and one volume of it, written once (`KEY`:
 /// `revision: 0`).
 pub fn shop_volume(
-    ty: reloadscope::volumes::VolumeType,
+    ty: reloadscope::node::volumes::VolumeType,
     name: &str,
 ) -> (
     LabNode,

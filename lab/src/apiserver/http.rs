@@ -2,10 +2,6 @@
 
 use std::sync::Arc;
 
-use super::{
-    Inner, LAB_TOKEN, RequestRecord,
-    store::{Resource, Selector, StoreError},
-};
 use axum::{
     body::Body,
     extract::{Request, State},
@@ -13,6 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
+
+use super::{
+    Inner, LAB_TOKEN, RequestRecord,
+    store::{Resource, Selector, StoreError},
+};
 
 /// Request bodies larger than this are refused (Events are small).
 const MAX_BODY: usize = 1 << 20;

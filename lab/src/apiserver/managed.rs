@@ -142,8 +142,10 @@ fn fields_from_v1(v: &Value, path: FieldPath, out: &mut BTreeSet<FieldPath>) {
 mod tests {
     use serde_json::json;
 
-    use super::super::store::{Resource, Store};
-    use super::*;
+    use super::{
+        super::store::{Resource, Store},
+        *,
+    };
 
     fn cm(data: Value) -> Value {
         json!({"metadata": {"name": "app", "namespace": "shop"}, "data": data})

@@ -56,13 +56,12 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use store::{Change, Selector, Store};
+pub use store::{ChangeKind, Resource, StoreError};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-
-use store::{Change, Selector, Store};
-pub use store::{ChangeKind, Resource, StoreError};
 
 /// The bearer token the server accepts.
 pub const LAB_TOKEN: &str = "reloadscope-lab-token";

@@ -49,11 +49,12 @@ use nix::mount::MsFlags;
 
 mod setup;
 
-use super::{LabNode, LabPod, Strategy, node::unmount};
-use reloadscope::consumers::mountinfo::{self, Mount};
+use reloadscope::node::mountinfo::{self, Mount};
 pub use setup::cgroup2_mount;
 pub(super) use setup::mountinfo;
 use setup::*;
+
+use super::{LabNode, LabPod, Strategy, node::unmount};
 
 /// How long [`LabContainer::start`] waits for the process to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -17,11 +17,14 @@ use std::{
 
 use crate::{
     kubeapi::{PodMeta, SourceKind, VolumeSource, Workload, propagation::ObjectRef},
-    metrics::Shared,
+    linter::{Linter, Seen, VolumeInodes},
+    node::{
+        pod_logs::PodName,
+        volumes::{VolumeKey, VolumeType},
+    },
     reloads::{Found, MountKind, Opener, Reloads},
-    updates::{Detection, PodName, Tracker},
-    volumes::{VolumeKey, VolumeType},
-    watches::{Linter, Seen, VolumeInodes},
+    state::Shared,
+    updates::{Detection, Tracker},
 };
 
 fn key(uid: &str, ty: VolumeType, name: &str) -> VolumeKey {

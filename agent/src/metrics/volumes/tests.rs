@@ -11,8 +11,11 @@ use prometheus::{GaugeVec, IntCounterVec, Opts, Registry, TextEncoder, proto::Me
 use super::*;
 use crate::{
     kubeapi::{PodMeta, SourceKind, VolumeSource},
-    updates::{Detection, PodName, Source, Tracker},
-    volumes::{VolumeKey, VolumeType},
+    node::{
+        pod_logs::PodName,
+        volumes::{VolumeKey, VolumeType},
+    },
+    updates::{Detection, Source, Tracker},
 };
 
 /// The label names in the order the vectors were declared with.

@@ -26,7 +26,7 @@ use kube::{Api, Client, api::PostParams};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::{kubeapi::Settings, metrics::Shared, volumes::VolumeKey};
+use crate::{kubeapi::Settings, node::volumes::VolumeKey, state::Shared};
 
 pub const REASON: &str = "StaleVolumeReload";
 /// The Events' `reportingController`.
@@ -396,7 +396,7 @@ mod tests {
             key: Key {
                 volume: VolumeKey {
                     pod_uid: "u1".into(),
-                    volume_type: crate::volumes::VolumeType::ConfigMap,
+                    volume_type: crate::node::volumes::VolumeType::ConfigMap,
                     name: "app-config".into(),
                 },
                 container: "once".into(),

@@ -1,4 +1,4 @@
-//! The API watchers: this node's pods (a `spec.nodeName` field selector) reflected into
+//! The Kubernetes API client task, filling [`crate::kubeapi`]'s view: this node's pods (a `spec.nodeName` field selector) reflected into
 //! `MetaState::pods`, ConfigMap and Secret metadata for the propagation delay, and the
 //! `StaleVolumeReload` Events.
 //!
@@ -31,8 +31,10 @@ use self::{
     health::{Backoff, Health},
     watch::{ObjectVersions, PodReflector, watch_loop},
 };
-use super::{Settings, SourceKind, propagation::Propagation};
-use crate::metrics::Shared;
+use crate::{
+    kubeapi::{Settings, SourceKind, propagation::Propagation},
+    state::Shared,
+};
 
 /// The part of the health that is the client itself (its config).
 const CLIENT: &str = "client";

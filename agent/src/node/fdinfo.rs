@@ -8,6 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// An inode as `st_dev` + `st_ino`.
+pub type Ino = (u64, u64);
+
 /// One inotify watch of a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Watch {

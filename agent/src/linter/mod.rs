@@ -8,7 +8,6 @@
 //! `not_rewatched` needs one: a container that held an `IN_DELETE_SELF` watch on a
 //! file of the data must hold one on a file of the new data within the grace period.
 
-pub mod fdinfo;
 pub mod findings;
 
 use std::{
@@ -16,10 +15,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-pub use fdinfo::Watch;
-pub use findings::{Classified, Finding, Ino, VolumeInodes, classify};
+pub use findings::{Classified, Finding, VolumeInodes, classify};
 
-use crate::{reloads::MountKind, volumes::VolumeKey};
+use crate::{
+    node::{
+        fdinfo::{Ino, Watch},
+        volumes::VolumeKey,
+    },
+    reloads::MountKind,
+};
 
 /// How long a container has to add its file watch again after an update.
 pub const REWATCH_GRACE: Duration = Duration::from_secs(10);
@@ -155,8 +159,9 @@ impl Linter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use libc::{IN_DELETE_SELF, IN_MODIFY, IN_MOVED_TO};
+
+    use super::*;
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
@@ -165,7 +170,7 @@ mod tests {
     fn key() -> VolumeKey {
         VolumeKey {
             pod_uid: "uid".into(),
-            volume_type: crate::volumes::VolumeType::ConfigMap,
+            volume_type: crate::node::volumes::VolumeType::ConfigMap,
             name: "app-config".into(),
         }
     }

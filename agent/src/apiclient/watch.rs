@@ -20,7 +20,7 @@ use crate::{
         PodMeta, SourceKind, model,
         propagation::{ObjectRef, data_changed},
     },
-    metrics::Shared,
+    state::Shared,
 };
 
 /// Runs a watcher of `api` until `stop` turns true, handing every event to `apply`.

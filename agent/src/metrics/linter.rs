@@ -1,5 +1,5 @@
 //! The watch linter's families: each consumer's findings, and how many inotify watches
-//! the consuming containers hold, rendered from [`crate::watches::Linter`] at each
+//! the consuming containers hold, rendered from [`crate::linter::Linter`] at each
 //! scrape. A consumer's series go with it.
 //!
 //! Findings keep the labels `--metric-labels` chooses, and `finding`: consumers with

@@ -9,7 +9,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::metrics::Shared;
+use crate::state::Shared;
 
 /// The first wait after an error; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);

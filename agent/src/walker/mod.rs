@@ -31,9 +31,12 @@ use crate::{
     blind::{Blind, Reason},
     events::{Event, Sender},
     fanotify::Marker,
-    probe::read_target,
-    updates::{Detection, PodName, Source},
-    volumes::{DATA, Place, Roots, VolumeKey, is_timestamped_dir},
+    node::{
+        pod_logs::parse_pod_log_dir,
+        read_target,
+        volumes::{DATA, Place, Roots, VolumeKey, is_timestamped_dir},
+    },
+    updates::{Detection, Source},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -535,22 +538,6 @@ fn in_progress(dir: &Path, current: Option<&str>) -> Vec<String> {
         .filter(|n| since.is_none_or(|s| mtime(n).is_some_and(|m| m >= s)))
         .filter_map(|n| n.to_str().map(str::to_owned))
         .collect()
-}
-
-/// `<namespace>_<pod>_<uid>` (docs/design.md 2): namespace and pod names never hold `_`.
-pub fn parse_pod_log_dir(name: &str) -> Option<(String, PodName)> {
-    let mut it = name.split('_');
-    let (ns, pod, uid) = (it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() || ns.is_empty() || pod.is_empty() || uid.is_empty() {
-        return None;
-    }
-    Some((
-        uid.to_owned(),
-        PodName {
-            namespace: ns.to_owned(),
-            name: pod.to_owned(),
-        },
-    ))
 }
 
 /// `/proc/self/mountinfo` signals every mount and unmount in the agent's mount

@@ -11,12 +11,12 @@ use std::{
     sync::Arc,
 };
 
-use agent_common::watch::{DecodedWatch, WatchCall};
+use agent_common::watch_call::{DecodedWatch, WatchCall};
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::Notify};
 use tracing::{debug, warn};
 
-use crate::consumers::parse_proc_cgroup;
+use crate::node::cgroup::parse_proc_cgroup;
 
 /// Where `path`, as process `tgid` passed it, is seen from here: through
 /// `<proc-root>/<tgid>/root` when absolute, `<proc-root>/<tgid>/cwd` when not.

@@ -35,11 +35,13 @@ use tracing::{debug, warn};
 
 use crate::{
     events::{Event, Sender},
-    metrics::Shared,
+    node::{
+        read_target,
+        volumes::{DATA, VolumeKey, is_timestamped_dir},
+    },
     opens::Command,
-    probe::read_target,
     reloads::Opener,
-    volumes::{DATA, VolumeKey, is_timestamped_dir},
+    state::Shared,
 };
 
 /// Opens this close together are one burst.
@@ -409,7 +411,7 @@ mod tests {
         symlink("..data/k", vol.join("k")).unwrap();
         let key = VolumeKey {
             pod_uid: "uid".into(),
-            volume_type: crate::volumes::VolumeType::ConfigMap,
+            volume_type: crate::node::volumes::VolumeType::ConfigMap,
             name: "app-config".into(),
         };
         let shared = Arc::new(Shared::new(crate::updates::Tracker::new(

@@ -1,9 +1,33 @@
 //! Pod and container names without the API server (docs/design.md 2), from the names of
-//! the kubelet's container log links:
+//! the kubelet's pod log dirs (`/var/log/pods/<namespace>_<pod>_<uid>/`) and container
+//! log links:
 //! `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`. Pod and namespace
 //! names never contain `_` (DNS subdomains and labels), container names never do either
 //! but may contain `-`, so the id is what follows the last `-`. Pure string logic: no
 //! file system access.
+
+/// Pod names, from the pod-logs dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// `<namespace>_<pod>_<uid>` (docs/design.md 2): namespace and pod names never hold `_`.
+pub fn parse_pod_log_dir(name: &str) -> Option<(String, PodName)> {
+    let mut it = name.split('_');
+    let (ns, pod, uid) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || ns.is_empty() || pod.is_empty() || uid.is_empty() {
+        return None;
+    }
+    Some((
+        uid.to_owned(),
+        PodName {
+            namespace: ns.to_owned(),
+            name: pod.to_owned(),
+        },
+    ))
+}
 
 /// What a `/var/log/containers/` file name says.
 #[derive(Clone, Debug, PartialEq, Eq)]

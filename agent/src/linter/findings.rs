@@ -4,8 +4,13 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use super::fdinfo::Watch;
-use crate::{reloads::MountKind, volumes::DATA};
+use crate::{
+    node::{
+        fdinfo::{Ino, Watch},
+        volumes::DATA,
+    },
+    reloads::MountKind,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Finding {
@@ -79,9 +84,6 @@ impl Finding {
     }
 }
 
-/// An inode as `st_dev` + `st_ino`.
-pub type Ino = (u64, u64);
-
 /// The inodes of one volume that a watch can land on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VolumeInodes {
@@ -118,7 +120,7 @@ impl VolumeInodes {
                 v.links.extend(ino(&e.path()));
             }
         }
-        let Some(ts) = crate::probe::read_target(&dir.join(DATA)) else {
+        let Some(ts) = crate::node::read_target(&dir.join(DATA)) else {
             return v;
         };
         let mut dirs = vec![(dir.join(&ts), 0)];

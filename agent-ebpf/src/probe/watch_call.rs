@@ -4,7 +4,7 @@
 use agent_common::{
     stats,
     swap::COMM_LEN,
-    watch::{WatchCall, WatchEvent},
+    watch_call::{WatchCall, WatchEvent},
 };
 use aya_ebpf::{
     helpers::{

@@ -17,7 +17,7 @@ use std::{
 use tracing::debug;
 
 use super::SettledMarks;
-use crate::{fanotify::Fanotify, volumes::VolumeKey};
+use crate::{fanotify::Fanotify, node::volumes::VolumeKey};
 
 /// One consumed volume, with `Auto`.
 #[derive(Default)]

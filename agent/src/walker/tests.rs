@@ -180,8 +180,9 @@ async fn an_overflow_rescan_forgets_what_was_removed_meanwhile() {
 #[tokio::test]
 #[ignore = "needs root: run cargo xtask test"]
 async fn the_reader_marks_a_new_data_dir_before_the_walker_runs() {
-    use crate::fanotify::Fanotify;
     use reloadscope_lab::marks::inode_mark;
+
+    use crate::fanotify::Fanotify;
     let fan = Fanotify::new().unwrap();
     let mut t = one_volume(Some(fan.marker())).await;
     let ts = t.vol.join("..2026_01_01_00_00_00.1");

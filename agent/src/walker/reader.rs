@@ -22,8 +22,10 @@ use tokio::sync::mpsc;
 
 use crate::{
     fanotify::Marker,
-    probe::read_target,
-    volumes::{DATA, is_timestamped_dir},
+    node::{
+        read_target,
+        volumes::{DATA, is_timestamped_dir},
+    },
 };
 
 /// One event read, and, for a new data dir the thread marked, whether the mark went on
