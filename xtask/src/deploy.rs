@@ -275,7 +275,7 @@ fn compose(scratch: &TempDir, n: usize, components: &[String]) -> Result<PathBuf
 /// The rule file wrapped in a PrometheusRule: its top-level `groups:` indented under
 /// `spec:`, leading comments dropped. A rule file has that one key, so indenting
 /// every line keeps its structure, block scalars included.
-fn prometheus_rule(rules: &str) -> Result<String> {
+pub fn prometheus_rule(rules: &str) -> Result<String> {
     let mut lines = rules.lines().skip_while(|line| {
         let line = line.trim_end();
         line.is_empty() || line.starts_with('#') || line == "---"
