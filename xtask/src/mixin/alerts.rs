@@ -259,9 +259,17 @@ fn agent_alerts(cfg: &Config) -> Vec<Alert<'_>> {
                 &values,
             ),
         },
+        // Not where the probe was switched off (--probe off, --no-ebpf: the
+        // legacy-kernel component): `unless` rather than `and ... == 1`, so an agent
+        // too old to export reloadscope_ebpf_enabled is still alerted on.
         Alert {
             name: "ReloadscopeEbpfNotLoaded",
-            expr: fill("reloadscope_ebpf_loaded{<job>} == 0", &values),
+            expr: fill(
+                "reloadscope_ebpf_loaded{<job>} == 0\n  \
+                 unless ignoring (probe)\n  \
+                 reloadscope_ebpf_enabled{<job>} == 0",
+                &values,
+            ),
             r#for: &cfg.not_loaded_for,
             severity: "warning",
             summary: "The agent runs without its eBPF probe.",
@@ -269,15 +277,21 @@ fn agent_alerts(cfg: &Config) -> Vec<Alert<'_>> {
                  detects updates with inotify alone (no kernel timestamps, no cross-check)."
                 .into(),
         },
+        // Not where reloads are not measured by choice (--no-reloads).
         Alert {
             name: "ReloadscopeFanotifyNotLoaded",
-            expr: fill("reloadscope_fanotify_loaded{<job>} == 0", &values),
+            expr: fill(
+                "reloadscope_fanotify_loaded{<job>} == 0\n  \
+                 unless\n  \
+                 reloadscope_reloads_enabled{<job>} == 0",
+                &values,
+            ),
             r#for: &cfg.not_loaded_for,
             severity: "warning",
             summary: "The agent does not attribute opens to processes.",
-            description: "The agent on {{ $labels.instance }} has no fanotify (CAP_SYS_ADMIN): it \
-                 measures reloads approximately, per volume with inotify, or, with \
-                 --no-reloads, not at all."
+            description: "The agent on {{ $labels.instance }} has no fanotify (CAP_SYS_ADMIN, \
+                 Linux 5.9): it measures reloads approximately, per volume with inotify, or not \
+                 at all if inotify failed too."
                 .into(),
         },
         Alert {

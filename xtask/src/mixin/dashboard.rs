@@ -234,26 +234,38 @@ fn health(cfg: &Config) -> Vec<Value> {
             &format!("{what} {{{{instance}}}}"),
         )
     };
+    // 1 loaded, 0 not loaded, -1 switched off (--probe off, --no-reloads): loaded
+    // minus "not enabled".
     let probes = panel(
         "stat",
         "Probes loaded",
         "Per agent: whether the eBPF probe is attached, and in which variant (fentry or \
          tracepoint; else updates are detected by inotify alone), and whether fanotify is \
          (else reloads are measured approximately, per volume), and whether the Kubernetes \
-         API answers (else on-node names only, no propagation delays).",
+         API answers (else on-node names only, no propagation delays). Off: switched off \
+         by the agent's flags (--probe off, --no-ebpf, --no-reloads).",
         "none",
         vec![
             target(
-                format!("max by (instance, probe) (reloadscope_ebpf_loaded{job})"),
+                format!(
+                    "reloadscope_ebpf_loaded{job}\n  - ignoring (probe) group_left ()\n  \
+                     (1 - reloadscope_ebpf_enabled{job})"
+                ),
                 "eBPF ({{probe}}) {{instance}}",
             ),
-            loaded("reloadscope_fanotify_loaded", "fanotify"),
+            target(
+                format!(
+                    "reloadscope_fanotify_loaded{job}\n  - (1 - reloadscope_reloads_enabled{job})"
+                ),
+                "fanotify {{instance}}",
+            ),
             loaded("reloadscope_kube_api_up", "Kubernetes API"),
         ],
     )
     .with(
         "fieldConfig",
         json!({"defaults": {"unit": "none", "mappings": [{"type": "value", "options": {
+        "-1": {"text": "off", "color": "blue", "index": 2},
         "0": {"text": "not loaded", "color": "red", "index": 0},
         "1": {"text": "loaded", "color": "green", "index": 1},
     }}]}, "overrides": []}),
