@@ -77,7 +77,7 @@ impl GenerateArgs {
             let Some((key, value)) = pair.split_once('=') else {
                 bail!("--set {pair}: expected KNOB=VALUE");
             };
-            cfg = cfg.with(key.trim(), value)?;
+            cfg = cfg.with(key.trim(), value.trim())?;
         }
         Ok(cfg)
     }
@@ -344,6 +344,27 @@ mod tests {
             rule["annotations"]["runbook_url"],
             "https://runbooks.example.com/reloadscope#reloadscopeconsumerstale"
         );
+    }
+
+    #[test]
+    fn flags_apply_on_top_of_the_shipped_config() {
+        let args = GenerateArgs {
+            cluster_label: Some("cluster".into()),
+            set: vec!["stale_for=30m".into(), "down_for = 2m".into()],
+            ..GenerateArgs::default()
+        };
+        let cfg = args.config().unwrap();
+        assert_eq!(
+            (cfg.cluster_label.as_str(), cfg.stale_for.as_str()),
+            ("cluster", "30m")
+        );
+        assert_eq!(cfg.down_for, "2m");
+        assert_eq!(cfg.job_selector, Config::default().job_selector);
+        let bad = GenerateArgs {
+            set: vec!["stale_for".into()],
+            ..GenerateArgs::default()
+        };
+        assert!(bad.config().is_err());
     }
 
     #[test]
