@@ -160,6 +160,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     } else {
         probe::Choice::Off
     };
+    shared
+        .ebpf_enabled
+        .store(choice != probe::Choice::Off, Relaxed);
+    shared.reloads_enabled.store(cfg.reloads, Relaxed);
     if choice != probe::Choice::Off {
         match Probe::load_choice(choice, cfg.ring_bytes) {
             Ok(((mut probe, ring), tried)) => {

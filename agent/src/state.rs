@@ -27,6 +27,10 @@ pub struct Shared {
     pub fanotify: AtomicBool,
     /// Whether opens are seen with inotify instead, unattributed.
     pub approximate: AtomicBool,
+    /// Whether the probe is asked for (not `--probe off`, `--no-ebpf`), and reloads
+    /// measured (not `--no-reloads`): what was chosen, beside what loaded.
+    pub ebpf_enabled: AtomicBool,
+    pub reloads_enabled: AtomicBool,
     pub probe: Mutex<Option<Probe>>,
     pub reader: Arc<ReaderStats>,
     pub overflows: AtomicU64,
@@ -53,6 +57,8 @@ impl Shared {
             fanotify_overflows: AtomicU64::new(0),
             fanotify: AtomicBool::new(false),
             approximate: AtomicBool::new(false),
+            ebpf_enabled: AtomicBool::new(true),
+            reloads_enabled: AtomicBool::new(true),
             probe: Mutex::new(None),
             reader: Arc::default(),
             overflows: AtomicU64::new(0),

@@ -37,6 +37,8 @@ const VARIABLES: &[(&str, &str)] = &[
     ("$pod", "app-0"),
     ("$workload", "app"),
     ("$source_name", "app-0-app-config"),
+    ("$job", JOB),
+    ("$instance", ".+"),
 ];
 /// The lab consumers of app-0's app-config: `naive` never reloads, `watcher` and
 /// `poller` do (within a millisecond and a second), `pinned` binds it by subPath.
@@ -53,7 +55,7 @@ pub fn run() -> Result<()> {
     let started = Instant::now();
     cmd::run(&mut cmd::cargo(["build", "-p", "reloadscope-lab"]))?;
     let cfg = Config::short();
-    assert_eq!(cfg.selector, format!(r#"job="{JOB}""#));
+    assert_eq!(cfg.job_selector, format!(r#"job="{JOB}""#));
 
     let dir = TempDir::new("reloadscope-e2e")?;
     let (lab_addr, prom_addr) = (

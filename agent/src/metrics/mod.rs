@@ -11,6 +11,7 @@ mod consumers;
 mod kube;
 mod labels;
 mod linter;
+mod modes;
 mod process;
 mod render;
 mod volumes;
@@ -285,6 +286,7 @@ fn registry(
         shared.clone(),
         labels.clone(),
     )?))?;
+    r.register(Box::new(modes::ModeCollector::new(shared.clone())?))?;
     r.register(Box::new(kube::KubeCollector::new(shared, labels)?))?;
     let build = IntGaugeVec::new(
         opts(

@@ -4,16 +4,16 @@ use serde_json::{Value, json};
 
 use super::Config;
 
-struct Alert {
+struct Alert<'a> {
     name: &'static str,
     expr: String,
-    r#for: &'static str,
+    r#for: &'a str,
     severity: &'static str,
     summary: &'static str,
     description: String,
 }
 
-impl Alert {
+impl Alert<'_> {
     fn rule(self, cfg: &Config) -> Value {
         json!({
             "alert": self.name,
@@ -24,7 +24,7 @@ impl Alert {
                 "summary": self.summary,
                 "description": self.description,
                 // The section's anchor as Markdown renderers make it from `## Name`.
-                "runbook_url": format!("{}#{}", cfg.runbook, self.name.to_lowercase()),
+                "runbook_url": format!("{}#{}", cfg.runbook_url, self.name.to_lowercase()),
             },
         })
     }
@@ -53,12 +53,14 @@ pub fn rule_file(cfg: &Config) -> Value {
     ]})
 }
 
-fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
+fn consumer_alerts(cfg: &Config) -> Vec<Alert<'_>> {
+    let pod_volume = cfg.by("namespace, pod, volume");
     let values = [
-        ("job", cfg.selector),
-        ("stale_for", cfg.stale_for),
-        ("window", cfg.subpath_window),
-        ("finding_for", cfg.finding_for),
+        ("job", cfg.job_selector.as_str()),
+        ("stale_for", &cfg.stale_for),
+        ("window", &cfg.subpath_window),
+        ("finding_for", &cfg.finding_for),
+        ("pod_volume", &pod_volume),
     ];
     vec![
         // `> 0` held for `stale_for`, rather than `stale_seconds > threshold`: the
@@ -70,7 +72,7 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
         Alert {
             name: "ReloadscopeConsumerStale",
             expr: fill("reloadscope_consumer_stale_seconds{<job>} > 0", &values),
-            r#for: cfg.stale_for,
+            r#for: &cfg.stale_for,
             severity: "warning",
             summary: "A container has not reloaded an updated volume.",
             description: fill(
@@ -88,8 +90,8 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
             name: "ReloadscopeSubPathVolumeUpdated",
             expr: fill(
                 "reloadscope_consumer_info{<job>, mount=\"subpath\"}\n  \
-                 * on (namespace, pod, volume) group_left ()\n  \
-                 (sum by (namespace, pod, volume) \
+                 * on (<pod_volume>) group_left ()\n  \
+                 (sum by (<pod_volume>) \
                  (increase(reloadscope_volume_updates_total{<job>}[<window>])) > 0)",
                 &values,
             ),
@@ -112,7 +114,7 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
                 "reloadscope_consumer_watch_findings{<job>, finding!=\"ok\"} > 0",
                 &values,
             ),
-            r#for: cfg.finding_for,
+            r#for: &cfg.finding_for,
             severity: "warning",
             summary: "A container watches a volume in a way that misses updates.",
             description: fill(
@@ -125,11 +127,11 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert> {
     ]
 }
 
-fn propagation_alerts(cfg: &Config) -> Vec<Alert> {
+fn propagation_alerts(cfg: &Config) -> Vec<Alert<'_>> {
     let values = [
-        ("job", cfg.selector),
-        ("pending_for", cfg.pending_for),
-        ("api_down_for", cfg.api_down_for),
+        ("job", cfg.job_selector.as_str()),
+        ("pending_for", &cfg.pending_for),
+        ("api_down_for", &cfg.api_down_for),
     ];
     vec![
         // The gauge is 1 only once a change has waited the agent's
@@ -137,7 +139,7 @@ fn propagation_alerts(cfg: &Config) -> Vec<Alert> {
         Alert {
             name: "ReloadscopePropagationPending",
             expr: fill("reloadscope_propagation_pending{<job>} == 1", &values),
-            r#for: cfg.pending_for,
+            r#for: &cfg.pending_for,
             severity: "warning",
             summary: "A ConfigMap or Secret change has not reached a node.",
             description: fill(
@@ -152,7 +154,7 @@ fn propagation_alerts(cfg: &Config) -> Vec<Alert> {
         Alert {
             name: "ReloadscopeKubeApiDown",
             expr: fill("reloadscope_kube_api_up{<job>} == 0", &values),
-            r#for: cfg.api_down_for,
+            r#for: &cfg.api_down_for,
             severity: "warning",
             summary: "The agent cannot reach the Kubernetes API.",
             description: fill(
@@ -165,13 +167,15 @@ fn propagation_alerts(cfg: &Config) -> Vec<Alert> {
     ]
 }
 
-fn agent_alerts(cfg: &Config) -> Vec<Alert> {
+fn agent_alerts(cfg: &Config) -> Vec<Alert<'_>> {
+    let instance_reason = cfg.by("instance, reason");
     let values = [
-        ("job", cfg.selector),
-        ("window", cfg.counter_window),
-        ("down_for", cfg.down_for),
-        ("absent_for", cfg.absent_for),
-        ("unwatched_for", cfg.unwatched_for),
+        ("job", cfg.job_selector.as_str()),
+        ("window", &cfg.counter_window),
+        ("down_for", &cfg.down_for),
+        ("absent_for", &cfg.absent_for),
+        ("unwatched_for", &cfg.unwatched_for),
+        ("instance_reason", &instance_reason),
     ];
     vec![
         // The agent retries every second and recovers alone once the cause goes; a
@@ -179,10 +183,10 @@ fn agent_alerts(cfg: &Config) -> Vec<Alert> {
         Alert {
             name: "ReloadscopeUnwatchedPaths",
             expr: fill(
-                "sum by (instance, reason) (reloadscope_unwatched_paths{<job>}) > 0",
+                "sum by (<instance_reason>) (reloadscope_unwatched_paths{<job>}) > 0",
                 &values,
             ),
-            r#for: cfg.unwatched_for,
+            r#for: &cfg.unwatched_for,
             severity: "warning",
             summary: "The agent cannot follow part of the kubelet's tree.",
             description: fill(
@@ -255,31 +259,45 @@ fn agent_alerts(cfg: &Config) -> Vec<Alert> {
                 &values,
             ),
         },
+        // Not where the probe was switched off (--probe off, --no-ebpf: the
+        // legacy-kernel component): `unless` rather than `and ... == 1`, so an agent
+        // too old to export reloadscope_ebpf_enabled is still alerted on.
         Alert {
             name: "ReloadscopeEbpfNotLoaded",
-            expr: fill("reloadscope_ebpf_loaded{<job>} == 0", &values),
-            r#for: cfg.not_loaded_for,
+            expr: fill(
+                "reloadscope_ebpf_loaded{<job>} == 0\n  \
+                 unless ignoring (probe)\n  \
+                 reloadscope_ebpf_enabled{<job>} == 0",
+                &values,
+            ),
+            r#for: &cfg.not_loaded_for,
             severity: "warning",
             summary: "The agent runs without its eBPF probe.",
             description: "The agent on {{ $labels.instance }} could not load its eBPF probe and \
                  detects updates with inotify alone (no kernel timestamps, no cross-check)."
                 .into(),
         },
+        // Not where reloads are not measured by choice (--no-reloads).
         Alert {
             name: "ReloadscopeFanotifyNotLoaded",
-            expr: fill("reloadscope_fanotify_loaded{<job>} == 0", &values),
-            r#for: cfg.not_loaded_for,
+            expr: fill(
+                "reloadscope_fanotify_loaded{<job>} == 0\n  \
+                 unless\n  \
+                 reloadscope_reloads_enabled{<job>} == 0",
+                &values,
+            ),
+            r#for: &cfg.not_loaded_for,
             severity: "warning",
             summary: "The agent does not attribute opens to processes.",
-            description: "The agent on {{ $labels.instance }} has no fanotify (CAP_SYS_ADMIN): it \
-                 measures reloads approximately, per volume with inotify, or, with \
-                 --no-reloads, not at all."
+            description: "The agent on {{ $labels.instance }} has no fanotify (CAP_SYS_ADMIN, \
+                 Linux 5.9): it measures reloads approximately, per volume with inotify, or not \
+                 at all if inotify failed too."
                 .into(),
         },
         Alert {
             name: "ReloadscopeAgentDown",
             expr: fill("up{<job>} == 0", &values),
-            r#for: cfg.down_for,
+            r#for: &cfg.down_for,
             severity: "warning",
             summary: "Prometheus cannot scrape an agent.",
             description: fill(
@@ -293,7 +311,7 @@ fn agent_alerts(cfg: &Config) -> Vec<Alert> {
         Alert {
             name: "ReloadscopeAgentAbsent",
             expr: fill("absent(up{<job>} == 1)", &values),
-            r#for: cfg.absent_for,
+            r#for: &cfg.absent_for,
             severity: "critical",
             summary: "No reloadscope agent is up.",
             description: fill(

@@ -12,6 +12,10 @@ pub const UID: &str = "reloadscope";
 pub(super) const RATE: &str = "$__rate_interval";
 
 pub fn dashboard(cfg: &Config) -> Value {
+    // Every panel's queries select the chosen clusters, jobs and instances; the
+    // variables' own, those chosen before them.
+    let (variables, cfg) = variables(cfg);
+    let cfg = &cfg;
     let mut grid = Grid::default();
     let mut panels = vec![grid.row("Volume updates")];
     panels.push(grid.place(24, 8, updates(cfg)));
@@ -32,6 +36,7 @@ pub fn dashboard(cfg: &Config) -> Value {
         panels.push(grid.place(8, 7, p));
     }
     let all = format!("reloadscope_volume_updates_total{}", cfg.select(""));
+    let mut templating = variables;
     let namespaced = format!(
         "reloadscope_volume_updates_total{}",
         cfg.select(r#"namespace=~"$namespace""#)
@@ -40,6 +45,12 @@ pub fn dashboard(cfg: &Config) -> Value {
         "reloadscope_consumer_info{}",
         cfg.select(r#"namespace=~"$namespace""#)
     );
+    templating.extend([
+        variable("namespace", &all),
+        variable("workload", &workloads),
+        variable("pod", &namespaced),
+        variable("source_name", &namespaced).with("label", json!("source")),
+    ]);
     json!({
         "uid": UID,
         "title": "reloadscope / Volume updates and reloads",
@@ -59,18 +70,30 @@ pub fn dashboard(cfg: &Config) -> Value {
             "enable": true, "hide": true, "iconColor": "rgba(0, 211, 255, 1)",
             "datasource": {"type": "grafana", "uid": "-- Grafana --"},
         }]},
-        "templating": {"list": [
-            {
-                "name": "datasource", "label": "Data source", "type": "datasource",
-                "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "regex": "",
-            },
-            variable("namespace", &all),
-            variable("workload", &workloads),
-            variable("pod", &namespaced),
-            variable("source_name", &namespaced).with("label", json!("source")),
-        ]},
+        "templating": {"list": templating},
         "panels": panels,
     })
+}
+
+/// The data source, cluster (only with a cluster label), job and instance variables,
+/// and `cfg` with its job selector narrowed to what they choose.
+fn variables(cfg: &Config) -> (Vec<Value>, Config) {
+    let mut list = vec![json!({
+        "name": "datasource", "label": "Data source", "type": "datasource",
+        "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "regex": "",
+    })];
+    let mut narrowed = cfg.clone();
+    let mut choose = |name: &str, label: &str, list: &mut Vec<Value>| {
+        let series = format!("reloadscope_build_info{}", narrowed.select(""));
+        list.push(variable(label, &series).with("name", json!(name)));
+        narrowed.job_selector = format!("{}, {label}=~\"${name}\"", narrowed.job_selector);
+    };
+    if !cfg.cluster_label.is_empty() {
+        choose("cluster", &cfg.cluster_label, &mut list);
+    }
+    choose("job", "job", &mut list);
+    choose("instance", "instance", &mut list);
+    (list, narrowed)
 }
 
 /// The selector of the chosen namespaces and pods.
@@ -140,11 +163,13 @@ fn reloads(cfg: &Config) -> Vec<Value> {
          updates. Updates: the volume's updates since the agent started, all missed.",
         "short",
         format!(
-            "reloadscope_consumer_info{}\n  * on (namespace, pod, volume) group_left (volume_type)\n  \
-             max by (namespace, pod, volume, volume_type) (reloadscope_volume_updates_total{})",
+            "reloadscope_consumer_info{}\n  * on ({}) group_left (volume_type)\n  \
+             max by ({}) (reloadscope_volume_updates_total{})",
             cfg.select(
                 r#"namespace=~"$namespace", workload=~"$workload", pod=~"$pod", mount="subpath""#
             ),
+            cfg.by("namespace, pod, volume"),
+            cfg.by("namespace, pod, volume, volume_type"),
             volumes(cfg),
         ),
         "Updates",
@@ -209,26 +234,38 @@ fn health(cfg: &Config) -> Vec<Value> {
             &format!("{what} {{{{instance}}}}"),
         )
     };
+    // 1 loaded, 0 not loaded, -1 switched off (--probe off, --no-reloads): loaded
+    // minus "not enabled".
     let probes = panel(
         "stat",
         "Probes loaded",
         "Per agent: whether the eBPF probe is attached, and in which variant (fentry or \
          tracepoint; else updates are detected by inotify alone), and whether fanotify is \
          (else reloads are measured approximately, per volume), and whether the Kubernetes \
-         API answers (else on-node names only, no propagation delays).",
+         API answers (else on-node names only, no propagation delays). Off: switched off \
+         by the agent's flags (--probe off, --no-ebpf, --no-reloads).",
         "none",
         vec![
             target(
-                format!("max by (instance, probe) (reloadscope_ebpf_loaded{job})"),
+                format!(
+                    "reloadscope_ebpf_loaded{job}\n  - ignoring (probe) group_left ()\n  \
+                     (1 - reloadscope_ebpf_enabled{job})"
+                ),
                 "eBPF ({{probe}}) {{instance}}",
             ),
-            loaded("reloadscope_fanotify_loaded", "fanotify"),
+            target(
+                format!(
+                    "reloadscope_fanotify_loaded{job}\n  - (1 - reloadscope_reloads_enabled{job})"
+                ),
+                "fanotify {{instance}}",
+            ),
             loaded("reloadscope_kube_api_up", "Kubernetes API"),
         ],
     )
     .with(
         "fieldConfig",
         json!({"defaults": {"unit": "none", "mappings": [{"type": "value", "options": {
+        "-1": {"text": "off", "color": "blue", "index": 2},
         "0": {"text": "not loaded", "color": "red", "index": 0},
         "1": {"text": "loaded", "color": "green", "index": 1},
     }}]}, "overrides": []}),
@@ -356,9 +393,55 @@ mod tests {
 
     use super::*;
 
+    fn variable_names(d: &Value) -> Vec<&str> {
+        let list = d["templating"]["list"].as_array().unwrap();
+        list.iter().map(|v| v["name"].as_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_cluster_variable_comes_with_a_cluster_label() {
+        let mut cfg = Config::default();
+        let names = [
+            "datasource",
+            "job",
+            "instance",
+            "namespace",
+            "workload",
+            "pod",
+        ];
+        assert_eq!(variable_names(&dashboard(&cfg))[..6], names);
+        cfg.cluster_label = "k8s_cluster".into();
+        let d = dashboard(&cfg);
+        assert_eq!(
+            variable_names(&d)[..4],
+            ["datasource", "cluster", "job", "instance"]
+        );
+        let list = d["templating"]["list"].as_array().unwrap();
+        assert_eq!(
+            list[1]["definition"],
+            r#"label_values(reloadscope_build_info{job="reloadscope"}, k8s_cluster)"#
+        );
+        // Each variable lists the values of those chosen before it.
+        assert_eq!(
+            list[3]["definition"],
+            r#"label_values(reloadscope_build_info{job="reloadscope", k8s_cluster=~"$cluster", job=~"$job"}, instance)"#
+        );
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().unwrap();
+                assert!(expr.contains(r#"k8s_cluster=~"$cluster""#), "{expr}");
+                assert!(!expr.contains(" on (namespace"), "{expr}");
+            }
+        }
+    }
+
     #[test]
     fn panels_are_described_with_units_in_places_of_their_own() {
         let cfg = Config::default();
+        let selector = format!(
+            r#"{}, job=~"$job", instance=~"$instance""#,
+            cfg.job_selector
+        );
         let (mut ids, mut cells) = (BTreeSet::new(), BTreeSet::new());
         for p in dashboard(&cfg)["panels"].as_array().unwrap() {
             let title = p["title"].as_str().unwrap();
@@ -378,7 +461,7 @@ mod tests {
             assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
             for t in p["targets"].as_array().unwrap() {
                 let expr = t["expr"].as_str().unwrap();
-                assert!(expr.contains(cfg.selector), "{title}: {expr}");
+                assert!(expr.contains(&selector), "{title}: {expr}");
                 assert!(
                     !expr.contains('[') || expr.contains("[$__rate_interval]"),
                     "{expr}"

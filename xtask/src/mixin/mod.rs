@@ -1,10 +1,12 @@
 //! The Grafana dashboard and the Prometheus alert rules, generated from one
-//! [`Config`] the way monitoring mixins are: `cargo xtask generate` writes them to
-//! dashboards/ with [`Config::default`], `cargo xtask test` fails when the checked-in
-//! files differ from that, and `cargo xtask e2e` loads the same rules built with
-//! [`Config::short`] into a real Prometheus.
+//! [`Config`] the way monitoring mixins are from their `_config`: `cargo xtask
+//! generate` writes them to dashboards/ with dashboards/mixin.json (the defaults,
+//! [`Config::default`]), or with the user's file and flags, `cargo xtask test` fails
+//! when the checked-in files differ from what the defaults give, and `cargo xtask
+//! e2e` loads the same rules built with [`Config::short`] into a real Prometheus.
 
 mod alerts;
+mod config;
 mod dashboard;
 mod details;
 mod panels;
@@ -13,6 +15,7 @@ mod propagation;
 mod yaml;
 
 use std::fs;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
@@ -20,92 +23,63 @@ use serde_json::{Map, Value};
 use crate::cmd;
 
 pub use alerts::rule_file;
+pub use config::Config;
 pub use panels::Query;
 
-/// The knobs of the generated rules and dashboard. Durations are Prometheus
-/// durations (`15m`, `5s`).
-pub struct Config {
-    /// Label matchers of the agent's scrape job, put in every query.
-    pub selector: &'static str,
-    /// How long a container must stay stale (not holding the newest update of a
-    /// volume) before ReloadscopeConsumerStale fires.
-    pub stale_for: &'static str,
-    /// How long ReloadscopeSubPathVolumeUpdated keeps firing after an update.
-    pub subpath_window: &'static str,
-    /// How long a watch finding other than `ok` must hold before
-    /// ReloadscopeWatchFinding fires.
-    pub finding_for: &'static str,
-    /// The window over which lost events and detection gaps are counted.
-    pub counter_window: &'static str,
-    /// How long the probe or fanotify must be unloaded before alerting.
-    pub not_loaded_for: &'static str,
-    /// How long a dir under the kubelet roots must stay unfollowed before
-    /// ReloadscopeUnwatchedPaths fires (the agent retries every second).
-    pub unwatched_for: &'static str,
-    /// How long a propagation must stay pending (past the agent's
-    /// --propagation-timeout) before ReloadscopePropagationPending fires.
-    pub pending_for: &'static str,
-    /// How long an agent must fail to reach the Kubernetes API before
-    /// ReloadscopeKubeApiDown fires.
-    pub api_down_for: &'static str,
-    /// How long one agent must be unreachable before ReloadscopeAgentDown fires.
-    pub down_for: &'static str,
-    /// How long no agent at all may be up before ReloadscopeAgentAbsent fires.
-    pub absent_for: &'static str,
-    /// Where runbook.md is served; each alert links to its section there. The
-    /// default is its path in this repository: point it at the rendered file
-    /// (for example the repository's web view) when deploying.
-    pub runbook: &'static str,
+/// The shipped config: the defaults, which the checked-in files are generated with.
+pub const CONFIG_FILE: &str = "dashboards/mixin.json";
+
+/// `cargo xtask generate`'s options: where the config comes from, and where the files go.
+#[derive(clap::Args, Debug, Default)]
+pub struct GenerateArgs {
+    /// A config file (JSON, the knobs of dashboards/mixin.json; those left out keep
+    /// their defaults) [default: dashboards/mixin.json]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Label matchers of the agent's scrape job, without braces, e.g.
+    /// 'job="kubernetes-pods", app_kubernetes_io_name="reloadscope"'
+    #[arg(long, value_name = "MATCHERS")]
+    pub job_selector: Option<String>,
+    /// The label naming each series' cluster (Thanos, Mimir), e.g. cluster; "" for none
+    #[arg(long, value_name = "LABEL")]
+    pub cluster_label: Option<String>,
+    /// Where runbook.md is served: each alert's runbook_url is this and #<alert>
+    #[arg(long, value_name = "URL")]
+    pub runbook_url: Option<String>,
+    /// Any knob of the config file, e.g. --set stale_for=30m (repeatable)
+    #[arg(long = "set", value_name = "KNOB=VALUE")]
+    pub set: Vec<String>,
+    /// Write alerts.yaml, reloadscope.json and prometheusrule.yaml to DIR, and leave
+    /// dashboards/ and deploy/ as they are
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            selector: r#"job="reloadscope""#,
-            // Apps that poll their config typically do so every minute or few; ten
-            // minutes of old data is past any reasonable reload strategy.
-            stale_for: "10m",
-            subpath_window: "1h",
-            finding_for: "15m",
-            counter_window: "10m",
-            not_loaded_for: "10m",
-            unwatched_for: "5m",
-            pending_for: "5m",
-            api_down_for: "10m",
-            down_for: "5m",
-            absent_for: "15m",
-            runbook: "dashboards/runbook.md",
+impl GenerateArgs {
+    /// The config file (or the shipped one), then the flags on top.
+    pub fn config(&self) -> Result<Config> {
+        let path = match &self.config {
+            Some(path) => path.clone(),
+            None => cmd::workspace_root().join(CONFIG_FILE),
+        };
+        let mut cfg = Config::read(&path)?;
+        let flags = [
+            ("job_selector", &self.job_selector),
+            ("cluster_label", &self.cluster_label),
+            ("runbook_url", &self.runbook_url),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                cfg = cfg.with(key, value)?;
+            }
         }
-    }
-}
-
-impl Config {
-    /// The same rules on a lab's time scale, for the end-to-end test: stale after
-    /// 5 s (lab updates come every few seconds), windows of a minute, no waiting
-    /// for the health alerts, so everything settles within about a minute.
-    pub fn short() -> Self {
-        Self {
-            stale_for: "5s",
-            subpath_window: "1m",
-            finding_for: "5s",
-            counter_window: "1m",
-            not_loaded_for: "0s",
-            unwatched_for: "0s",
-            pending_for: "0s",
-            api_down_for: "0s",
-            down_for: "0s",
-            absent_for: "0s",
-            ..Self::default()
+        for pair in &self.set {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("--set {pair}: expected KNOB=VALUE");
+            };
+            cfg = cfg.with(key.trim(), value.trim())?;
         }
-    }
-
-    /// `{selector, extra}` (or `{selector}`): the braces of a selector.
-    fn select(&self, extra: &str) -> String {
-        if extra.is_empty() {
-            format!("{{{}}}", self.selector)
-        } else {
-            format!("{{{}, {extra}}}", self.selector)
-        }
+        Ok(cfg)
     }
 }
 
@@ -135,9 +109,10 @@ fn files(cfg: &Config) -> [(&'static str, String); 2] {
     ]
 }
 
-/// `cargo xtask generate`: writes the rules and the dashboard with the defaults.
-pub fn generate() -> Result<()> {
-    for (path, text) in files(&Config::default()) {
+/// `cargo xtask generate` without `--out`: writes the rules and the dashboard to
+/// dashboards/ with `cfg`.
+pub fn generate(cfg: &Config) -> Result<()> {
+    for (path, text) in files(cfg) {
         let full = cmd::workspace_root().join(path);
         fs::write(&full, text).with_context(|| format!("could not write {}", full.display()))?;
         println!("wrote {path}");
@@ -145,7 +120,31 @@ pub fn generate() -> Result<()> {
     Ok(())
 }
 
-/// Fails when a checked-in file is not what [`generate`] writes.
+/// `cargo xtask generate --out DIR`: the rules, the dashboard and the rules as a
+/// PrometheusRule, written to `dir` with `cfg`.
+pub fn generate_to(cfg: &Config, dir: &std::path::Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let alerts = alerts_yaml(cfg);
+    let rule = crate::deploy::prometheus_rule(&alerts)?;
+    let [(alerts_path, _), (dashboard_path, dashboard)] = files(cfg);
+    let named = [
+        (file_name(alerts_path), alerts),
+        (file_name(dashboard_path), dashboard),
+        ("prometheusrule.yaml", rule),
+    ];
+    for (name, text) in named {
+        let full = dir.join(name);
+        fs::write(&full, text).with_context(|| format!("could not write {}", full.display()))?;
+        println!("wrote {}", full.display());
+    }
+    Ok(())
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Fails when a checked-in file is not what [`generate`] writes with the defaults.
 pub fn check() -> Result<()> {
     let mut stale = Vec::new();
     for (path, text) in files(&Config::default()) {
@@ -160,7 +159,14 @@ pub fn check() -> Result<()> {
             stale.join(" and ")
         );
     }
-    println!("{ALERTS_FILE} and {DASHBOARD_FILE} are up to date");
+    let shipped = fs::read_to_string(cmd::workspace_root().join(CONFIG_FILE)).ok();
+    if shipped.as_deref() != Some(Config::default().to_json().as_str()) {
+        bail!(
+            "{CONFIG_FILE} is not the defaults of xtask/src/mixin/config.rs: \
+             change both, or generate with a config file of your own (--config)"
+        );
+    }
+    println!("{ALERTS_FILE} and {DASHBOARD_FILE} are up to date; {CONFIG_FILE} holds the defaults");
     Ok(())
 }
 
@@ -303,6 +309,62 @@ mod tests {
             let url = rule["annotations"]["runbook_url"].as_str().unwrap();
             assert!(url.ends_with(&format!("#{}", name.to_lowercase())), "{url}");
         }
+    }
+
+    #[test]
+    fn a_cluster_label_is_kept_wherever_series_are_summed_or_matched() {
+        let cfg = Config {
+            cluster_label: "cluster".into(),
+            ..Config::default()
+        };
+        let file = rule_file(&cfg);
+        let groups = file["groups"].as_array().unwrap();
+        let rules = groups.iter().flat_map(|g| g["rules"].as_array().unwrap());
+        let mut grouped = 0;
+        for rule in rules {
+            let expr = rule["expr"].as_str().unwrap();
+            for clause in [" by (", " on ("] {
+                for rest in expr.split(clause).skip(1) {
+                    assert!(rest.starts_with("cluster, "), "{expr}");
+                    grouped += 1;
+                }
+            }
+        }
+        assert!(grouped >= 3, "{grouped} clauses");
+    }
+
+    #[test]
+    fn the_runbook_url_is_the_configured_one() {
+        let cfg = Config::default()
+            .with("runbook_url", "https://runbooks.example.com/reloadscope")
+            .unwrap();
+        let file = rule_file(&cfg);
+        let rule = &file["groups"][0]["rules"][0];
+        assert_eq!(
+            rule["annotations"]["runbook_url"],
+            "https://runbooks.example.com/reloadscope#reloadscopeconsumerstale"
+        );
+    }
+
+    #[test]
+    fn flags_apply_on_top_of_the_shipped_config() {
+        let args = GenerateArgs {
+            cluster_label: Some("cluster".into()),
+            set: vec!["stale_for=30m".into(), "down_for = 2m".into()],
+            ..GenerateArgs::default()
+        };
+        let cfg = args.config().unwrap();
+        assert_eq!(
+            (cfg.cluster_label.as_str(), cfg.stale_for.as_str()),
+            ("cluster", "30m")
+        );
+        assert_eq!(cfg.down_for, "2m");
+        assert_eq!(cfg.job_selector, Config::default().job_selector);
+        let bad = GenerateArgs {
+            set: vec!["stale_for".into()],
+            ..GenerateArgs::default()
+        };
+        assert!(bad.config().is_err());
     }
 
     #[test]
