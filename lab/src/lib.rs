@@ -33,7 +33,8 @@ pub use lab_consumer::Strategy;
 pub use marks::SwapGate;
 pub use node::{LabNode, LabPod};
 pub use run::{LabArgs, run};
-pub use writer::{AtomicWriter, CallStyle, KeyError, Payload, WriteOutcome, payload};
+pub use sys::CallStyle;
+pub use writer::{AtomicWriter, KeyError, Payload, WriteOutcome, payload};
 
 /// The agent's configuration for `node`: its roots and log dirs, the probe on or off.
 pub fn agent_config(

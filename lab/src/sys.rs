@@ -21,7 +21,16 @@ use std::{
 
 use libc::c_long;
 
-use super::writer::CallStyle;
+/// Which system calls the writer makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallStyle {
+    /// Go's syscall package on amd64: `mkdirat`, `fchmodat`, `openat`, `symlinkat`,
+    /// `renameat`, `unlinkat`, `readlinkat`, all with `AT_FDCWD` and absolute paths.
+    GoAt,
+    /// The legacy path calls, as Python or coreutils make them: `mkdir`, `chmod`,
+    /// `open`, `symlink`, `rename`, `unlink`, `readlink`.
+    Legacy,
+}
 
 const CWD: c_long = libc::AT_FDCWD as c_long;
 

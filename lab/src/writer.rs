@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::sys;
+use super::sys::{self, CallStyle};
 
 /// The data directory link: its rename onto itself is the commit point.
 const DATA_DIR: &str = "..data";
@@ -51,17 +51,6 @@ pub fn payload(items: &[(&str, &str)]) -> Payload {
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect()
-}
-
-/// Which system calls the writer makes (see `sys`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallStyle {
-    /// Go's syscall package on amd64: `mkdirat`, `fchmodat`, `openat`, `symlinkat`,
-    /// `renameat`, `unlinkat`, `readlinkat`, all with `AT_FDCWD` and absolute paths.
-    GoAt,
-    /// The legacy path calls, as Python or coreutils make them: `mkdir`, `chmod`,
-    /// `open`, `symlink`, `rename`, `unlink`, `readlink`.
-    Legacy,
 }
 
 /// What a [`AtomicWriter::write`] did.

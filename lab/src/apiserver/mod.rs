@@ -42,6 +42,7 @@
 mod http;
 mod managed;
 mod net;
+mod request;
 mod store;
 mod watches;
 

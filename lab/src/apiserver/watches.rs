@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Frame, Inner, RequestRecord, SentEvent, Watch,
-    http::{Route, selector, status},
+    request::{Route, selector, status},
     store::{Change, ChangeKind},
 };
 

@@ -4,12 +4,13 @@
 use serde_json::{Value, json};
 
 use super::Config;
-use super::panels::{Grid, With, panel, table, target, timeseries, variable};
+use super::panels::{
+    Grid, RATE, With, consumers, heatmap, panel, percentiles, table, target, timeseries, variable,
+    volumes,
+};
 
 /// The dashboard's stable uid: links and provisioning refer to it.
 pub const UID: &str = "reloadscope";
-
-pub(super) const RATE: &str = "$__rate_interval";
 
 pub fn dashboard(cfg: &Config) -> Value {
     // Every panel's queries select the chosen clusters, jobs and instances; the
@@ -96,21 +97,6 @@ fn variables(cfg: &Config) -> (Vec<Value>, Config) {
     (list, narrowed)
 }
 
-/// The selector of the chosen namespaces and pods.
-pub(super) fn pods(cfg: &Config) -> String {
-    cfg.select(r#"namespace=~"$namespace", pod=~"$pod""#)
-}
-
-/// The selector of the chosen consumers: namespaces, workloads and pods.
-pub(super) fn consumers(cfg: &Config) -> String {
-    cfg.select(r#"namespace=~"$namespace", workload=~"$workload", pod=~"$pod""#)
-}
-
-/// The selector of the chosen volumes: namespaces, pods and sources.
-pub(super) fn volumes(cfg: &Config) -> String {
-    cfg.select(r#"namespace=~"$namespace", pod=~"$pod", source_name=~"$source_name""#)
-}
-
 fn updates(cfg: &Config) -> Value {
     let expr = format!(
         "sum by (namespace, pod, volume, source_kind, source_name) \
@@ -175,49 +161,6 @@ fn reloads(cfg: &Config) -> Vec<Value> {
         "Updates",
     );
     vec![heatmap, percentiles, stale, subpath]
-}
-
-/// A heatmap of a histogram's buckets: `buckets` is `<name>_bucket{..}[range]`.
-pub(super) fn heatmap(title: &str, description: &str, buckets: &str) -> Value {
-    panel(
-        "heatmap",
-        title,
-        description,
-        "short",
-        vec![
-            target(format!("sum by (le) (increase({buckets}))"), "{{le}}")
-                .with("format", json!("heatmap")),
-        ],
-    )
-    .with(
-        "options",
-        json!({
-            "calculate": false,
-            "yAxis": {"unit": "s", "axisPlacement": "left"},
-            "rowsFrame": {"layout": "auto"},
-            "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential",
-                      "exponent": 0.5, "steps": 64},
-            "cellGap": 1,
-            "tooltip": {"mode": "single", "yHistogram": true},
-            "legend": {"show": true},
-        }),
-    )
-}
-
-/// p50 and p99 of a histogram in seconds: `buckets` as for [`heatmap`].
-pub(super) fn percentiles(title: &str, description: &str, buckets: &str) -> Value {
-    let quantile = |q: &str, name: &str| {
-        target(
-            format!("histogram_quantile({q}, sum by (le) (rate({buckets})))"),
-            name,
-        )
-    };
-    timeseries(
-        title,
-        description,
-        "s",
-        vec![quantile("0.5", "p50"), quantile("0.99", "p99")],
-    )
 }
 
 fn health(cfg: &Config) -> Vec<Value> {

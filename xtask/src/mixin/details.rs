@@ -5,8 +5,7 @@
 use serde_json::Value;
 
 use super::Config;
-use super::dashboard::{RATE, consumers, volumes};
-use super::panels::{table, target, timeseries};
+use super::panels::{RATE, consumers, table, target, timeseries, volumes};
 
 pub fn panels(cfg: &Config) -> Vec<Value> {
     let pods = consumers(cfg);

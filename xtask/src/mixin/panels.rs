@@ -4,6 +4,8 @@
 
 use serde_json::{Value, json};
 
+use super::Config;
+
 pub fn ds() -> Value {
     json!({"type": "prometheus", "uid": "${datasource}"})
 }
@@ -175,4 +177,64 @@ pub fn queries(dashboard: &Value) -> Vec<Query> {
         }
     }
     out
+}
+
+pub(super) const RATE: &str = "$__rate_interval";
+
+/// The selector of the chosen namespaces and pods.
+pub(super) fn pods(cfg: &Config) -> String {
+    cfg.select(r#"namespace=~"$namespace", pod=~"$pod""#)
+}
+
+/// The selector of the chosen consumers: namespaces, workloads and pods.
+pub(super) fn consumers(cfg: &Config) -> String {
+    cfg.select(r#"namespace=~"$namespace", workload=~"$workload", pod=~"$pod""#)
+}
+
+/// The selector of the chosen volumes: namespaces, pods and sources.
+pub(super) fn volumes(cfg: &Config) -> String {
+    cfg.select(r#"namespace=~"$namespace", pod=~"$pod", source_name=~"$source_name""#)
+}
+
+/// A heatmap of a histogram's buckets: `buckets` is `<name>_bucket{..}[range]`.
+pub(super) fn heatmap(title: &str, description: &str, buckets: &str) -> Value {
+    panel(
+        "heatmap",
+        title,
+        description,
+        "short",
+        vec![
+            target(format!("sum by (le) (increase({buckets}))"), "{{le}}")
+                .with("format", json!("heatmap")),
+        ],
+    )
+    .with(
+        "options",
+        json!({
+            "calculate": false,
+            "yAxis": {"unit": "s", "axisPlacement": "left"},
+            "rowsFrame": {"layout": "auto"},
+            "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential",
+                      "exponent": 0.5, "steps": 64},
+            "cellGap": 1,
+            "tooltip": {"mode": "single", "yHistogram": true},
+            "legend": {"show": true},
+        }),
+    )
+}
+
+/// p50 and p99 of a histogram in seconds: `buckets` as for [`heatmap`].
+pub(super) fn percentiles(title: &str, description: &str, buckets: &str) -> Value {
+    let quantile = |q: &str, name: &str| {
+        target(
+            format!("histogram_quantile({q}, sum by (le) (rate({buckets})))"),
+            name,
+        )
+    };
+    timeseries(
+        title,
+        description,
+        "s",
+        vec![quantile("0.5", "p50"), quantile("0.99", "p99")],
+    )
 }

@@ -5,8 +5,7 @@
 use serde_json::Value;
 
 use super::Config;
-use super::dashboard::{RATE, heatmap, percentiles, pods};
-use super::panels::table;
+use super::panels::{RATE, heatmap, percentiles, pods, table};
 
 pub fn panels(cfg: &Config) -> Vec<Value> {
     let buckets = format!(
