@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use reloadscope::{
-    agent::{self, Config},
+    agent::{self, Config, defaults},
     logging::{LogFormat, init_logging},
 };
 use tracing::{error, info, warn};
@@ -42,21 +42,21 @@ struct AgentArgs {
     #[arg(
         long = "kubelet-root",
         value_name = "DIR",
-        default_value = "/var/lib/kubelet"
+        default_value = defaults::KUBELET_ROOT
     )]
     kubelet_roots: Vec<PathBuf>,
     /// Pod log directory, `<namespace>_<pod>_<uid>/` entries: gives pod names.
-    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    #[arg(long, value_name = "DIR", default_value = defaults::POD_LOGS_DIR)]
     pod_logs_dir: PathBuf,
     /// Container log directory, `<pod>_<namespace>_<container>-<id>.log` entries: gives
     /// container names (for consumer tracking; swap detection does not read it).
-    #[arg(long, value_name = "DIR", default_value = "/var/log/containers")]
+    #[arg(long, value_name = "DIR", default_value = defaults::CONTAINER_LOGS_DIR)]
     container_logs_dir: PathBuf,
     /// Where the host's /proc is mounted (the node's, not the container's).
-    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    #[arg(long, value_name = "DIR", default_value = defaults::PROC_ROOT)]
     proc_root: PathBuf,
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9741")]
+    #[arg(long, value_name = "ADDR", default_value = defaults::LISTEN)]
     listen: SocketAddr,
     /// Do not load the eBPF probe; detect updates with inotify alone (as --probe off).
     #[arg(long)]
@@ -65,7 +65,7 @@ struct AgentArgs {
     /// the hooked calls pay; needs BTF, x86_64), tracepoint (syscall tracepoints: every
     /// syscall on the node takes the slow path), auto (fentry, else tracepoint, else
     /// none), off (inotify alone).
-    #[arg(long, value_enum, value_name = "VARIANT", default_value = "auto")]
+    #[arg(long, value_enum, value_name = "VARIANT", default_value_t = defaults::PROBE)]
     probe: reloadscope::probe::Choice,
     /// Detect updates only: no fanotify group, no /proc scans, no reload metrics.
     /// Needs no CAP_SYS_ADMIN and costs openers of volume files nothing.
@@ -78,10 +78,10 @@ struct AgentArgs {
     /// consumer's next open, or in the files it holds open), or auto (ignore on the
     /// volumes a consumer watches with inotify, remove on the others). Measured in
     /// BENCHMARKS.md.
-    #[arg(long, value_enum, value_name = "WHAT", default_value = "auto")]
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = defaults::SETTLED_MARKS)]
     settled_marks: reloadscope::opens::SettledMarks,
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
-    #[arg(long, value_name = "BYTES", default_value_t = reloadscope::probe::DEFAULT_RING_BYTES, hide = true)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults::RING_BYTES, hide = true)]
     ring_bytes: u32,
     /// Labels the reload latency histogram keeps, of those --metric-labels keeps.
     /// Fewer labels: fewer series (21 each); consumers sharing the kept labels share
@@ -89,7 +89,7 @@ struct AgentArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "namespace,workload,pod,container,volume"
+        default_value = defaults::CONSUMER_LABELS
     )]
     histogram_labels: Vec<String>,
     /// File where pending reload measurements are checkpointed (every 10 s and at
@@ -99,7 +99,7 @@ struct AgentArgs {
     state_file: Option<PathBuf>,
     /// Seconds a container has, after an update removed its inotify watch on a file,
     /// to add one again before it is reported `not_rewatched`.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = defaults::REWATCH_GRACE_SECONDS, value_parser = seconds)]
     rewatch_grace: f64,
     #[command(flatten)]
     kube: KubeArgs,
@@ -125,14 +125,14 @@ struct KubeArgs {
     node_name: Option<String>,
     /// A ConfigMap or Secret change seen on the API and not swapped on this node within
     /// this time is reported pending (reloadscope_propagation_pending).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = defaults::PROPAGATION_TIMEOUT_SECONDS, value_parser = seconds)]
     propagation_timeout: f64,
     /// Post a `StaleVolumeReload` Event on a pod whose container stays stale past
     /// --stale-after (rate-limited). Needs RBAC to create events.
     #[arg(long)]
     emit_events: bool,
     /// How long a container may stay stale before an Event is posted.
-    #[arg(long, value_name = "SECONDS", default_value_t = 600.0, value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = defaults::STALE_AFTER_SECONDS, value_parser = seconds)]
     stale_after: f64,
 }
 
@@ -145,7 +145,7 @@ struct LabelArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "namespace,workload,pod,container,volume"
+        default_value = defaults::CONSUMER_LABELS
     )]
     metric_labels: Vec<String>,
     /// Export only these namespaces (comma-separated); default: all.
@@ -287,8 +287,9 @@ fn warn_missing(args: &AgentArgs) {
     }
 }
 
-async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let cfg = Config {
+/// The agent's configuration from its flags.
+fn config(args: AgentArgs) -> anyhow::Result<Config> {
+    Ok(Config {
         kubelet_roots: args.kubelet_roots,
         pod_logs_dir: args.pod_logs_dir,
         container_logs_dir: args.container_logs_dir,
@@ -305,7 +306,11 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         rewatch_grace: std::time::Duration::from_secs_f64(args.rewatch_grace),
         kube: args.kube.settings(&args.labels.namespaces),
         labels: args.labels.controls()?,
-    };
+    })
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let cfg = config(args)?;
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = (
@@ -367,5 +372,37 @@ fn main() -> ExitCode {
             error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `reloadscope agent` without flags is [`Config::node_defaults`]: one source of
+    /// defaults for both.
+    #[test]
+    fn no_flags_is_the_node_defaults() {
+        let cli = Cli::try_parse_from(["reloadscope", "agent", "--no-kube"]).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent command");
+        };
+        let (got, want) = (config(*args).unwrap(), Config::node_defaults());
+        assert_eq!(got.kubelet_roots, want.kubelet_roots);
+        assert_eq!(got.pod_logs_dir, want.pod_logs_dir);
+        assert_eq!(got.container_logs_dir, want.container_logs_dir);
+        assert_eq!(got.proc_root, want.proc_root);
+        assert_eq!(got.listen, want.listen);
+        assert_eq!(
+            (got.ebpf, got.probe, got.reloads),
+            (want.ebpf, want.probe, want.reloads)
+        );
+        assert_eq!(got.settled_marks, want.settled_marks);
+        assert_eq!(got.ring_bytes, want.ring_bytes);
+        assert_eq!(got.histogram_labels, want.histogram_labels);
+        assert_eq!(got.rewatch_grace, want.rewatch_grace);
+        assert_eq!(got.state_file, want.state_file);
+        assert!(got.kube.is_none());
+        assert_eq!(got.labels.consumer, want.labels.consumer);
     }
 }
