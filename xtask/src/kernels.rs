@@ -57,7 +57,11 @@ pub const KERNELS: &[Kernel] = &[
     },
 ];
 
-/// Tests of one integration-test binary (`agent/tests/<test>.rs`) run in a VM.
+/// The integration tests' one binary (`agent/tests/integration/`).
+const TEST_BINARY: &str = "integration";
+
+/// Tests of one module of the integration tests (`agent/tests/integration/<test>.rs`)
+/// run in a VM.
 #[derive(Clone, Copy)]
 pub struct Suite {
     pub test: &'static str,
@@ -275,6 +279,7 @@ impl Job {
                 ];
                 args.extend(run.args.iter().cloned());
                 Run {
+                    binary: TEST_BINARY.to_owned(),
                     test: run.test.clone(),
                     probe: run.probe.clone(),
                     args,
@@ -288,13 +293,19 @@ impl Job {
     }
 }
 
+/// libtest's arguments selecting `suite` in the one binary: its module's tests, or
+/// exactly the ones named.
 fn suite_args(suite: &Suite) -> Vec<String> {
     if suite.only.is_empty() {
-        return Vec::new();
+        return vec![format!("{}::", suite.test)];
     }
-    std::iter::once("--exact")
-        .chain(suite.only.iter().copied())
-        .map(str::to_owned)
+    std::iter::once("--exact".to_owned())
+        .chain(
+            suite
+                .only
+                .iter()
+                .map(|name| format!("{}::{name}", suite.test)),
+        )
         .collect()
 }
 
@@ -524,13 +535,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     let cache = cmd::target_dir().join("kernels");
     std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
 
-    let mut tests: Vec<String> = jobs
-        .iter()
-        .flat_map(|job| job.runs.iter().map(|run| run.test.clone()))
-        .collect();
-    tests.sort();
-    tests.dedup();
-    let binaries = build_tests(&tests)?;
+    let binaries = build_tests(&[TEST_BINARY.to_owned()])?;
 
     let mut images = BTreeMap::new();
     for job in &jobs {
@@ -545,12 +550,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         let initrd = cache.join(format!("initramfs-{}.cpio", job.name));
         let plan = job.plan();
         let packed = Instant::now();
-        let selected: Vec<(String, PathBuf)> = binaries
-            .iter()
-            .filter(|(test, _)| job.runs.iter().any(|run| &run.test == test))
-            .cloned()
-            .collect();
-        initramfs::build(&initrd, &selected, &plan)?;
+        initramfs::build(&initrd, &binaries, &plan)?;
         println!(
             "==> kernel {} ({} {}{}, {accel:?}): {} test run(s), initramfs {} MB in {:.1} s",
             job.name,
@@ -851,7 +851,8 @@ mod tests {
             for runs in boot.runs {
                 let suite = runs.suite;
                 let source = std::fs::read_to_string(
-                    cmd::workspace_root().join(format!("agent/tests/{}.rs", suite.test)),
+                    cmd::workspace_root()
+                        .join(format!("agent/tests/integration/{}.rs", suite.test)),
                 )
                 .unwrap();
                 for name in suite.only {
@@ -882,14 +883,19 @@ mod tests {
                 "detect/fentry"
             ]
         );
-        assert_eq!(plan.runs[0].args, ["--include-ignored", "--test-threads=1"]);
+        assert_eq!(
+            plan.runs[0].args,
+            ["--include-ignored", "--test-threads=1", "probe::"],
+            "the probe module's tests, all"
+        );
+        assert!(plan.runs.iter().all(|r| r.binary == TEST_BINARY));
         assert_eq!(plan.runs[2].args[2], "--exact");
         let timed: Vec<bool> = jobs[0].runs.iter().map(|r| r.timed).collect();
         assert_eq!(timed, [false, false, false, false, true, true]);
         assert!(
             plan.runs[4]
                 .args
-                .contains(&"go_style_at_calls_count_once_per_source".to_owned())
+                .contains(&"detect::go_style_at_calls_count_once_per_source".to_owned())
         );
         assert!(!plan.hide_btf);
     }

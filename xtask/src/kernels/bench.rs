@@ -308,6 +308,7 @@ fn boot_and_run(
         runs: VARIANTS
             .iter()
             .map(|v| Run {
+                binary: BENCH.to_owned(),
                 test: BENCH.to_owned(),
                 probe: Some((*v).to_owned()),
                 args: bench_args(args.vm_rounds, args.vm_side_ms),

@@ -1,5 +1,4 @@
 //! Shared by the integration tests: a lab node with the real agent attached.
-#![allow(dead_code)]
 
 pub mod kube;
 

@@ -1,8 +1,6 @@
 //! Swap detection end to end: the real agent (real probe, real inotify) on a lab node
 //! whose writer performs the kubelet's AtomicWriter steps. Needs root (eBPF, tmpfs).
 
-mod support;
-
 use std::{
     collections::BTreeMap,
     ffi::CString,
@@ -10,9 +8,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::*;
 use reloadscope::{node::volumes::VolumeType, probe::RenameHook};
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, LabPod, WriteOutcome, payload};
-use support::*;
 
 const UPDATES: usize = 3;
 

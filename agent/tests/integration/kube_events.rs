@@ -4,17 +4,15 @@
 //! Warning Event on its pod to the test API server: one per update, none for the
 //! container that reloads. Needs root.
 
-mod support;
-
 use std::{
     net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
+use crate::support::{kube::*, *};
 use reloadscope::{agent, node::volumes::VolumeType};
 use reloadscope_lab::{CallStyle, LabNode, Strategy, WriteOutcome, payload};
 use serde_json::Value;
-use support::{kube::*, *};
 
 const STALE_AFTER: Duration = Duration::from_secs(1);
 

@@ -10,12 +10,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-mod support;
-
+use crate::support::{KEY, SUB_KEY, lab_container};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, LabContainer, LabNode, Strategy, WriteOutcome, payload};
 use serde_json::Value;
-use support::{KEY, SUB_KEY, lab_container};
 
 const SUBPATH_HINT: &str = "subPath mount: never receives updates; mount the volume as a directory and read the file through it";
 const OLD_DATA_HINT: &str = "still reading data from before the last update";

@@ -2,15 +2,13 @@
 //! inotify `IN_OPEN` on the data dirs: per volume, not per process. The real binary,
 //! run by `setpriv` with that capability dropped, on lab containers. Needs root.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload,
 };
-use support::*;
 
 const KEY: &str = "config.yaml";
 

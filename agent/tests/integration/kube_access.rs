@@ -3,8 +3,6 @@
 //! agent's client, unmodified, against the lab's test API server; inotify alone, no
 //! root needed.
 
-mod support;
-
 use std::{
     io::BufRead,
     net::SocketAddr,
@@ -13,12 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{kube::*, *};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     LabNode, LabPod,
     apiserver::{self, FakeApiServer, Resource},
 };
-use support::{kube::*, *};
 
 /// A lab node with `shop/web-0` and its ConfigMap volume, on the API too.
 async fn lab() -> (Api, LabNode, LabPod) {

@@ -2,13 +2,11 @@
 //! a container that starts is found, and one that stops goes, within seconds. Real lab
 //! containers in kubelet-named cgroup v2 dirs. Needs root.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{ContainerSpec, LabContainer, Strategy};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: run cargo xtask test"]

@@ -7,13 +7,11 @@
 //!
 //! The agent runs on inotify alone without reload measurement: no root needed.
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::support::{kube::*, *};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, WriteOutcome, apiserver::Resource, payload};
-use support::{kube::*, *};
 
 /// How long the "kubelet" takes to swap after the change.
 const KUBELET_DELAY: Duration = Duration::from_millis(300);

@@ -3,15 +3,13 @@
 //! any update where the masks prove it, and after the first update for a watch that is
 //! not added again, and a file re-watcher whose file a subPath sibling pins. Needs root.
 
-mod support;
-
 use std::{collections::BTreeSet, ffi::OsString, path::Path, time::Duration};
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape::Samples,
 };
-use support::*;
 
 /// Each container's findings, as /metrics says.
 fn findings(m: &Samples) -> Vec<(String, BTreeSet<String>)> {

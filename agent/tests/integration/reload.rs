@@ -2,13 +2,11 @@
 //! scans) and lab containers with the strategies of docs/design.md 5, each logging when
 //! it opens the file. The agent's figures are checked against those logs. Needs root.
 
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, LabNode, Strategy, WriteOutcome, payload};
-use support::*;
 
 fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()

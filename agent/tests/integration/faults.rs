@@ -6,19 +6,17 @@
 //! nothing of the in-process agent (probe reader, inotify reader, state loop), exactly
 //! as a starved agent would not, while the kernel queues (or drops) what it sees.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::*;
 use reloadscope::{agent::Running, node::volumes::VolumeType};
 use reloadscope_lab::{
     self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples,
 };
-use support::*;
 
 const MAX_QUEUED: &str = "/proc/sys/fs/inotify/max_queued_events";
 

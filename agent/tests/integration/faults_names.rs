@@ -2,8 +2,6 @@
 //! escape, non-UTF-8 bytes, 255-byte components, and a volume whose paths come within
 //! a few bytes of PATH_MAX. Needs root.
 
-mod support;
-
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
@@ -12,9 +10,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload};
-use support::*;
 
 fn write(w: &AtomicWriter, v: &str) {
     let out = w.write(&payload(&[("k", v)]), CallStyle::GoAt).unwrap();

@@ -10,8 +10,6 @@
 //! holds the file open: the consumer scan finds it in its fds.
 //! Needs root.
 
-mod support;
-
 use std::{
     ffi::OsString,
     net::SocketAddr,
@@ -19,13 +17,13 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::*;
 use nix::{sys::signal, unistd::Pid};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, marks::fdinfos,
     payload,
 };
-use support::*;
 
 fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()

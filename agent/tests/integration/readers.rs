@@ -7,17 +7,15 @@
 //! says that one does not read, and the volume's mark goes. After an update the reader
 //! is stale, the other not. Needs root.
 
-mod support;
-
 use std::{
     ffi::OsString,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload, scrape};
-use support::*;
 
 /// Short, so the test sees it end: the start-up read comes well within it.
 const WINDOW: Duration = Duration::from_secs(3);

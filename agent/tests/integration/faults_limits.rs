@@ -4,8 +4,6 @@
 //! restart. Needs root (the watch limit is set in a user namespace of the agent's own,
 //! so nothing else on the machine is limited).
 
-mod support;
-
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -13,9 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape};
-use support::*;
 
 fn update(w: &AtomicWriter, v: &str) {
     let out = w.write(&payload(&[("k", v)]), CallStyle::GoAt).unwrap();
@@ -332,7 +330,13 @@ async fn dirs_listed_out_of_descriptors_are_followed_once_there_are_more() {
     let log = LogLines::follow(child.stderr.take().unwrap());
     let pid = child.id();
     let agent = Agent(Some(child));
-    wait_ready(addr).await;
+    // Ready, told by its log rather than by /readyz: a request's connection, closed a
+    // moment later, would leave a free descriptor below the limit set next.
+    wait_for("the agent's first walk", || {
+        let done = log.any(|l| l.contains("initial scan done"));
+        async move { done.then_some(()) }
+    })
+    .await;
     let prlimit = |limit: usize| {
         let status = std::process::Command::new("prlimit")
             .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])

@@ -2,8 +2,6 @@
 //! them, a kubelet root that appears late, symlinks, files and loops where dirs should
 //! be. Through all of them an ordinary volume elsewhere keeps counting. Needs root.
 
-mod support;
-
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
@@ -11,11 +9,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::support::*;
 use reloadscope::{agent::Running, node::volumes::VolumeType};
 use reloadscope_lab::{
     self, AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape::Samples,
 };
-use support::*;
 
 fn write(w: &AtomicWriter, v: &str) {
     let out = w.write(&payload(&[("k", v)]), CallStyle::GoAt).unwrap();

@@ -1,8 +1,6 @@
 //! Faults of the agent run as its own process (the `reloadscope agent` binary, JSON
 //! logs): a node without tracefs, and 50 scrapers at once. Needs root.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
@@ -12,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape};
-use support::*;
 
 fn update(w: &AtomicWriter, v: &str) {
     let out = w.write(&payload(&[("k", v)]), CallStyle::GoAt).unwrap();

@@ -3,8 +3,6 @@
 //! said and followed once it appears; SIGTERM stops it within a second while a consumer
 //! scan of a big node is under way.
 
-mod support;
-
 use std::{
     net::SocketAddr,
     path::Path,
@@ -12,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{CallStyle, LabNode, payload, scrape};
-use support::*;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_reloadscope"))

@@ -6,11 +6,9 @@
 //! is stale. `--no-reloads`: no fanotify group
 //! at all, updates still counted. Needs root.
 
-mod support;
-
+use crate::support::*;
 use reloadscope::{node::volumes::VolumeType, opens::SettledMarks};
 use reloadscope_lab::{CallStyle, Strategy, payload};
-use support::*;
 
 fn host_opens(m: &reloadscope_lab::scrape::Samples) -> f64 {
     m.sum("reloadscope_foreign_opens_total", &[("opener", "host")])

@@ -5,8 +5,6 @@
 //! volume, died with the update: the state file keeps that it does). The real binary.
 //! Needs root.
 
-mod support;
-
 use std::{
     path::Path,
     process::{Child, Stdio},
@@ -14,12 +12,12 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use crate::support::*;
 use reloadscope::{
     checkpoint,
     node::{read_target, volumes::VolumeType},
 };
 use reloadscope_lab::{CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, payload};
-use support::*;
 
 const KEY: &str = "config.yaml";
 

@@ -4,11 +4,9 @@
 //!
 //! The agent runs on inotify alone without reload measurement: no root needed.
 
-mod support;
-
+use crate::support::{kube::*, *};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{LabNode, LabPod, apiserver::Resource};
-use support::{kube::*, *};
 
 /// A lab node with one pod `shop/web-0` and its ConfigMap volume `app-config`
 /// (written once), the same pod on the API with its ConfigMap and a Secret.

@@ -2,16 +2,14 @@
 //! the kubelet, whatever its command name, so its re-reads are never a reload. A
 //! python3 process plays the kubelet (a name the agent does not know). Needs root.
 
-mod support;
-
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
 };
 
+use crate::support::*;
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{ContainerSpec, LabContainer, Strategy};
-use support::*;
 
 /// Swaps `<vol>` to a new data dir with the kubelet's steps, says `swapped`, waits for
 /// a line on stdin, then reads the file as the kubelet's next sync does.
