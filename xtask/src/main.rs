@@ -8,6 +8,8 @@ mod deploy;
 mod e2e;
 mod image;
 mod kernels;
+#[cfg(test)]
+mod layers;
 mod mixin;
 mod prereqs;
 

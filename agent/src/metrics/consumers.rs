@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     clock,
-    reloads::{BUCKETS, FOREIGN, Histogram, MountKind},
+    reloads::{FOREIGN, Latency, MountKind},
 };
 
 const LATENCY: Family = Family {
@@ -121,7 +121,7 @@ impl ConsumerCollector {
 /// The per-consumer series, by the kept label values: consumers sharing them merged.
 #[derive(Default)]
 struct Merged {
-    latency: BTreeMap<Vec<String>, Histogram>,
+    latency: BTreeMap<Vec<String>, Latency>,
     stale: BTreeMap<Vec<String>, f64>,
     last: BTreeMap<Vec<String>, f64>,
     /// With the workload's kind, mount, measurement and reads.
@@ -201,7 +201,7 @@ impl Collector for ConsumerCollector {
         let latency = m
             .latency
             .iter()
-            .map(|(v, h)| histogram(&hist_names, v, &BUCKETS, &h.counts, h.sum, h.count))
+            .map(|(v, h)| histogram(&hist_names, v, h.bounds(), h.counts(), h.sum, h.count))
             .collect();
         let gauges = |map: &BTreeMap<Vec<String>, f64>| {
             map.iter().map(|(v, x)| gauge(&names, v, *x)).collect()
