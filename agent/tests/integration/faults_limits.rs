@@ -7,45 +7,16 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::Child,
     time::{Duration, Instant},
 };
 
-use crate::support::*;
+use crate::support::{process::*, *};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape};
 
 fn update(w: &AtomicWriter, v: &str) {
     let out = w.write(&payload(&[("k", v)]), CallStyle::GoAt).unwrap();
     assert!(matches!(out, WriteOutcome::Written { .. }), "{out:?}");
-}
-
-/// The agent process; killed if the test fails before [`stop`].
-struct Agent(Option<Child>);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// SIGTERM, then the agent's stderr (JSON log lines).
-async fn stop(mut agent: Agent) -> String {
-    let child = agent.0.take().unwrap();
-    // SAFETY: our child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = blocking(move || child.wait_with_output().unwrap()).await;
-    assert!(out.status.success(), "{:?}", out.status);
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn warnings(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
-        .collect()
 }
 
 fn readyz(addr: SocketAddr) -> Option<(u16, String)> {
@@ -175,7 +146,7 @@ async fn a_thousand_idle_and_slow_connections_under_1024_descriptors_block_nothi
             && updates(m, &during) == 2.0 * during.len() as f64
     })
     .await;
-    let log = stop(agent).await;
+    let log = stop(agent).await.1;
     assert!(warnings(&log).is_empty(), "{log}");
 }
 
@@ -272,7 +243,7 @@ async fn the_inotify_watch_limit_is_counted_said_once_and_recovered_from() {
         m.sum("reloadscope_volume_updates_total", &[]) == before + 1000.0
     })
     .await;
-    let log = stop(agent).await;
+    let log = stop(agent).await.1;
     let warned = warnings(&log);
     assert_eq!(warned.len(), 1, "one line for the limit: {warned:#?}");
     assert!(

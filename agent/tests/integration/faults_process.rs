@@ -5,12 +5,11 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
-    process::Child,
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
-use crate::support::*;
+use crate::support::{process::*, *};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, WriteOutcome, payload, scrape};
 
@@ -33,47 +32,6 @@ fn volumes(node: &mut LabNode, pods: &[&str]) -> Vec<(String, AtomicWriter)> {
         }
     }
     out
-}
-
-/// The agent process; killed if the test fails before [`stop`].
-struct Agent(Option<Child>);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits for /readyz of the agent `child` serves on `addr`, failing at once if it exits.
-async fn wait_child_ready(child: &mut Child, addr: SocketAddr) {
-    wait_for("/readyz", || {
-        let exited = child.try_wait().unwrap();
-        async move {
-            assert!(exited.is_none(), "the agent exited: {exited:?}");
-            let (code, _) = blocking(move || scrape::get(addr, "/readyz")).await.ok()?;
-            (code == 200).then_some(())
-        }
-    })
-    .await;
-}
-
-/// SIGTERM, then the agent's stderr (JSON log lines).
-async fn stop(mut agent: Agent) -> String {
-    let child = agent.0.take().unwrap();
-    // SAFETY: our child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = blocking(move || child.wait_with_output().unwrap()).await;
-    assert!(out.status.success(), "{:?}", out.status);
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn warnings(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
-        .collect()
 }
 
 /// A private mount namespace without tracefs: `/sys/kernel/tracing` unmounted, and
@@ -113,7 +71,7 @@ async fn without_tracefs_the_agent_says_so_once_and_counts_with_inotify() {
             .expect("unshare (util-linux)"),
     ));
     let child = agent.0.as_mut().unwrap();
-    wait_child_ready(child, addr).await;
+    ready(child, addr).await;
     // unshare and sh exec: the pid is the agent's.
     let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", child.id())).unwrap();
     assert!(
@@ -144,7 +102,7 @@ async fn without_tracefs_the_agent_says_so_once_and_counts_with_inotify() {
     }
     // Without the probe, its silence is no gap.
     assert_eq!(m.sum("reloadscope_update_detection_gaps_total", &[]), 0.0);
-    let log = stop(agent).await;
+    let log = stop(agent).await.1;
     let said = warnings(&log);
     assert_eq!(said.len(), 1, "one warning, got:\n{log}");
     assert!(
@@ -235,7 +193,7 @@ async fn fifty_scrapers_get_complete_and_consistent_answers() {
             .unwrap(),
     ));
     let child = agent.0.as_mut().unwrap();
-    wait_child_ready(child, addr).await;
+    ready(child, addr).await;
     for (_, w) in &vols {
         update(w, "v1");
     }
@@ -339,7 +297,7 @@ async fn fifty_scrapers_get_complete_and_consistent_answers() {
         detections(m, "inotify") > n
     })
     .await;
-    let log = stop(agent).await;
+    let log = stop(agent).await.1;
     assert!(!log.contains("panicked"), "{log}");
     assert!(warnings(&log).is_empty(), "{log}");
 }

@@ -6,13 +6,13 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::support::*;
+use crate::support::{process::*, *};
 use reloadscope::node::volumes::VolumeType;
-use reloadscope_lab::{CallStyle, LabNode, payload, scrape};
+use reloadscope_lab::{CallStyle, LabNode, payload};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_reloadscope"))
@@ -131,42 +131,6 @@ fn every_bad_path_or_flag_is_a_usage_error_named_in_one_line() {
         err.contains("--kubeconfig /nonexistent/kubeconfig"),
         "{err}"
     );
-}
-
-/// The agent process; killed if the test fails before it is stopped.
-struct Agent(Option<Child>);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// SIGTERM; the time to exit and the agent's stderr.
-async fn stop(mut agent: Agent) -> (Duration, String) {
-    let child = agent.0.take().unwrap();
-    let start = Instant::now();
-    // SAFETY: our child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = blocking(move || child.wait_with_output().unwrap()).await;
-    let took = start.elapsed();
-    assert!(out.status.success(), "{:?}", out.status);
-    (took, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-async fn ready(child: &mut Child, addr: SocketAddr) {
-    wait_for("/readyz", || {
-        let exited = child.try_wait().unwrap();
-        async move {
-            assert!(exited.is_none(), "the agent exited: {exited:?}");
-            let (code, _) = blocking(move || scrape::get(addr, "/readyz")).await.ok()?;
-            (code == 200).then_some(())
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

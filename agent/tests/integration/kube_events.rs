@@ -59,21 +59,9 @@ async fn a_stale_consumer_gets_one_event_per_update() {
 
     // The pod starts while the agent runs, so the reads at start are seen: only a
     // container seen reading its volume can be stale.
-    let app = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    let flags = node
-        .add_volume(&pod, VolumeType::ConfigMap, "flags")
-        .unwrap();
-    for w in [&app, &flags] {
-        w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-            .unwrap();
-        let data = w.dir().join("..data");
-        wait_for("the new volume's data marked", || {
-            std::future::ready(fanotify_marks(&data).then_some(()))
-        })
-        .await;
-    }
+    let ty = VolumeType::ConfigMap;
+    let app = add_marked_volume(&mut node, &pod, ty, "app-config", "revision: 0").await;
+    let flags = add_marked_volume(&mut node, &pod, ty, "flags", "revision: 0").await;
     let once = lab_container(&node, &pod, &app, "once", Strategy::ReadOnce, false);
     let poller = lab_container(&node, &pod, &app, "poller", Strategy::TimerPoller, false);
     let flags_once = lab_container(&node, &pod, &flags, "flags-once", Strategy::ReadOnce, false);

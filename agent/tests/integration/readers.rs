@@ -38,14 +38,8 @@ async fn a_container_that_never_reads_its_volume_is_not_stale() {
 
     // The pod's volume appears while the agent runs (its pod is starting).
     let ty = VolumeType::Projected;
-    let w = node.add_volume(&pod, ty, "kube-api-access-4xk2p").unwrap();
-    w.write(&payload(&[(KEY, "token 0")]), CallStyle::GoAt)
-        .unwrap();
+    let w = add_marked_volume(&mut node, &pod, ty, "kube-api-access-4xk2p", "token 0").await;
     let data = w.dir().join("..data");
-    wait_for("the new volume's data marked", || {
-        std::future::ready(fanotify_marks(&data).then_some(()))
-    })
-    .await;
     let once = lab_container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
     let argv = ["sleep", "infinity"].map(OsString::from);
     let spec = ContainerSpec::program("idle", w.dir(), KEY, &argv);

@@ -225,16 +225,8 @@ async fn the_state_file_keeps_who_is_stale_across_a_restart() {
     let first = start_with(cfg.clone()).await;
     // The pod starts while the agent runs: the read-once container's read at its start
     // is seen (a volume that appears keeps its opens reported for a while).
-    let w = node
-        .add_volume(&pod, VolumeType::ConfigMap, "app-config")
-        .unwrap();
-    w.write(&payload(&[(KEY, "revision: 0")]), CallStyle::GoAt)
-        .unwrap();
-    let data = w.dir().join("..data");
-    wait_for("the new volume's data marked", || {
-        std::future::ready(fanotify_marks(&data).then_some(()))
-    })
-    .await;
+    let ty = VolumeType::ConfigMap;
+    let w = add_marked_volume(&mut node, &pod, ty, "app-config", "revision: 0").await;
     let once = lab_container(&node, &pod, &w, "once", Strategy::ReadOnce, false);
     let watcher = lab_container(&node, &pod, &w, "watcher", Strategy::DataDirWatcher, false);
     wait_metrics(first.addr, "both consumers, both reading", |m| {

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a lab node with the real agent attached.
 
 pub mod kube;
+pub mod process;
 
 use std::{
     net::SocketAddr,
@@ -214,6 +215,26 @@ pub fn fanotify_ignores(path: &std::path::Path) -> bool {
 pub fn fanotify_marks(path: &std::path::Path) -> bool {
     let m = fanotify_mark(path);
     m.mask & libc::FAN_OPEN != 0 && m.ignored_mask & libc::FAN_OPEN == 0
+}
+
+/// A volume added to `pod` while the agent runs (its pod starting), its first data
+/// (`KEY`: `content`) written, once the agent's fanotify mark is on that data.
+pub async fn add_marked_volume(
+    node: &mut LabNode,
+    pod: &reloadscope_lab::LabPod,
+    ty: reloadscope::node::volumes::VolumeType,
+    name: &str,
+    content: &str,
+) -> reloadscope_lab::AtomicWriter {
+    let w = node.add_volume(pod, ty, name).unwrap();
+    let payload = reloadscope_lab::payload(&[(KEY, content)]);
+    w.write(&payload, reloadscope_lab::CallStyle::GoAt).unwrap();
+    let data = w.dir().join("..data");
+    wait_for("the new volume's data marked", || {
+        std::future::ready(fanotify_marks(&data).then_some(()))
+    })
+    .await;
+    w
 }
 
 /// Mount marks in this process's fanotify groups (`fanotify mnt_id:` fdinfo lines).
