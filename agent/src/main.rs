@@ -84,12 +84,13 @@ struct AgentArgs {
     #[arg(long, value_name = "BYTES", default_value_t = defaults::RING_BYTES, hide = true)]
     ring_bytes: u32,
     /// Labels the reload latency histogram keeps, of those --metric-labels keeps.
-    /// Fewer labels: fewer series (21 each); consumers sharing the kept labels share
-    /// one histogram. E.g. `namespace,workload,volume` for big clusters.
+    /// Consumers sharing the kept labels share one histogram (26 series): by default a
+    /// workload's replicas; add `pod` for one per container, drop `container` for
+    /// fewer.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = defaults::CONSUMER_LABELS
+        default_value = defaults::HISTOGRAM_LABELS
     )]
     histogram_labels: Vec<String>,
     /// File where pending reload measurements are checkpointed (every 10 s and at

@@ -126,10 +126,11 @@ impl Reads {
 /// come within it.
 pub const FIRST_READ_WINDOW: Duration = Duration::from_secs(120);
 
-/// Latency histogram buckets (seconds): 5 ms to 1 h.
-pub const BUCKETS: [f64; 18] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1800.0, 3600.0,
+/// Latency histogram buckets (seconds): 100 us to 1 h. Watchers reload within
+/// 0.1-1.5 ms of the swap (BENCHMARKS.md), pollers within their period.
+pub const BUCKETS: [f64; 23] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
 /// The reload latency's buckets ([`BUCKETS`]).

@@ -104,7 +104,7 @@ impl Config {
             rewatch_grace: Duration::from_secs_f64(defaults::REWATCH_GRACE_SECONDS),
             kube: None,
             labels: crate::metrics::LabelControls::default(),
-            histogram_labels: defaults::CONSUMER_LABELS
+            histogram_labels: defaults::HISTOGRAM_LABELS
                 .split(',')
                 .map(String::from)
                 .collect(),

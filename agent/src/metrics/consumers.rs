@@ -45,7 +45,7 @@ const LAST_RELOAD: Family = Family {
 };
 const INFO: Family = Family {
     name: "reloadscope_consumer_info",
-    help: "Number of containers consuming a volume with these labels: 1 per container, more where --metric-labels drops the labels that tell them apart. workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none; reads: whether it reads the volume, yes (seen opening one of its files, holding one open or watching it with inotify), no (not seen reading in the first-read window after its start) or unknown (not seen reading, its start not seen or the window not over): only a reader has a stale-seconds series.",
+    help: "A container consuming a volume, always 1 (containers that --metric-labels leaves alike share the series). workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none; reads: whether it reads the volume, yes (seen opening one of its files, holding one open or watching it with inotify), no (not seen reading in the first-read window after its start) or unknown (not seen reading, its start not seen or the window not over): only a reader has a stale-seconds series.",
     kind: MetricType::GAUGE,
     labels: &[],
 };
@@ -211,7 +211,7 @@ impl Collector for ConsumerCollector {
         let info = m
             .info
             .iter()
-            .map(|(v, n)| gauge(&info_names, v, *n as f64))
+            .map(|(v, _)| gauge(&info_names, v, 1.0))
             .collect();
         let none: [&str; 0] = [];
         vec![
