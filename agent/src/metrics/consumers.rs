@@ -8,7 +8,11 @@
 //! histograms add up, stale seconds and last reload take the largest, consumer info
 //! counts the consumers.
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use prometheus::{
     core::{Collector, Desc},
@@ -125,7 +129,7 @@ struct Merged {
     stale: BTreeMap<Vec<String>, f64>,
     last: BTreeMap<Vec<String>, f64>,
     /// With the workload's kind, mount, measurement and reads.
-    info: BTreeMap<Vec<String>, u64>,
+    info: BTreeSet<Vec<String>>,
 }
 
 fn max_into(map: &mut BTreeMap<Vec<String>, f64>, key: Vec<String>, v: f64) {
@@ -153,7 +157,7 @@ impl ConsumerCollector {
             let mut info = self.labels.values_with_kind(&values);
             let reads = c.reads.label();
             info.extend([c.mount.label(), measurement, reads].map(str::to_owned));
-            *m.info.entry(info).or_default() += 1;
+            m.info.insert(info);
             if c.mount == MountKind::Volume {
                 let kept = self.histogram.values(&values);
                 m.latency.entry(kept).or_default().merge(&c.latency);
@@ -208,11 +212,7 @@ impl Collector for ConsumerCollector {
         };
         let mut info_names = self.labels.names_with_kind();
         info_names.extend(INFO_LABELS);
-        let info = m
-            .info
-            .iter()
-            .map(|(v, _)| gauge(&info_names, v, 1.0))
-            .collect();
+        let info = m.info.iter().map(|v| gauge(&info_names, v, 1.0)).collect();
         let none: [&str; 0] = [];
         vec![
             family(&LATENCY, latency),
