@@ -736,11 +736,11 @@ fn summary_line(
     )
 }
 
-/// Builds the integration tests `tests` (`cargo test --no-run`) and returns each
-/// one's executable. The packages are the `test` check's, so that the features
-/// unify the same way and its build is reused rather than redone.
+/// Builds the agent's integration tests `tests` (`cargo test --no-run`) and returns
+/// each one's executable. The lab's integration tests share the binary's name: the
+/// package is named.
 fn build_tests(tests: &[String]) -> Result<Vec<(String, PathBuf)>> {
-    let mut cargo = cmd::cargo(["test", "--workspace", "--exclude", "agent-ebpf"]);
+    let mut cargo = cmd::cargo(["test", "-p", "reloadscope"]);
     for test in tests {
         cargo.args(["--test", test]);
     }
