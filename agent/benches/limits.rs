@@ -16,9 +16,6 @@
 //! Run as root: `cargo xtask bench limits [--quick]`. stdout gets a Markdown section
 //! for BENCHMARKS.md.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -27,12 +24,14 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use common::{
+use reloadscope::node::volumes::VolumeType;
+use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, payload, scrape};
+
+use crate::common::{
+    self,
     agent_process::{AgentProcess, agent_binary},
     procfs::proc_cpu,
 };
-use reloadscope::node::volumes::VolumeType;
-use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, payload, scrape};
 
 const USAGE: &str = "\
 usage: cargo xtask bench limits [--quick]
@@ -301,11 +300,9 @@ fn slow_connections(quick: bool, out: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let given: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+/// `limits [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
+    let given: Vec<String> = raw.iter().filter(|a| *a != "--bench").cloned().collect();
     let args = match common::checked_args("limits", USAGE, "", parse(&given)) {
         Ok(a) => a,
         Err(code) => return code,

@@ -15,21 +15,12 @@
 //! [--settled-marks ignore|remove|auto]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
-#[path = "reload/accuracy.rs"]
 mod accuracy;
-#[path = "common/mod.rs"]
-mod common;
-#[path = "reload/cost.rs"]
 mod cost;
-#[path = "reload/cost_fleet.rs"]
 mod cost_fleet;
-#[path = "reload/cost_report.rs"]
 mod cost_report;
-#[path = "reload/marks.rs"]
 mod marks;
-#[path = "reload/openloop.rs"]
 mod openloop;
-#[path = "reload/util.rs"]
 mod util;
 
 use std::{
@@ -39,6 +30,8 @@ use std::{
 };
 
 use reloadscope::opens::SettledMarks;
+
+use crate::common;
 
 const USAGE: &str = "\
 usage: cargo xtask bench reload [--quick] [--only cost|accuracy|marks]... [--no-ebpf-row]
@@ -117,12 +110,12 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
     Ok(args)
 }
 
-fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
+/// `reload [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
     if raw.first().map(String::as_str) == Some(openloop::FLAG) {
         return openloop::child_main(&raw[1..]);
     }
-    let args = match common::checked_args("reload", USAGE, "", parse_args(&raw)) {
+    let args = match common::checked_args("reload", USAGE, "", parse_args(raw)) {
         Ok(a) => a,
         Err(code) => return code,
     };

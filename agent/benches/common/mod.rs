@@ -1,16 +1,20 @@
 //! Shared by the benchmarks: machine facts for the report header, medians and number
-//! formatting. Included by each bench with `#[path = "common/mod.rs"] mod common;`.
+//! formatting, the arguments' check.
 //!
 //! - [`agent_process`]: the agent binary as a process of its own, read over HTTP;
+//! - [`lab_disk`]: an ext4 image with a journal for a lab node's tree;
 //! - [`procfs`]: a process's CPU time, memory and inotify watches, the machine's busy
 //!   time;
 //! - [`revision`]: revisions written into a volume key, found again in a lab
-//!   consumer's open log.
+//!   consumer's open log;
+//! - [`syscall_loops`]: the system-call loops the probe's cost is timed on.
 #![allow(dead_code)]
 
 pub mod agent_process;
+pub mod lab_disk;
 pub mod procfs;
 pub mod revision;
+pub mod syscall_loops;
 
 use std::{fs, path::Path};
 
@@ -125,6 +129,17 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
 pub fn nproc() -> i64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
+}
+
+/// BPF program fds this process still holds (none once every probe is dropped).
+pub fn own_bpf_progs() -> usize {
+    fs::read_dir("/proc/self/fd").map_or(0, |fds| {
+        fds.flatten()
+            .filter(|fd| {
+                fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog")
+            })
+            .count()
+    })
 }
 
 /// Other processes holding tracepoint BPF programs (`pid comm`): while one is attached

@@ -18,10 +18,8 @@ use reloadscope_lab::{
     scrape::{self, Samples},
 };
 
-use crate::{
-    disk::LabDisk,
-    util::{fmt_kib, fs_desc, proc_cpu, proc_status_kib, ratio, thread_cpu},
-};
+use super::util::{fmt_kib, fs_desc, proc_cpu, proc_status_kib, ratio, thread_cpu};
+use crate::common::lab_disk::LabDisk;
 
 /// Volumes per pod: the last one of each pod is a Secret (tmpfs), the others ConfigMaps.
 const PER_POD: usize = 10;

@@ -24,7 +24,7 @@ use reloadscope::{
 };
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload, scrape};
 
-use crate::util::{Dist, fmt_opt_ns, own_bpf_progs, ratio};
+use super::util::{Dist, fmt_opt_ns, own_bpf_progs, ratio};
 
 /// How long one update may take to show before it counts as missed.
 const MISS_AFTER: Duration = Duration::from_secs(2);

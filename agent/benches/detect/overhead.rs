@@ -11,10 +11,11 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 use anyhow::Context as _;
 use reloadscope::probe::{DEFAULT_RING_BYTES, Probe};
 
-use crate::{
-    overhead_loops::{Inotify, ReaderTotals, WatchReader, cstr, getppid_loop, rename_loop},
+use super::{
     util::{fmt_delta_ns, fmt_ns, fs_type, median, own_bpf_progs, tracepoint_prog_holders},
+    watch_reader::{ReaderTotals, WatchReader},
 };
+use crate::common::syscall_loops::{Inotify, cstr, getppid_loop, rename_loop};
 
 pub struct Params {
     pub rounds: usize,

@@ -3,7 +3,7 @@
 
 use std::{fs, io, path::Path, time::Duration};
 
-pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
+pub use crate::common::{fmt_ns, fs_type, median, own_bpf_progs, tracepoint_prog_holders};
 
 /// Samples in nanoseconds, sorted. Signed: a detection can be observed before the
 /// writer's own clock read that follows the rename.
@@ -134,15 +134,4 @@ fn ext4_journal(path: &Path) -> Option<bool> {
     let task =
         fs::read_to_string(Path::new("/sys/fs/ext4").join(name).join("journal_task")).ok()?;
     Some(task.trim() != "<none>")
-}
-
-/// BPF program fds this process still holds (none once every probe is dropped).
-pub fn own_bpf_progs() -> usize {
-    fs::read_dir("/proc/self/fd").map_or(0, |fds| {
-        fds.flatten()
-            .filter(|fd| {
-                fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog")
-            })
-            .count()
-    })
 }

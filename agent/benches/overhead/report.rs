@@ -24,10 +24,11 @@ use std::{fmt::Write as _, time::Duration};
 use reloadscope::probe::Variant;
 use serde_json::{Value, json};
 
-use crate::{
-    Args, common,
+use super::{
+    Args,
     rounds::{CHUNKS, Calls, Figures, Loop},
 };
+use crate::common;
 
 pub const PREFIX: &str = "RELOADSCOPE-OVERHEAD ";
 

@@ -9,10 +9,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use reloadscope::probe::{DEFAULT_RING_BYTES, Floor, Probe, RenameHook, Variant};
 
-use crate::{
-    Args, common,
-    overhead_loops::{cstr, getppid_loop, rename_loop},
-    util::own_bpf_progs,
+use super::Args;
+use crate::common::{
+    self, own_bpf_progs,
+    syscall_loops::{cstr, getppid_loop, rename_loop},
 };
 
 /// Each side of a round times each loop in this many chunks of calls, and takes the

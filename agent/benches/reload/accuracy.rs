@@ -30,7 +30,7 @@ use reloadscope_lab::{
     payload, scrape,
 };
 
-use crate::util::{fmt_ns, median, pct};
+use super::util::{fmt_ns, median, pct};
 
 const KEY: &str = "config.yaml";
 /// How long an update's reloads may take to show in the agent's state.
@@ -418,7 +418,7 @@ fn report(
          - the consumer's clock read right before that open(2). Latencies: the agent's \
          (reload - its swap time) and the consumer's own (its open - the writer's clock \
          right after the rename returned).\n",
-        crate::cost_report::settled_label(p.settled),
+        super::cost_report::settled_label(p.settled),
         vols.len(),
         p.period.as_millis(),
         p.updates,

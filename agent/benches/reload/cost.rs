@@ -24,7 +24,7 @@ use std::{
 use anyhow::Context as _;
 use reloadscope::{agent::Running, node::volumes::VolumeType};
 
-use crate::{
+use super::{
     cost_fleet::{Fleet, KEY, POD_VOLUMES, build_fleet, start_steady, update, wait_stale},
     cost_report::report,
     openloop,

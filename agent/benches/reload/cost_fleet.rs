@@ -21,7 +21,7 @@ use reloadscope_lab::{
     payload,
 };
 
-use crate::{
+use super::{
     cost::Side,
     util::{MarkKind, Marks, inode_id, own_fanotify_mark_lines, own_fanotify_marks},
 };

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{
+use super::{
     cost::{AGENT, DETECT, EBPF, Group, OFF, Phase, Run, Side, SideStats, Target},
     cost_fleet::{KEY, POD_VOLUMES},
     util::{Marks, fmt_delta_ns, fmt_ns, median, min_max, ratio3},

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
+use super::{
     openloop,
     util::{fmt_delta_ns, fmt_ns, median, min_max},
 };

@@ -14,7 +14,8 @@ use reloadscope_lab::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload,
 };
 
-use crate::{Params, common::revision::revision_content, disk::LabDisk};
+use super::Params;
+use crate::common::{lab_disk::LabDisk, revision::revision_content};
 
 /// The key consumers read; its content starts with the revision marker.
 pub const KEY: &str = "config.yaml";

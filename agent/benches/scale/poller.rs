@@ -21,13 +21,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
+use super::{
     Params,
     agent_phase::{Window, WindowStart},
-    common::{procfs::proc_status_kib, revision::unix_ns},
     node::ScaleNode,
     writer::{Burst, sustained, update_at},
 };
+use crate::common::{procfs::proc_status_kib, revision::unix_ns};
 
 /// First argument of the benchmark binary when it runs as the poller.
 pub const FLAG: &str = "--poller-child";
@@ -180,7 +180,7 @@ pub fn run(p: &Params, sn: &ScaleNode, next_rev: &mut u64) -> anyhow::Result<Pol
     eprintln!("[scale] poller: starting (every {} ms)", p.poll.as_millis());
     let started = Instant::now();
     let mut child = Command::new(&exe)
-        .arg(FLAG)
+        .args(["scale", FLAG])
         .arg(sn.node.kubelet_root())
         .arg(&out)
         .arg(p.poll.as_micros().to_string())

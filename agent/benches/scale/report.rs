@@ -2,13 +2,13 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::{
+use super::{
     Params,
     agent_phase::{AgentFigures, COST_SCRAPES, Window},
-    common::{fmt_ns, percentile, procfs::fmt_kib},
     node::ScaleNode,
     poller::PollerFigures,
 };
+use crate::common::{fmt_ns, percentile, procfs::fmt_kib};
 
 pub struct Setup {
     pub volumes: usize,
@@ -45,7 +45,7 @@ pub struct Outcome {
     pub full: anyhow::Result<AgentFigures>,
     pub inotify: anyhow::Result<AgentFigures>,
     pub poller: anyhow::Result<PollerFigures>,
-    pub teardown: crate::node::Teardown,
+    pub teardown: super::node::Teardown,
 }
 
 /// `a / b` as `0.12x`, or `n/a`.
