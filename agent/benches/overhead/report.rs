@@ -105,7 +105,7 @@ impl Report {
         };
         let _ = writeln!(
             self.head,
-            "## `cargo bench -p reloadscope --bench overhead`\n\n\
+            "## `cargo bench -p reloadscope --bench bench -- overhead`\n\n\
              - kernel (`uname -r`): {}\n- nproc: {}\n- CPU: {cpu}\n- load average at start: {}\n\
              - other processes holding tracepoint BPF programs at start: {holders}\n\n\
              {} A/B rounds (A B, then B A, alternating): **A** no probe, **B** the probe \

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// The flag that selects the child mode.
+/// The flag that selects the child mode, first after `reload`.
 pub const FLAG: &str = "--open-loop";
 
 /// ns per open+close of `path` over `calls` calls (after `calls / 10` unmeasured
