@@ -15,10 +15,9 @@
 mod burst;
 mod latency;
 mod overhead;
-mod util;
 mod watch_reader;
 
-use std::{fmt::Write as _, process::ExitCode, time::Instant};
+use std::{process::ExitCode, time::Instant};
 
 use crate::common;
 
@@ -89,20 +88,13 @@ pub fn main(raw: &[String]) -> ExitCode {
     };
     let wants = |m| args.only.is_empty() || args.only.contains(&m);
     let started = Instant::now();
-    let binary = burst::agent_binary();
+    let binary = common::agent_process::agent_binary();
 
     let mut out = String::new();
     out.push_str(&common::header("detect", &args.given, args.quick));
 
     let mut failed = false;
-    let mut section = |name: &str, r: anyhow::Result<String>| match r {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("[detect] {name} failed: {e:#}");
-            failed = true;
-            format!("### {name}\n\nFAILED: {e:#}\n")
-        }
-    };
+    let mut section = |name: &str, r| common::section("detect", name, r, &mut failed);
     let mut latency_out = None;
     if wants(Measure::Latency) {
         let p = if args.quick {
@@ -166,15 +158,5 @@ pub fn main(raw: &[String]) -> ExitCode {
         out.push('\n');
         out.push_str(&s);
     }
-    let _ = writeln!(
-        out,
-        "\n_Run took {:.0} s._",
-        started.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    common::finish(out, started, failed)
 }

@@ -30,6 +30,8 @@ use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, payload, scrape};
 use crate::common::{
     self,
     agent_process::{AgentProcess, agent_binary},
+    figures::percentile,
+    machine::loadavg,
     procfs::proc_cpu,
 };
 
@@ -270,7 +272,7 @@ fn slow_connections(quick: bool, out: &mut String) -> anyhow::Result<()> {
     }
     let all_closed = t.elapsed();
     agent.terminate();
-    let p = |v: &[f64], q: f64| common::percentile(v, q);
+    let p = |v: &[f64], q: f64| percentile(v, q);
     *out += &format!(
         "### Slow connections: {idle} idle and {slow} half-sent held, descriptor limit {limit}\n\n"
     );
@@ -340,7 +342,7 @@ pub fn main(raw: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    out += &format!("- load average at the end: {}\n", common::loadavg());
+    out += &format!("- load average at the end: {}\n", loadavg());
     print!("{out}");
     ExitCode::SUCCESS
 }

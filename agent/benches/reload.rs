@@ -19,12 +19,11 @@ mod accuracy;
 mod cost;
 mod cost_fleet;
 mod cost_report;
+mod fanotify_marks;
 mod marks;
 mod openloop;
-mod util;
 
 use std::{
-    fmt::Write as _,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -126,14 +125,7 @@ pub fn main(raw: &[String]) -> ExitCode {
     out.push_str(&common::header("reload", &args.given, args.quick));
 
     let mut failed = false;
-    let mut section = |name: &str, r: anyhow::Result<String>| match r {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("[reload] {name} failed: {e:#}");
-            failed = true;
-            format!("### {name}\n\nFAILED: {e:#}\n")
-        }
-    };
+    let mut section = |name: &str, r| common::section("reload", name, r, &mut failed);
     let mut sections = Vec::new();
     if wants(Measure::Cost) {
         let p = if args.quick {
@@ -181,15 +173,5 @@ pub fn main(raw: &[String]) -> ExitCode {
         out.push('\n');
         out.push_str(&s);
     }
-    let _ = writeln!(
-        out,
-        "\n_Run took {:.0} s._",
-        started.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    common::finish(out, started, failed)
 }

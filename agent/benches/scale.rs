@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common;
+use crate::common::{self, machine::loadavg};
 
 const USAGE: &str = "\
 usage: cargo xtask bench scale [--quick] [--pods N] [--consumers N] [--seconds N] [--idle N]
@@ -306,18 +306,8 @@ pub fn main(raw: &[String]) -> ExitCode {
         poller,
         teardown,
     };
-    let _ = writeln!(out, "- load average at the end: {}", common::loadavg());
+    let _ = writeln!(out, "- load average at the end: {}", loadavg());
     out.push('\n');
     out.push_str(&report::render(p, &outcome));
-    let _ = writeln!(
-        out,
-        "\n_Run took {:.0} s._",
-        started.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    common::finish(out, started, failed)
 }

@@ -15,6 +15,23 @@ use std::{
 
 use anyhow::Context as _;
 
+use super::machine::fs_type;
+
+/// A temp dir for the loops' files, named `<prefix>...`: in /dev/shm when that is a
+/// tmpfs, else in the temp dir.
+pub fn loop_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let parent = if shm.is_dir() && fs_type(shm) == "tmpfs" {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&parent)
+        .with_context(|| format!("temp dir in {parent:?}"))
+}
+
 pub fn cstr(p: &Path) -> anyhow::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).context("path with a NUL byte")
 }

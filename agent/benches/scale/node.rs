@@ -15,7 +15,7 @@ use reloadscope_lab::{
 };
 
 use super::Params;
-use crate::common::{lab_disk::LabDisk, revision::revision_content};
+use crate::common::{lab_disk::LabDisk, machine::fs_desc, revision::revision_content};
 
 /// The key consumers read; its content starts with the revision marker.
 pub const KEY: &str = "config.yaml";
@@ -90,7 +90,7 @@ impl ScaleNode {
             Some(d) => d.path().parent().unwrap_or(d.path()).to_path_buf(),
             None => node.base().to_path_buf(),
         };
-        let mut fs = crate::common::fs_desc(&node.kubelet_root());
+        let mut fs = fs_desc(&node.kubelet_root());
         if disk.is_some() {
             fs += &format!(
                 ", a loop-mounted {} GiB image made for the run",

@@ -8,7 +8,10 @@ use super::{
     node::ScaleNode,
     poller::PollerFigures,
 };
-use crate::common::{fmt_ns, percentile, procfs::fmt_kib};
+use crate::common::{
+    figures::{fmt_ns, percentile},
+    procfs::fmt_kib,
+};
 
 pub struct Setup {
     pub volumes: usize,
