@@ -12,22 +12,14 @@
 //! Run as root: `cargo xtask bench detect [--quick] [--only latency|burst|overhead]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
-#[path = "detect/burst.rs"]
 mod burst;
-#[path = "common/mod.rs"]
-mod common;
-#[path = "detect/disk.rs"]
-mod disk;
-#[path = "detect/latency.rs"]
 mod latency;
-#[path = "detect/overhead.rs"]
 mod overhead;
-#[path = "detect/overhead_loops.rs"]
-mod overhead_loops;
-#[path = "detect/util.rs"]
-mod util;
+mod watch_reader;
 
-use std::{fmt::Write as _, process::ExitCode, time::Instant};
+use std::{process::ExitCode, time::Instant};
+
+use crate::common;
 
 const USAGE: &str = "\
 usage: cargo xtask bench detect [--quick] [--only latency|burst|overhead]...
@@ -51,13 +43,13 @@ struct Args {
     given: Vec<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(raw: &[String]) -> Result<Args, String> {
     let mut args = Args {
         quick: false,
         only: Vec::new(),
         given: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = raw.iter().cloned();
     while let Some(a) = it.next() {
         match a.as_str() {
             // cargo bench adds it to every benchmark binary's arguments.
@@ -83,28 +75,26 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn main() -> ExitCode {
-    let args =
-        match common::checked_args("detect", USAGE, " (eBPF probe, tmpfs mounts)", parse_args()) {
-            Ok(a) => a,
-            Err(code) => return code,
-        };
+/// `detect [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
+    let args = match common::checked_args(
+        "detect",
+        USAGE,
+        " (eBPF probe, tmpfs mounts)",
+        parse_args(raw),
+    ) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let wants = |m| args.only.is_empty() || args.only.contains(&m);
     let started = Instant::now();
-    let binary = burst::agent_binary();
+    let binary = common::agent_process::agent_binary();
 
     let mut out = String::new();
     out.push_str(&common::header("detect", &args.given, args.quick));
 
     let mut failed = false;
-    let mut section = |name: &str, r: anyhow::Result<String>| match r {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("[detect] {name} failed: {e:#}");
-            failed = true;
-            format!("### {name}\n\nFAILED: {e:#}\n")
-        }
-    };
+    let mut section = |name: &str, r| common::section("detect", name, r, &mut failed);
     let mut latency_out = None;
     if wants(Measure::Latency) {
         let p = if args.quick {
@@ -168,15 +158,5 @@ fn main() -> ExitCode {
         out.push('\n');
         out.push_str(&s);
     }
-    let _ = writeln!(
-        out,
-        "\n_Run took {:.0} s._",
-        started.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    common::finish(out, started, failed)
 }

@@ -1,74 +1,9 @@
-//! Helpers of the reload benchmark: figures, formatting, and what /proc says about the
-//! machine and this process (CPU time, the agent's fanotify marks).
+//! The fanotify marks this process holds, from `/proc/self/fdinfo`: how many of each
+//! kind, and which inode each inode mark is on.
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path};
 
-pub use crate::common::{fmt_ns, fs_type, median, tracepoint_prog_holders};
-
-/// Nearest-rank percentile of `values` (any order).
-pub fn pct(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-    v[rank.min(v.len()) - 1]
-}
-
-pub fn min_max(values: &[f64]) -> (f64, f64) {
-    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (lo, hi)
-}
-
-/// A difference with its sign: `+240 ns`, `-12 ns`, `±0 ns`.
-pub fn fmt_delta_ns(ns: f64) -> String {
-    if ns.is_nan() {
-        "n/a".into()
-    } else if ns.abs() < 0.5 {
-        "±0 ns".into()
-    } else if ns > 0.0 {
-        format!("+{}", fmt_ns(ns))
-    } else {
-        format!("-{}", fmt_ns(-ns))
-    }
-}
-
-/// `a / b` as `1.023x` (three decimals: the goals are 1.01 and 1.05), or `n/a`.
-pub fn ratio3(a: f64, b: f64) -> String {
-    if b > 0.0 && a >= 0.0 && a.is_finite() && b.is_finite() {
-        format!("{:.3}x", a / b)
-    } else {
-        "n/a".into()
-    }
-}
-
-/// CPU time (user + system) of every thread of this process so far, not its children.
-pub fn self_cpu() -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// File descriptors of this process whose link target is `target`
-/// (`anon_inode:[fanotify]`, `anon_inode:bpf-prog`).
-pub fn own_fds(target: &str) -> Vec<String> {
-    fs::read_dir("/proc/self/fd").map_or_else(
-        |_| Vec::new(),
-        |fds| {
-            fds.flatten()
-                .filter(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == target))
-                .map(|fd| fd.file_name().to_string_lossy().into_owned())
-                .collect()
-        },
-    )
-}
+use crate::common::machine::own_fds;
 
 /// The marks of every fanotify group this process holds, by kind, from
 /// `/proc/self/fdinfo` (fs/notify/fdinfo.c prints one line per mark).

@@ -1,8 +1,8 @@
-//! A disk for the burst's lab node: a fresh ext4 file system with a journal, on a loop
-//! device over an image file, as a node's kubelet dir would have. The machine's own
-//! root may lack a journal, and then ext4 skips every inode freed in the last 30 s
-//! when it allocates one: under a burst's create/delete churn the writer, not the
-//! agent, becomes the bound.
+//! A disk for a lab node (detect's burst, scale's node): a fresh ext4 file system with
+//! a journal, on a loop device over an image file, as a node's kubelet dir would have.
+//! The machine's own root may lack a journal, and then ext4 skips every inode freed in
+//! the last 30 s when it allocates one: under a burst's create/delete churn the writer,
+//! not the agent, becomes the bound.
 
 use std::{
     fs,
@@ -73,7 +73,7 @@ impl Drop for LabDisk {
             Ok(()) => drop(self.dir.take()),
             Err(e) => {
                 // Never remove the dir through a file system still mounted on it.
-                eprintln!("[detect] could not unmount {:?}: {e}", self.mount);
+                eprintln!("[lab disk] could not unmount {:?}: {e}", self.mount);
                 if let Some(d) = self.dir.take() {
                     let _ = d.keep();
                 }
