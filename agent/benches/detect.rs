@@ -22,10 +22,12 @@ use std::{process::ExitCode, time::Instant};
 use crate::common;
 
 const USAGE: &str = "\
-usage: cargo xtask bench detect [--quick] [--only latency|burst|overhead]...
+usage: cargo xtask bench detect [--quick] [--only latency|burst|overhead]... [--state-file]
 
-  --quick   smaller counts, for a smoke run
-  --only M  run measure M only (repeatable)
+  --quick       smaller counts, for a smoke run
+  --only M      run measure M only (repeatable)
+  --state-file  run the burst once more with the agent's --state-file (its journal
+                synced before each batch of swaps is counted), beside the first
 
 Needs root (eBPF probe, tmpfs mounts).";
 
@@ -38,6 +40,7 @@ enum Measure {
 
 struct Args {
     quick: bool,
+    state_file: bool,
     only: Vec<Measure>,
     /// As given, for the report's first line.
     given: Vec<String>,
@@ -46,6 +49,7 @@ struct Args {
 fn parse_args(raw: &[String]) -> Result<Args, String> {
     let mut args = Args {
         quick: false,
+        state_file: false,
         only: Vec::new(),
         given: Vec::new(),
     };
@@ -55,6 +59,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             // cargo bench adds it to every benchmark binary's arguments.
             "--bench" => continue,
             "--quick" => args.quick = true,
+            "--state-file" => args.state_file = true,
             "--only" => {
                 let m = it.next().ok_or("--only needs a measure")?;
                 args.only.push(match m.as_str() {
@@ -121,19 +126,40 @@ pub fn main(raw: &[String]) -> ExitCode {
                 volumes: 100,
                 seconds: 2,
                 rate: 1000,
+                state_file: false,
             }
         } else {
             burst::Params {
                 volumes: 500,
                 seconds: 10,
                 rate: 1000,
+                state_file: false,
             }
         };
-        let r = match &binary {
-            Ok(bin) => burst::run(&p, bin),
+        let run = |p: &burst::Params| match &binary {
+            Ok(bin) => burst::run(p, bin),
             Err(e) => Err(anyhow::anyhow!("{e:#}")),
         };
-        burst_out = Some(section("Burst", r));
+        let plain = run(&p);
+        let mut text = String::new();
+        if args.state_file {
+            let journaled = run(&burst::Params {
+                state_file: true,
+                ..p
+            });
+            if let (Ok(a), Ok(b)) = (&plain, &journaled) {
+                text = format!(
+                    "\nAgent CPU over the burst with --state-file / without, same run: \
+                     {:.2} s / {:.2} s = {}.\n",
+                    b.agent_cpu.as_secs_f64(),
+                    a.agent_cpu.as_secs_f64(),
+                    common::figures::ratio(b.agent_cpu.as_secs_f64(), a.agent_cpu.as_secs_f64())
+                );
+            }
+            let journaled = journaled.map(|b| b.report);
+            text = section("Burst with --state-file", journaled) + &text;
+        }
+        burst_out = Some(section("Burst", plain.map(|b| b.report)) + &text);
     }
     let mut overhead_out = None;
     if wants(Measure::Overhead) {

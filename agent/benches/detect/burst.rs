@@ -35,6 +35,15 @@ pub struct Params {
     pub volumes: usize,
     pub seconds: u64,
     pub rate: u64,
+    /// The agent keeps `--state-file` (on the lab's disk): each batch of swaps waits
+    /// for one sync of its journal before it is counted.
+    pub state_file: bool,
+}
+
+/// One burst's report, and the agent's CPU over it.
+pub struct Burst {
+    pub report: String,
+    pub agent_cpu: Duration,
 }
 
 struct Volume {
@@ -56,7 +65,7 @@ fn metric_sum(m: &Samples, name: &str, with: &[(&str, &str)]) -> u64 {
     m.sum(name, with) as u64
 }
 
-pub fn run(p: &Params, binary: &Path) -> anyhow::Result<String> {
+pub fn run(p: &Params, binary: &Path) -> anyhow::Result<Burst> {
     let disk = match LabDisk::create(512) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -104,7 +113,7 @@ pub fn run(p: &Params, binary: &Path) -> anyhow::Result<String> {
         .filter(|v| v.ty == VolumeType::Secret)
         .count();
 
-    let args: [OsString; 6] = [
+    let mut args: Vec<OsString> = vec![
         "--kubelet-root".into(),
         node.kubelet_root().into(),
         "--pod-logs-dir".into(),
@@ -112,6 +121,12 @@ pub fn run(p: &Params, binary: &Path) -> anyhow::Result<String> {
         "--log-level".into(),
         "warn".into(),
     ];
+    // Beside the node: on the ext4 image when there is one, as a node's hostPath is on
+    // its disk.
+    let state = node.base().join("state.json");
+    if p.state_file {
+        args.extend(["--state-file".into(), state.clone().into()]);
+    }
     let mut agent = AgentProcess::start(binary, &args, Stdio::inherit())?;
     let start = Instant::now();
     let (pid, addr) = (agent.pid(), agent.addr);
@@ -247,15 +262,25 @@ pub fn run(p: &Params, binary: &Path) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Burst: {}/s for {} s across {} volumes, agent as its own process\n\n\
-         `{}` (`agent --log-level warn`, eBPF loaded: {}), {} configmap volumes on disk \
+        "### Burst: {}/s for {} s across {} volumes, agent as its own process{}\n\n\
+         `{}` (`agent --log-level warn{}`, eBPF loaded: {}), {} configmap volumes on disk \
          ({disk_fs}{image}) and {secrets} secret volumes on tmpfs, 2 keys each, in {} pods; \
          ready with all volumes watched {:.2} s after start. The writer, one thread, makes \
          the kubelet's calls on the volumes in turn on an absolute schedule.\n",
         p.rate,
         p.seconds,
         p.volumes,
+        if p.state_file {
+            ", with a state file"
+        } else {
+            ""
+        },
         binary.display(),
+        if p.state_file {
+            " --state-file <node dir>/state.json"
+        } else {
+            ""
+        },
         if ebpf { "yes" } else { "NO" },
         p.volumes - secrets,
         p.volumes.div_ceil(PER_POD),
@@ -362,5 +387,8 @@ pub fn run(p: &Params, binary: &Path) -> anyhow::Result<String> {
             }
         );
     }
-    Ok(s)
+    Ok(Burst {
+        report: s,
+        agent_cpu,
+    })
 }
