@@ -76,6 +76,13 @@ const PROBE: Suite = Suite {
     only: &[],
 };
 
+/// The kernel programs' log: said when asked for, its code dropped by the verifier
+/// when not (each kernel's verifier must accept both).
+const KERNEL_LOG: Suite = Suite {
+    test: "kernel_log",
+    only: &[],
+};
+
 /// The tests of detect.rs that count updates through the probe (a failed rename
 /// counts zero, the kernel's counter moves) or without it (inotify alone). Left
 /// out: the ones that run host programs the VM lacks (promtool, setpriv, the agent
@@ -135,6 +142,12 @@ pub struct Boot {
 const BOTH_VARIANTS: &[Runs] = &[
     Runs {
         suite: PROBE,
+        variants: BOTH,
+        expect: Expect::Pass,
+        timed: false,
+    },
+    Runs {
+        suite: KERNEL_LOG,
         variants: BOTH,
         expect: Expect::Pass,
         timed: false,
@@ -877,6 +890,8 @@ mod tests {
             [
                 "probe/tracepoint",
                 "probe/fentry",
+                "kernel_log/tracepoint",
+                "kernel_log/fentry",
                 "detect/tracepoint",
                 "detect/fentry",
                 "detect/tracepoint",
@@ -889,11 +904,14 @@ mod tests {
             "the probe module's tests, all"
         );
         assert!(plan.runs.iter().all(|r| r.binary == TEST_BINARY));
-        assert_eq!(plan.runs[2].args[2], "--exact");
+        assert_eq!(plan.runs[4].args[2], "--exact");
         let timed: Vec<bool> = jobs[0].runs.iter().map(|r| r.timed).collect();
-        assert_eq!(timed, [false, false, false, false, true, true]);
+        assert_eq!(
+            timed,
+            [false, false, false, false, false, false, true, true]
+        );
         assert!(
-            plan.runs[4]
+            plan.runs[6]
                 .args
                 .contains(&"detect::go_style_at_calls_count_once_per_source".to_owned())
         );
@@ -980,6 +998,8 @@ mod tests {
         let both = [
             run("probe/tracepoint", "ok", 0),
             run("probe/fentry", "ok", 0),
+            run("kernel_log/tracepoint", "ok", 0),
+            run("kernel_log/fentry", "ok", 0),
             run("detect/tracepoint", "ok", 0),
             run("detect/fentry", "ok", 0),
             // The timed ones.

@@ -16,6 +16,7 @@ mod faults_start;
 mod faults_tree;
 mod follow;
 mod inspect;
+mod kernel_log;
 mod kube_access;
 mod kube_api;
 mod kube_events;

@@ -14,7 +14,7 @@ use reloadscope::probe::{Choice, DEFAULT_RING_BYTES, Probe, ProbeStats, RenameHo
 /// tests once per variant), else the first that loads.
 fn load() -> (Probe, aya::maps::RingBuf<aya::maps::MapData>) {
     let choice = Choice::from_env().unwrap_or_default();
-    let ((probe, ring), _) = Probe::load_choice(choice, DEFAULT_RING_BYTES)
+    let ((probe, ring), _) = Probe::load_choice(choice, DEFAULT_RING_BYTES, false)
         .unwrap_or_else(|e| panic!("no probe of {choice:?} loads as root: {e:?}"));
     (probe, ring)
 }
@@ -159,7 +159,8 @@ fn auto_takes_fentry_where_the_kernel_allows_it_else_tracepoints() {
     if std::env::var_os("RELOADSCOPE_VM_BTF").is_some_and(|v| v == "hidden") {
         assert!(fentry.is_err(), "fentry loaded without BTF");
     }
-    let ((probe, _ring), tried) = Probe::load_choice(Choice::Auto, DEFAULT_RING_BYTES).unwrap();
+    let ((probe, _ring), tried) =
+        Probe::load_choice(Choice::Auto, DEFAULT_RING_BYTES, false).unwrap();
     match fentry {
         Ok(()) => assert_eq!((probe.variant(), tried.len()), (Variant::Fentry, 0)),
         Err(e) => {
@@ -167,7 +168,7 @@ fn auto_takes_fentry_where_the_kernel_allows_it_else_tracepoints() {
             assert!(matches!(tried[..], [(Variant::Fentry, _)]), "{tried:?}");
         }
     }
-    let off = Probe::load_choice(Choice::Off, DEFAULT_RING_BYTES);
+    let off = Probe::load_choice(Choice::Off, DEFAULT_RING_BYTES, false);
     assert!(
         matches!(off, Err(tried) if tried.is_empty()),
         "off loads nothing"
