@@ -1,5 +1,5 @@
 //! Reloads: for every volume update, which consuming containers opened the new data and
-//! how long after the swap (README, the definitions in its opening section).
+//! how long after the swap (README, "How it works", defines each term).
 //!
 //! - Swap time: the update's `..data` rename (the probe's clock when it saw it).
 //! - A container's reload: the first open, by any process of that container, of a file
