@@ -157,7 +157,7 @@ pub fn main(raw: &[String]) -> ExitCode {
                 );
             }
             let journaled = journaled.map(|b| b.report);
-            text = section("Burst with --state-file", journaled) + &text;
+            text = format!("\n{}{text}", section("Burst with --state-file", journaled));
         }
         burst_out = Some(section("Burst", plain.map(|b| b.report)) + &text);
     }
