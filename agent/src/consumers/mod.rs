@@ -65,6 +65,30 @@ pub struct Scan {
     /// the subPath consumers' mount paths show them: the data of the container's
     /// start, kept alive by the bind after an update replaced it.
     pub pinned: HashMap<VolumeKey, Vec<Ino>>,
+    /// Each container's main process, by container id ([`main_process`]).
+    pub main: HashMap<String, MainProcess>,
+}
+
+/// A container's main process: the one the runtime started, whose parent is outside
+/// the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MainProcess {
+    pub pid: u32,
+    /// Its start in clock ticks since boot: a reuse of the pid has another.
+    pub start_ticks: u64,
+}
+
+/// The main process of a container whose processes are `procs` (pid, parent's pid,
+/// start ticks): the one whose parent is not among them (the runtime's shim is its
+/// parent); of several such (a process reparented to the shim), the oldest, then the
+/// lowest pid.
+pub fn main_process(procs: &[(u32, u32, u64)]) -> Option<MainProcess> {
+    let pids: HashSet<u32> = procs.iter().map(|p| p.0).collect();
+    procs
+        .iter()
+        .filter(|(_, ppid, _)| !pids.contains(ppid))
+        .min_by_key(|(pid, _, start)| (*start, *pid))
+        .map(|&(pid, _, start_ticks)| MainProcess { pid, start_ticks })
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -164,6 +188,7 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
     // and all its processes.
     let mut containers: HashMap<String, (String, u32, (u64, SystemTime))> = HashMap::new();
     let mut pids: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut procs: HashMap<String, Vec<(u32, u32, u64)>> = HashMap::new();
     let Ok(rd) = std::fs::read_dir(proc_root) else {
         return scan;
     };
@@ -178,10 +203,15 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
         else {
             continue;
         };
-        let Some(start) = read(&dir.join("stat")).as_deref().and_then(started) else {
+        let stat = read(&dir.join("stat"));
+        let Some(start) = stat.as_deref().and_then(started) else {
             scan.unreadable += 1;
             continue;
         };
+        if let Some(st) = stat.as_deref().and_then(crate::node::stat::parse) {
+            let p = (pid, st.ppid, st.start_ticks);
+            procs.entry(c.container_id.clone()).or_default().push(p);
+        }
         pids.entry(c.container_id.clone()).or_default().push(pid);
         let entry = containers
             .entry(c.container_id)
@@ -191,6 +221,9 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
         }
     }
     scan.containers = containers.len();
+    scan.main = (procs.iter())
+        .filter_map(|(id, p)| Some((id.clone(), main_process(p)?)))
+        .collect();
     scan.ids = containers.keys().cloned().collect();
     // Only the volumes of pods with a container running: locating a volume costs a
     // walk of the mount table, and a node has far more volumes than running pods
@@ -349,6 +382,21 @@ mod tests {
         assert_eq!(bound_file(&t.path().join("gone"), &m), None);
         let elsewhere = on(libc::makedev(libc::major(meta.dev()) + 1, 0));
         assert_eq!(bound_file(&file, &elsewhere), None, "another device");
+    }
+
+    #[test]
+    fn the_main_process_is_the_one_whose_parent_is_outside() {
+        // 10 started by the shim (1), 11 and 12 its children; 20 reparented to the
+        // shim, younger.
+        let procs = [(11, 10, 5), (10, 1, 5), (12, 11, 9), (20, 1, 7)];
+        assert_eq!(
+            main_process(&procs),
+            Some(MainProcess {
+                pid: 10,
+                start_ticks: 5
+            })
+        );
+        assert_eq!(main_process(&[]), None);
     }
 
     #[test]
