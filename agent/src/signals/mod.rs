@@ -74,11 +74,4 @@ impl Record {
         }
         self.unsent.push_back(u);
     }
-
-    /// Seconds since the signal sent for `ts_dir` of `volume` to container `id` (the
-    /// update it has not reloaded), None when no signal was sent for that update.
-    pub fn signalled_for(&self, volume: &VolumeKey, id: &str, ts_dir: &str) -> Option<SystemTime> {
-        let (dir, at) = self.last.get(&(volume.clone(), id.to_owned()))?;
-        (dir == ts_dir).then_some(*at)
-    }
 }
