@@ -152,7 +152,7 @@ impl SignalLoop {
                 let (namespace, workload) = self.names(&c.pod_uid);
                 let now = SystemTime::now();
                 let mut rec = self.shared.signals.lock().expect("signals lock");
-                *rec.sent.entry((namespace, workload)).or_default() += 1;
+                rec.count_sent(namespace, workload);
                 for (v, ts) in batch.updates {
                     rec.last.insert((v, c.id.clone()), (ts, now));
                 }

@@ -67,11 +67,76 @@ pub struct Record {
 }
 
 impl Record {
+    /// One more signal sent to a container of `workload` in `namespace`.
+    pub fn count_sent(&mut self, namespace: String, workload: String) {
+        *self.workload(namespace, workload) += 1;
+    }
+
+    /// One more signal not sent, for `failure`.
+    pub fn count_failed(&mut self, namespace: String, workload: String, failure: Failure) {
+        self.workload(namespace.clone(), workload.clone());
+        *self
+            .failed
+            .entry((namespace, workload, failure))
+            .or_default() += 1;
+    }
+
+    /// The sent count of a workload; the first time, its sent and failed counts of
+    /// every reason start at 0, so that a rate over them sees its first failure.
+    fn workload(&mut self, namespace: String, workload: String) -> &mut u64 {
+        if !self
+            .sent
+            .contains_key(&(namespace.clone(), workload.clone()))
+        {
+            for f in Failure::ALL {
+                let key = (namespace.clone(), workload.clone(), f);
+                self.failed.entry(key).or_default();
+            }
+        }
+        self.sent.entry((namespace, workload)).or_default()
+    }
+
     /// Queues a Warning Event, dropping the oldest beyond [`UNSENT_MAX`].
     pub fn queue(&mut self, u: Unsent) {
         if self.unsent.len() >= UNSENT_MAX {
             self.unsent.pop_front();
         }
         self.unsent.push_back(u);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workloads_counts_start_at_zero_for_every_reason() {
+        let mut r = Record::default();
+        r.count_failed("shop".into(), "web".into(), Failure::PidReused);
+        assert_eq!(r.sent[&("shop".into(), "web".into())], 0);
+        for f in Failure::ALL {
+            let n = r.failed[&("shop".into(), "web".into(), f)];
+            assert_eq!(n, u64::from(f == Failure::PidReused), "{f:?}");
+        }
+        r.count_sent("shop".into(), "web".into());
+        r.count_sent("shop".into(), "web".into());
+        assert_eq!(r.sent[&("shop".into(), "web".into())], 2);
+        assert_eq!(r.failed.len(), Failure::ALL.len());
+    }
+
+    #[test]
+    fn at_most_so_many_unsent_wait_the_oldest_dropped() {
+        let mut r = Record::default();
+        for i in 0..UNSENT_MAX + 3 {
+            r.queue(Unsent {
+                pod_uid: i.to_string(),
+                container: "c".into(),
+                volumes: vec![],
+                signal: "SIGHUP".into(),
+                failure: Failure::NoProcess,
+            });
+        }
+        assert_eq!(r.unsent.len(), UNSENT_MAX);
+        assert_eq!(r.unsent[0].pod_uid, "3");
     }
 }
