@@ -242,3 +242,138 @@ fn main_process(proc_root: &std::path::Path, id: &str) -> Option<consumers::Main
     }
     consumers::main_process(&procs)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        kubeapi::PodMeta,
+        node::volumes::{VolumeKey, VolumeType},
+        reloads::Found,
+        signals::batch::WINDOW,
+        updates::Tracker,
+    };
+
+    fn volume(name: &str) -> VolumeKey {
+        VolumeKey {
+            pod_uid: "pod".into(),
+            volume_type: VolumeType::ConfigMap,
+            name: name.into(),
+        }
+    }
+
+    fn found(id: &str, name: &str, mount: MountKind) -> Found {
+        Found {
+            id: id.into(),
+            name: name.into(),
+            mount,
+            started: SystemTime::UNIX_EPOCH,
+            start_ticks: 1,
+            mount_path: None,
+            holds: Vec::new(),
+            listed_at: SystemTime::UNIX_EPOCH,
+            watches: false,
+        }
+    }
+
+    /// A pod whose `config` volume `app`, `sidecar` and `sub` (subPath) consume, and
+    /// whose `tls` volume `app` consumes, annotated with `annotations`.
+    fn signal_loop(annotations: &[(&str, &str)]) -> SignalLoop {
+        let shared = Arc::new(Shared::new(Tracker::new(Duration::from_secs(2), false)));
+        {
+            let mut r = shared.reloads.lock().unwrap();
+            let config = vec![
+                found("a", "app", MountKind::Volume),
+                found("s", "sidecar", MountKind::Volume),
+                found("p", "sub", MountKind::SubPath),
+            ];
+            r.set_consumers(&volume("config"), config);
+            r.set_consumers(&volume("tls"), vec![found("a", "app", MountKind::Volume)]);
+        }
+        let pod = PodMeta {
+            namespace: "shop".into(),
+            name: "web".into(),
+            workload: None,
+            volumes: BTreeMap::new(),
+            annotations: (annotations.iter())
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let meta = &mut shared.meta.state.lock().unwrap();
+        meta.pods.insert("pod".into(), pod);
+        SignalLoop::new(shared.clone(), "/proc".into())
+    }
+
+    /// The containers batched by the swaps of `volumes`, by name.
+    fn batched(l: &mut SignalLoop, volumes: &[&str]) -> Vec<(String, Vec<String>)> {
+        let t0 = Instant::now();
+        for v in volumes {
+            let s = Swapped {
+                key: volume(v),
+                ts_dir: "..1".into(),
+            };
+            l.swapped(s, t0);
+        }
+        (l.batcher.due(t0 + WINDOW).into_iter())
+            .map(|b| {
+                let vols = b.updates.into_iter().map(|(v, _)| v.name).collect();
+                (b.container.name, vols)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_annotated_pods_whole_volume_consumers_are_batched() {
+        let mut none = signal_loop(&[]);
+        assert_eq!(batched(&mut none, &["config", "tls"]), []);
+
+        let mut all = signal_loop(&[("reloadscope.dev/reload-signal", "SIGHUP")]);
+        let got = batched(&mut all, &["config", "tls"]);
+        let want = [
+            (
+                "app".to_owned(),
+                vec!["config".to_owned(), "tls".to_owned()],
+            ),
+            ("sidecar".to_owned(), vec!["config".to_owned()]),
+        ];
+        assert_eq!(got, want, "one batch per container; the subPath one never");
+    }
+
+    #[test]
+    fn the_lists_narrow_containers_and_volumes() {
+        let mut l = signal_loop(&[
+            ("reloadscope.dev/reload-signal", "HUP"),
+            ("reloadscope.dev/reload-containers", "app"),
+            ("reloadscope.dev/reload-volumes", "tls"),
+        ]);
+        let got = batched(&mut l, &["config", "tls"]);
+        assert_eq!(got, [("app".to_owned(), vec!["tls".to_owned()])]);
+    }
+
+    /// An unknown signal is batched like any (so that it is counted once per update),
+    /// and refused when due: counted, queued for an Event, never sent.
+    #[test]
+    fn an_unknown_signal_is_counted_and_queued_never_sent() {
+        let mut l = signal_loop(&[("reloadscope.dev/reload-signal", "RELOAD")]);
+        let t0 = Instant::now();
+        l.swapped(
+            Swapped {
+                key: volume("tls"),
+                ts_dir: "..1".into(),
+            },
+            t0,
+        );
+        for b in l.batcher.due(t0 + WINDOW) {
+            l.signal(b);
+        }
+        let rec = l.shared.signals.lock().unwrap();
+        let key = ("shop".to_owned(), String::new(), Failure::UnknownSignal);
+        assert_eq!(rec.failed[&key], 1);
+        assert_eq!(rec.sent.values().sum::<u64>(), 0);
+        assert_eq!(rec.unsent.len(), 1);
+        assert_eq!(rec.unsent[0].signal, "RELOAD");
+        assert_eq!(rec.unsent[0].volumes, ["tls"]);
+    }
+}
