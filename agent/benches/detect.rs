@@ -12,28 +12,22 @@
 //! Run as root: `cargo xtask bench detect [--quick] [--only latency|burst|overhead]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
-#[path = "detect/burst.rs"]
 mod burst;
-#[path = "common/mod.rs"]
-mod common;
-#[path = "detect/disk.rs"]
-mod disk;
-#[path = "detect/latency.rs"]
 mod latency;
-#[path = "detect/overhead.rs"]
 mod overhead;
-#[path = "detect/overhead_loops.rs"]
-mod overhead_loops;
-#[path = "detect/util.rs"]
-mod util;
+mod watch_reader;
 
-use std::{fmt::Write as _, process::ExitCode, time::Instant};
+use std::{process::ExitCode, time::Instant};
+
+use crate::common;
 
 const USAGE: &str = "\
-usage: cargo xtask bench detect [--quick] [--only latency|burst|overhead]...
+usage: cargo xtask bench detect [--quick] [--only latency|burst|overhead]... [--state-file]
 
-  --quick   smaller counts, for a smoke run
-  --only M  run measure M only (repeatable)
+  --quick       smaller counts, for a smoke run
+  --only M      run measure M only (repeatable)
+  --state-file  run the burst once more with the agent's --state-file (its journal
+                synced before each batch of swaps is counted), beside the first
 
 Needs root (eBPF probe, tmpfs mounts).";
 
@@ -46,23 +40,26 @@ enum Measure {
 
 struct Args {
     quick: bool,
+    state_file: bool,
     only: Vec<Measure>,
     /// As given, for the report's first line.
     given: Vec<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(raw: &[String]) -> Result<Args, String> {
     let mut args = Args {
         quick: false,
+        state_file: false,
         only: Vec::new(),
         given: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = raw.iter().cloned();
     while let Some(a) = it.next() {
         match a.as_str() {
             // cargo bench adds it to every benchmark binary's arguments.
             "--bench" => continue,
             "--quick" => args.quick = true,
+            "--state-file" => args.state_file = true,
             "--only" => {
                 let m = it.next().ok_or("--only needs a measure")?;
                 args.only.push(match m.as_str() {
@@ -83,28 +80,26 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn main() -> ExitCode {
-    let args =
-        match common::checked_args("detect", USAGE, " (eBPF probe, tmpfs mounts)", parse_args()) {
-            Ok(a) => a,
-            Err(code) => return code,
-        };
+/// `detect [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
+    let args = match common::checked_args(
+        "detect",
+        USAGE,
+        " (eBPF probe, tmpfs mounts)",
+        parse_args(raw),
+    ) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let wants = |m| args.only.is_empty() || args.only.contains(&m);
     let started = Instant::now();
-    let binary = burst::agent_binary();
+    let binary = common::agent_process::agent_binary();
 
     let mut out = String::new();
     out.push_str(&common::header("detect", &args.given, args.quick));
 
     let mut failed = false;
-    let mut section = |name: &str, r: anyhow::Result<String>| match r {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("[detect] {name} failed: {e:#}");
-            failed = true;
-            format!("### {name}\n\nFAILED: {e:#}\n")
-        }
-    };
+    let mut section = |name: &str, r| common::section("detect", name, r, &mut failed);
     let mut latency_out = None;
     if wants(Measure::Latency) {
         let p = if args.quick {
@@ -131,19 +126,40 @@ fn main() -> ExitCode {
                 volumes: 100,
                 seconds: 2,
                 rate: 1000,
+                state_file: false,
             }
         } else {
             burst::Params {
                 volumes: 500,
                 seconds: 10,
                 rate: 1000,
+                state_file: false,
             }
         };
-        let r = match &binary {
-            Ok(bin) => burst::run(&p, bin),
+        let run = |p: &burst::Params| match &binary {
+            Ok(bin) => burst::run(p, bin),
             Err(e) => Err(anyhow::anyhow!("{e:#}")),
         };
-        burst_out = Some(section("Burst", r));
+        let plain = run(&p);
+        let mut text = String::new();
+        if args.state_file {
+            let journaled = run(&burst::Params {
+                state_file: true,
+                ..p
+            });
+            if let (Ok(a), Ok(b)) = (&plain, &journaled) {
+                text = format!(
+                    "\nAgent CPU over the burst with --state-file / without, same run: \
+                     {:.2} s / {:.2} s = {}.\n",
+                    b.agent_cpu.as_secs_f64(),
+                    a.agent_cpu.as_secs_f64(),
+                    common::figures::ratio(b.agent_cpu.as_secs_f64(), a.agent_cpu.as_secs_f64())
+                );
+            }
+            let journaled = journaled.map(|b| b.report);
+            text = section("Burst with --state-file", journaled) + &text;
+        }
+        burst_out = Some(section("Burst", plain.map(|b| b.report)) + &text);
     }
     let mut overhead_out = None;
     if wants(Measure::Overhead) {
@@ -168,15 +184,5 @@ fn main() -> ExitCode {
         out.push('\n');
         out.push_str(&s);
     }
-    let _ = writeln!(
-        out,
-        "\n_Run took {:.0} s._",
-        started.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    common::finish(out, started, failed)
 }

@@ -16,9 +16,6 @@
 //! Run as root: `cargo xtask bench limits [--quick]`. stdout gets a Markdown section
 //! for BENCHMARKS.md.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -27,12 +24,16 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use common::{
-    agent_process::{AgentProcess, agent_binary},
-    procfs::proc_cpu,
-};
 use reloadscope::node::volumes::VolumeType;
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, payload, scrape};
+
+use crate::common::{
+    self,
+    agent_process::{AgentProcess, agent_binary},
+    figures::percentile,
+    machine::loadavg,
+    procfs::proc_cpu,
+};
 
 const USAGE: &str = "\
 usage: cargo xtask bench limits [--quick]
@@ -271,7 +272,7 @@ fn slow_connections(quick: bool, out: &mut String) -> anyhow::Result<()> {
     }
     let all_closed = t.elapsed();
     agent.terminate();
-    let p = |v: &[f64], q: f64| common::percentile(v, q);
+    let p = |v: &[f64], q: f64| percentile(v, q);
     *out += &format!(
         "### Slow connections: {idle} idle and {slow} half-sent held, descriptor limit {limit}\n\n"
     );
@@ -301,11 +302,9 @@ fn slow_connections(quick: bool, out: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let given: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+/// `limits [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
+    let given: Vec<String> = raw.iter().filter(|a| *a != "--bench").cloned().collect();
     let args = match common::checked_args("limits", USAGE, "", parse(&given)) {
         Ok(a) => a,
         Err(code) => return code,
@@ -343,7 +342,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    out += &format!("- load average at the end: {}\n", common::loadavg());
+    out += &format!("- load average at the end: {}\n", loadavg());
     print!("{out}");
     ExitCode::SUCCESS
 }

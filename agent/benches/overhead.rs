@@ -11,25 +11,12 @@
 //!
 //! Run as root: `cargo xtask bench overhead` (this binary on the host, then in each VM
 //! kernel of the matrix, one table), or this binary alone:
-//! `cargo bench -p reloadscope --bench overhead -- [--probe V] [--rounds N] ...`.
+//! `cargo bench -p reloadscope --bench bench -- overhead [--probe V] [--rounds N] ...`.
 //! Progress goes to stderr; stdout gets a Markdown table, or with `--lines` one
 //! `RELOADSCOPE-OVERHEAD <json>` line per figure for xtask.
 
-#[path = "common/mod.rs"]
-mod common;
-// The getppid and rename loops of `bench detect`'s overhead measure (its inotify loop
-// and watch-ring reader are not used here).
-#[path = "detect/overhead_loops.rs"]
-#[allow(dead_code)]
-mod overhead_loops;
-#[path = "overhead/report.rs"]
 mod report;
-#[path = "overhead/rounds.rs"]
 mod rounds;
-// `overhead_loops` takes `thread_cpu` from it.
-#[path = "detect/util.rs"]
-#[allow(dead_code, unused_imports)]
-mod util;
 
 use std::{
     process::ExitCode,
@@ -38,9 +25,11 @@ use std::{
 
 use reloadscope::probe::{Choice, RenameHook, Variant};
 
+use crate::common;
+
 const USAGE: &str = "\
-usage: cargo bench -p reloadscope --bench overhead -- [--probe VARIANT] [--rounds N]
-                                                     [--side-ms MS] [--quick] [--lines]
+usage: cargo bench -p reloadscope --bench bench -- overhead [--probe VARIANT] [--rounds N]
+                                                           [--side-ms MS] [--quick] [--lines]
        (or `cargo xtask bench overhead`: the host, then each VM kernel, one table)
 
   --probe V     auto (default: every variant), fentry or tracepoint; without it,
@@ -109,9 +98,9 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
     Ok(args)
 }
 
-fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let args = match common::checked_args("overhead", USAGE, " (eBPF probe)", parse_args(&raw)) {
+/// `overhead [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
+    let args = match common::checked_args("overhead", USAGE, " (eBPF probe)", parse_args(raw)) {
         Ok(a) => a,
         Err(code) => return code,
     };

@@ -15,30 +15,22 @@
 //! [--settled-marks ignore|remove|auto]`.
 //! Progress goes to stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
-#[path = "reload/accuracy.rs"]
 mod accuracy;
-#[path = "common/mod.rs"]
-mod common;
-#[path = "reload/cost.rs"]
 mod cost;
-#[path = "reload/cost_fleet.rs"]
 mod cost_fleet;
-#[path = "reload/cost_report.rs"]
 mod cost_report;
-#[path = "reload/marks.rs"]
+mod fanotify_marks;
 mod marks;
-#[path = "reload/openloop.rs"]
 mod openloop;
-#[path = "reload/util.rs"]
-mod util;
 
 use std::{
-    fmt::Write as _,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use reloadscope::opens::SettledMarks;
+
+use crate::common;
 
 const USAGE: &str = "\
 usage: cargo xtask bench reload [--quick] [--only cost|accuracy|marks]... [--no-ebpf-row]
@@ -117,12 +109,12 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
     Ok(args)
 }
 
-fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
+/// `reload [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
     if raw.first().map(String::as_str) == Some(openloop::FLAG) {
         return openloop::child_main(&raw[1..]);
     }
-    let args = match common::checked_args("reload", USAGE, "", parse_args(&raw)) {
+    let args = match common::checked_args("reload", USAGE, "", parse_args(raw)) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -133,14 +125,7 @@ fn main() -> ExitCode {
     out.push_str(&common::header("reload", &args.given, args.quick));
 
     let mut failed = false;
-    let mut section = |name: &str, r: anyhow::Result<String>| match r {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("[reload] {name} failed: {e:#}");
-            failed = true;
-            format!("### {name}\n\nFAILED: {e:#}\n")
-        }
-    };
+    let mut section = |name: &str, r| common::section("reload", name, r, &mut failed);
     let mut sections = Vec::new();
     if wants(Measure::Cost) {
         let p = if args.quick {
@@ -188,15 +173,5 @@ fn main() -> ExitCode {
         out.push('\n');
         out.push_str(&s);
     }
-    let _ = writeln!(
-        out,
-        "\n_Run took {:.0} s._",
-        started.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    common::finish(out, started, failed)
 }

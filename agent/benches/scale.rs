@@ -17,21 +17,11 @@
 //! Run as root: `cargo xtask bench scale [--quick] [--only PHASES]`. Progress goes to
 //! stderr; stdout gets a Markdown section for BENCHMARKS.md.
 
-#[path = "scale/agent_phase.rs"]
 mod agent_phase;
-#[path = "scale/churn.rs"]
 mod churn;
-#[path = "common/mod.rs"]
-mod common;
-#[path = "detect/disk.rs"]
-mod disk;
-#[path = "scale/node.rs"]
 mod node;
-#[path = "scale/poller.rs"]
 mod poller;
-#[path = "scale/report.rs"]
 mod report;
-#[path = "scale/writer.rs"]
 mod writer;
 
 use std::{
@@ -39,6 +29,8 @@ use std::{
     process::ExitCode,
     time::{Duration, Instant},
 };
+
+use crate::common::{self, machine::loadavg};
 
 const USAGE: &str = "\
 usage: cargo xtask bench scale [--quick] [--pods N] [--consumers N] [--seconds N] [--idle N]
@@ -216,12 +208,12 @@ fn source_state() -> String {
     }
 }
 
-fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
+/// `scale [ARGS]`: the arguments after the benchmark's name.
+pub fn main(raw: &[String]) -> ExitCode {
     if raw.first().map(String::as_str) == Some(poller::FLAG) {
         return poller::child_main(&raw[1..]);
     }
-    let args = match common::checked_args("scale", USAGE, "", parse_args(&raw)) {
+    let args = match common::checked_args("scale", USAGE, "", parse_args(raw)) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -314,18 +306,8 @@ fn main() -> ExitCode {
         poller,
         teardown,
     };
-    let _ = writeln!(out, "- load average at the end: {}", common::loadavg());
+    let _ = writeln!(out, "- load average at the end: {}", loadavg());
     out.push('\n');
     out.push_str(&report::render(p, &outcome));
-    let _ = writeln!(
-        out,
-        "\n_Run took {:.0} s._",
-        started.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    common::finish(out, started, failed)
 }

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod consumers;
 pub mod events;
 pub mod fanotify;
+pub mod histogram;
 pub mod inspect;
 pub mod kubeapi;
 pub mod limits;

@@ -85,16 +85,22 @@ struct AgentArgs {
     /// BENCHMARKS.md.
     #[arg(long, value_enum, value_name = "WHAT", default_value_t = defaults::SETTLED_MARKS)]
     settled_marks: reloadscope::opens::SettledMarks,
+    /// Forward the kernel programs' own log lines (a full ring buffer or in-flight map,
+    /// an unreadable path: counted in any case) to this log. Off, the verifier drops
+    /// their logging code.
+    #[arg(long)]
+    kernel_log: bool,
     /// Size of the probe's ring buffer in bytes (a power of two, at least the page size).
     #[arg(long, value_name = "BYTES", default_value_t = defaults::RING_BYTES, hide = true)]
     ring_bytes: u32,
     /// Labels the reload latency histogram keeps, of those --metric-labels keeps.
-    /// Fewer labels: fewer series (21 each); consumers sharing the kept labels share
-    /// one histogram. E.g. `namespace,workload,volume` for big clusters.
+    /// Consumers sharing the kept labels share one histogram (26 series): by default a
+    /// workload's replicas; add `pod` for one per container, drop `container` for
+    /// fewer.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = defaults::CONSUMER_LABELS
+        default_value = defaults::HISTOGRAM_LABELS
     )]
     histogram_labels: Vec<String>,
     /// File where pending reload measurements are checkpointed (every 10 s and at
@@ -305,6 +311,7 @@ fn config(args: AgentArgs) -> anyhow::Result<Config> {
         reloads: !args.no_reloads,
         settled_marks: args.settled_marks,
         ring_bytes: args.ring_bytes,
+        kernel_log: args.kernel_log,
         histogram_labels: args.histogram_labels,
         state_file: args.state_file,
         rescan: None,

@@ -79,7 +79,7 @@ const KERNELS: Step = Step::new("kernels", "cargo xtask vm-test");
 /// else, with the VMs' timing-bound tests even under TCG (where they may flake).
 #[rustfmt::skip]
 pub const KERNEL_STEPS: &[Step] = &[
-    Step::new("host-kernel", "cargo test --workspace --exclude agent-ebpf --test probe --test detect -- --include-ignored --test-threads=1")
+    Step::new("host-kernel", "cargo test -p reloadscope --test integration -- --include-ignored --test-threads=1 probe:: detect::")
         .root("the integration tests load eBPF programs"),
     Step::new("kernels", "cargo xtask vm-test --timed"),
 ];

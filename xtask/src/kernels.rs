@@ -57,7 +57,11 @@ pub const KERNELS: &[Kernel] = &[
     },
 ];
 
-/// Tests of one integration-test binary (`agent/tests/<test>.rs`) run in a VM.
+/// The integration tests' one binary (`agent/tests/integration/`).
+const TEST_BINARY: &str = "integration";
+
+/// Tests of one module of the integration tests (`agent/tests/integration/<test>.rs`)
+/// run in a VM.
 #[derive(Clone, Copy)]
 pub struct Suite {
     pub test: &'static str,
@@ -69,6 +73,13 @@ pub struct Suite {
 /// which variant `auto` takes.
 const PROBE: Suite = Suite {
     test: "probe",
+    only: &[],
+};
+
+/// The kernel programs' log: said when asked for, its code dropped by the verifier
+/// when not (each kernel's verifier must accept both).
+const KERNEL_LOG: Suite = Suite {
+    test: "kernel_log",
     only: &[],
 };
 
@@ -131,6 +142,12 @@ pub struct Boot {
 const BOTH_VARIANTS: &[Runs] = &[
     Runs {
         suite: PROBE,
+        variants: BOTH,
+        expect: Expect::Pass,
+        timed: false,
+    },
+    Runs {
+        suite: KERNEL_LOG,
         variants: BOTH,
         expect: Expect::Pass,
         timed: false,
@@ -275,6 +292,7 @@ impl Job {
                 ];
                 args.extend(run.args.iter().cloned());
                 Run {
+                    binary: TEST_BINARY.to_owned(),
                     test: run.test.clone(),
                     probe: run.probe.clone(),
                     args,
@@ -288,13 +306,19 @@ impl Job {
     }
 }
 
+/// libtest's arguments selecting `suite` in the one binary: its module's tests, or
+/// exactly the ones named.
 fn suite_args(suite: &Suite) -> Vec<String> {
     if suite.only.is_empty() {
-        return Vec::new();
+        return vec![format!("{}::", suite.test)];
     }
-    std::iter::once("--exact")
-        .chain(suite.only.iter().copied())
-        .map(str::to_owned)
+    std::iter::once("--exact".to_owned())
+        .chain(
+            suite
+                .only
+                .iter()
+                .map(|name| format!("{}::{name}", suite.test)),
+        )
         .collect()
 }
 
@@ -524,13 +548,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     let cache = cmd::target_dir().join("kernels");
     std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
 
-    let mut tests: Vec<String> = jobs
-        .iter()
-        .flat_map(|job| job.runs.iter().map(|run| run.test.clone()))
-        .collect();
-    tests.sort();
-    tests.dedup();
-    let binaries = build_tests(&tests)?;
+    let binaries = build_tests(&[TEST_BINARY.to_owned()])?;
 
     let mut images = BTreeMap::new();
     for job in &jobs {
@@ -545,12 +563,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         let initrd = cache.join(format!("initramfs-{}.cpio", job.name));
         let plan = job.plan();
         let packed = Instant::now();
-        let selected: Vec<(String, PathBuf)> = binaries
-            .iter()
-            .filter(|(test, _)| job.runs.iter().any(|run| &run.test == test))
-            .cloned()
-            .collect();
-        initramfs::build(&initrd, &selected, &plan)?;
+        initramfs::build(&initrd, &binaries, &plan)?;
         println!(
             "==> kernel {} ({} {}{}, {accel:?}): {} test run(s), initramfs {} MB in {:.1} s",
             job.name,
@@ -736,11 +749,11 @@ fn summary_line(
     )
 }
 
-/// Builds the integration tests `tests` (`cargo test --no-run`) and returns each
-/// one's executable. The packages are the `test` check's, so that the features
-/// unify the same way and its build is reused rather than redone.
+/// Builds the agent's integration tests `tests` (`cargo test --no-run`) and returns
+/// each one's executable. The lab's integration tests share the binary's name: the
+/// package is named.
 fn build_tests(tests: &[String]) -> Result<Vec<(String, PathBuf)>> {
-    let mut cargo = cmd::cargo(["test", "--workspace", "--exclude", "agent-ebpf"]);
+    let mut cargo = cmd::cargo(["test", "-p", "reloadscope"]);
     for test in tests {
         cargo.args(["--test", test]);
     }
@@ -851,7 +864,8 @@ mod tests {
             for runs in boot.runs {
                 let suite = runs.suite;
                 let source = std::fs::read_to_string(
-                    cmd::workspace_root().join(format!("agent/tests/{}.rs", suite.test)),
+                    cmd::workspace_root()
+                        .join(format!("agent/tests/integration/{}.rs", suite.test)),
                 )
                 .unwrap();
                 for name in suite.only {
@@ -876,20 +890,30 @@ mod tests {
             [
                 "probe/tracepoint",
                 "probe/fentry",
+                "kernel_log/tracepoint",
+                "kernel_log/fentry",
                 "detect/tracepoint",
                 "detect/fentry",
                 "detect/tracepoint",
                 "detect/fentry"
             ]
         );
-        assert_eq!(plan.runs[0].args, ["--include-ignored", "--test-threads=1"]);
-        assert_eq!(plan.runs[2].args[2], "--exact");
+        assert_eq!(
+            plan.runs[0].args,
+            ["--include-ignored", "--test-threads=1", "probe::"],
+            "the probe module's tests, all"
+        );
+        assert!(plan.runs.iter().all(|r| r.binary == TEST_BINARY));
+        assert_eq!(plan.runs[4].args[2], "--exact");
         let timed: Vec<bool> = jobs[0].runs.iter().map(|r| r.timed).collect();
-        assert_eq!(timed, [false, false, false, false, true, true]);
+        assert_eq!(
+            timed,
+            [false, false, false, false, false, false, true, true]
+        );
         assert!(
-            plan.runs[4]
+            plan.runs[6]
                 .args
-                .contains(&"go_style_at_calls_count_once_per_source".to_owned())
+                .contains(&"detect::go_style_at_calls_count_once_per_source".to_owned())
         );
         assert!(!plan.hide_btf);
     }
@@ -974,6 +998,8 @@ mod tests {
         let both = [
             run("probe/tracepoint", "ok", 0),
             run("probe/fentry", "ok", 0),
+            run("kernel_log/tracepoint", "ok", 0),
+            run("kernel_log/fentry", "ok", 0),
             run("detect/tracepoint", "ok", 0),
             run("detect/fentry", "ok", 0),
             // The timed ones.

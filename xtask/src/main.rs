@@ -8,6 +8,8 @@ mod deploy;
 mod e2e;
 mod image;
 mod kernels;
+#[cfg(test)]
+mod layers;
 mod mixin;
 mod prereqs;
 
@@ -82,11 +84,12 @@ enum Task {
         args: Vec<OsString>,
     },
 
-    /// Run one benchmark: `cargo bench -p reloadscope --bench NAME -- [ARGS]...`
+    /// Run one benchmark: `cargo bench -p reloadscope --bench bench -- NAME [ARGS]...`
     ///
-    /// Benchmarks live in agent/benches/ (for example detect, reload, scale,
-    /// overhead). Put `--` before ARGS to pass options such as `--help` to the
-    /// benchmark itself: `cargo xtask bench detect -- --help`.
+    /// The benchmarks are one program in agent/benches/ with a subcommand each:
+    /// detect, reload, scale, overhead, limits. Put `--` before ARGS to pass
+    /// options such as `--help` to the benchmark itself:
+    /// `cargo xtask bench detect -- --help`.
     /// Two are xtask's own: `overhead` (the host, then each kernel of the
     /// matrix), and `cluster`: the agent deployed with `kubectl apply -k` on the
     /// real node of `cargo xtask cluster`, once per `--settled-marks` mode
@@ -94,8 +97,8 @@ enum Task {
     /// unless it was up; about 6 min a mode).
     #[command(verbatim_doc_comment)]
     Bench {
-        /// Benchmark target in agent/benches/, e.g. detect, reload, scale, overhead;
-        /// or cluster
+        /// Benchmark in agent/benches/: detect, reload, scale, overhead, limits; or
+        /// cluster
         name: String,
         /// Arguments for the benchmark binary
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -235,7 +238,9 @@ fn run(task: Task) -> Result<()> {
                 "reloadscope-lab",
                 "--release",
             ]))?;
-            cmd::run(cmd::cargo(["bench", "-p", "reloadscope", "--bench", &name, "--"]).args(args))
+            // The benchmarks' one program, `name` its subcommand.
+            let bench = ["bench", "-p", "reloadscope", "--bench", "bench", "--"];
+            cmd::run(cmd::cargo(bench).arg(&name).args(args))
         }
         Task::Build => {
             prereqs::ensure()?;

@@ -78,7 +78,12 @@ macro_rules! swap_call {
         #[fexit(function = $function)]
         pub fn $exit(ctx: FExitContext) -> u32 {
             let regs: *const u8 = ctx.arg(0);
-            swap::complete(|i| arg(regs, i), swap::Layout::of($syscall), ret(&ctx))
+            swap::complete(
+                &ctx,
+                |i| arg(regs, i),
+                swap::Layout::of($syscall),
+                ret(&ctx),
+            )
         }
     };
 }
@@ -161,7 +166,7 @@ pub fn fexit_vfs_rename(ctx: FExitContext) -> u32 {
         NR_RENAMEAT2 => Syscall::Renameat2,
         _ => return 0,
     };
-    swap::complete(|i| read_arg(regs, i), swap::Layout::of(syscall), ret)
+    swap::complete(&ctx, |i| read_arg(regs, i), swap::Layout::of(syscall), ret)
 }
 
 /// Argument `i` from a `pt_regs` the verifier does not type (a helper's result).
@@ -179,7 +184,7 @@ pub fn fentry_inotify_add_watch(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "__x64_sys_inotify_add_watch")]
 pub fn fexit_inotify_add_watch(ctx: FExitContext) -> u32 {
-    watch_call::exit(ret(&ctx))
+    watch_call::exit(&ctx, ret(&ctx))
 }
 
 #[fentry(function = "__x64_sys_inotify_rm_watch")]
@@ -189,7 +194,7 @@ pub fn fentry_inotify_rm_watch(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "__x64_sys_inotify_rm_watch")]
 pub fn fexit_inotify_rm_watch(ctx: FExitContext) -> u32 {
-    watch_call::exit(ret(&ctx))
+    watch_call::exit(&ctx, ret(&ctx))
 }
 
 /// No work at all, on the call `cargo xtask bench overhead`'s rename loop makes: what

@@ -6,6 +6,7 @@ use agent_common::{
     swap::{AT_FDCWD, COMM_LEN, DATA_NAME, DATA_TMP_NAME, SwapEvent, Syscall, last_component_is},
 };
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
@@ -13,6 +14,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
+use aya_log_ebpf::{debug, warn};
 
 use super::count;
 
@@ -64,7 +66,11 @@ impl Layout {
 /// `arg(i)` reads argument `i` (the layouts' constant indexes): the new path's first,
 /// the others only for a call that matched.
 #[inline(always)]
-fn matched(arg: impl Fn(usize) -> u64, l: Layout) -> Option<&'static mut SwapEvent> {
+fn matched(
+    ctx: &impl EbpfContext,
+    arg: impl Fn(usize) -> u64,
+    l: Layout,
+) -> Option<&'static mut SwapEvent> {
     let ev = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours until this program returns.
     let ev = unsafe { &mut *ev };
@@ -72,7 +78,13 @@ fn matched(arg: impl Fn(usize) -> u64, l: Layout) -> Option<&'static mut SwapEve
     let new_len =
         match unsafe { bpf_probe_read_user_str_bytes(new_ptr as *const u8, &mut ev.new_path) } {
             Ok(s) => s.len(),
-            Err(_) => return None,
+            Err(e) => {
+                debug!(
+                    ctx,
+                    "syscall {}: new path unreadable ({})", l.syscall as u32, e
+                );
+                return None;
+            }
         };
     if !last_component_is(&ev.new_path, new_len, DATA_NAME)
         && !last_component_is(&ev.new_path, new_len, DATA_TMP_NAME)
@@ -100,13 +112,18 @@ fn matched(arg: impl Fn(usize) -> u64, l: Layout) -> Option<&'static mut SwapEve
 
 /// At a call's entry (tracepoints): parks a matching call until its exit.
 #[inline(always)]
-pub fn enter(arg: impl Fn(usize) -> u64, l: Layout) -> u32 {
-    let Some(ev) = matched(arg, l) else {
+pub fn enter(ctx: &impl EbpfContext, arg: impl Fn(usize) -> u64, l: Layout) -> u32 {
+    let syscall = l.syscall as u32;
+    let Some(ev) = matched(ctx, arg, l) else {
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     if INFLIGHT.insert(&pid_tgid, ev, 0).is_err() {
         count(stats::INFLIGHT_FULL);
+        warn!(
+            ctx,
+            "syscall {}: in-flight map full, the call is not followed", syscall
+        );
     }
     0
 }
@@ -115,21 +132,24 @@ pub fn enter(arg: impl Fn(usize) -> u64, l: Layout) -> u32 {
 /// The paths are read after the call, from the same user memory; the stamp is the
 /// call's end rather than its start.
 #[inline(always)]
-pub fn complete(arg: impl Fn(usize) -> u64, l: Layout, ret: i64) -> u32 {
-    let Some(ev) = matched(arg, l) else {
+pub fn complete(ctx: &impl EbpfContext, arg: impl Fn(usize) -> u64, l: Layout, ret: i64) -> u32 {
+    let Some(ev) = matched(ctx, arg, l) else {
         return 0;
     };
-    report(ev, ret);
+    report(ctx, ev, ret);
     0
 }
 
 /// Sends a matched call's event if the call succeeded; counts it either way.
 #[inline(always)]
-fn report(ev: &SwapEvent, ret: i64) {
+fn report(ctx: &impl EbpfContext, ev: &SwapEvent, ret: i64) {
     if ret == 0 {
         match EVENTS.output(ev, 0) {
             Ok(()) => count(stats::EMITTED),
-            Err(_) => count(stats::LOST),
+            Err(_) => {
+                count(stats::LOST);
+                warn!(ctx, "swap event lost: the ring buffer is full");
+            }
         }
     } else {
         count(stats::FAILED);
@@ -137,13 +157,13 @@ fn report(ev: &SwapEvent, ret: i64) {
 }
 
 #[inline(always)]
-pub fn exit(ret: i64) -> u32 {
+pub fn exit(ctx: &impl EbpfContext, ret: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(ev) = INFLIGHT.get_ptr(&pid_tgid) else {
         return 0;
     };
     // SAFETY: the entry stays valid until removed below, by this thread only.
-    report(unsafe { &*ev }, ret);
+    report(ctx, unsafe { &*ev }, ret);
     let _ = INFLIGHT.remove(&pid_tgid);
     0
 }

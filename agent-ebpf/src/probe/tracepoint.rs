@@ -35,34 +35,34 @@ fn ret(ctx: &TracePointContext) -> i64 {
 
 #[tracepoint]
 pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Rename))
+    swap::enter(&ctx, |i| arg(&ctx, i), swap::Layout::of(Syscall::Rename))
 }
 
 #[tracepoint]
 pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Renameat))
+    swap::enter(&ctx, |i| arg(&ctx, i), swap::Layout::of(Syscall::Renameat))
 }
 
 #[tracepoint]
 pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Renameat2))
+    swap::enter(&ctx, |i| arg(&ctx, i), swap::Layout::of(Syscall::Renameat2))
 }
 
 #[tracepoint]
 pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
-    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Symlink))
+    swap::enter(&ctx, |i| arg(&ctx, i), swap::Layout::of(Syscall::Symlink))
 }
 
 #[tracepoint]
 pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
-    swap::enter(|i| arg(&ctx, i), swap::Layout::of(Syscall::Symlinkat))
+    swap::enter(&ctx, |i| arg(&ctx, i), swap::Layout::of(Syscall::Symlinkat))
 }
 
 /// One exit program serves all five `sys_exit_*` tracepoints: their records share
 /// the layout, and the parked entry says which call it was.
 #[tracepoint]
 pub fn sys_exit_swap(ctx: TracePointContext) -> u32 {
-    swap::exit(ret(&ctx))
+    swap::exit(&ctx, ret(&ctx))
 }
 
 #[tracepoint]
@@ -78,5 +78,5 @@ pub fn sys_enter_inotify_rm_watch(ctx: TracePointContext) -> u32 {
 /// Both watch calls' exits.
 #[tracepoint]
 pub fn sys_exit_watch(ctx: TracePointContext) -> u32 {
-    watch_call::exit(ret(&ctx))
+    watch_call::exit(&ctx, ret(&ctx))
 }

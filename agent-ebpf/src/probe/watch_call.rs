@@ -7,6 +7,7 @@ use agent_common::{
     watch_call::{WatchCall, WatchEvent},
 };
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
@@ -14,6 +15,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
+use aya_log_ebpf::warn;
 
 use super::{Args, count};
 
@@ -59,7 +61,7 @@ pub fn enter(args: &Args, call: WatchCall) -> u32 {
 
 /// A successful call reaches user space, with the wd an add returned.
 #[inline(always)]
-pub fn exit(ret: i64) -> u32 {
+pub fn exit(ctx: &impl EbpfContext, ret: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(ev) = WATCH_INFLIGHT.get_ptr_mut(&pid_tgid) else {
         return 0;
@@ -72,7 +74,10 @@ pub fn exit(ret: i64) -> u32 {
         }
         match WATCH_EVENTS.output(ev, 0) {
             Ok(()) => count(stats::WATCH_EMITTED),
-            Err(_) => count(stats::WATCH_LOST),
+            Err(_) => {
+                count(stats::WATCH_LOST);
+                warn!(ctx, "watch call lost: the ring buffer is full");
+            }
         }
     }
     let _ = WATCH_INFLIGHT.remove(&pid_tgid);

@@ -1,9 +1,8 @@
 //! The agent as a process of its own (the built `reloadscope` binary), read only
 //! through its HTTP endpoints and `/proc`, so that its CPU time and memory are its own.
-//! The detect benchmark's burst (`detect/burst.rs`) does the same with its own copy.
 
 use std::{
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -65,18 +64,31 @@ impl AgentProcess {
         extra: &[S],
         stderr: Stdio,
     ) -> anyhow::Result<AgentProcess> {
+        let mut args: Vec<OsString> = vec![
+            "--kubelet-root".into(),
+            node.kubelet_root().into(),
+            "--pod-logs-dir".into(),
+            node.pod_logs_dir().into(),
+            "--container-logs-dir".into(),
+            node.container_logs_dir().into(),
+        ];
+        args.extend(extra.iter().map(|a| a.as_ref().to_owned()));
+        Self::start(binary, &args, stderr)
+    }
+
+    /// `binary agent [args] --listen <free port>`: the agent with exactly these
+    /// arguments; stdout to /dev/null, stderr as given.
+    pub fn start<S: AsRef<OsStr>>(
+        binary: &Path,
+        args: &[S],
+        stderr: Stdio,
+    ) -> anyhow::Result<AgentProcess> {
         let addr = free_port()?;
         let mut cmd = Command::new(binary);
         cmd.arg("agent")
-            .arg("--kubelet-root")
-            .arg(node.kubelet_root())
-            .arg("--pod-logs-dir")
-            .arg(node.pod_logs_dir())
-            .arg("--container-logs-dir")
-            .arg(node.container_logs_dir())
+            .args(args)
             .arg("--listen")
             .arg(addr.to_string())
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

@@ -1,9 +1,7 @@
 //! What `/proc` says about another process (CPU time, memory, inotify watches) and
 //! about the machine (busy time of all CPUs), for benchmarks that run the agent, or an
-//! alternative to it, as a process of its own.
-//!
-//! `proc_cpu`, `proc_status_kib`, `thread_cpu` and `fmt_kib` are the detect
-//! benchmark's (`detect/util.rs`), here so that every bench can share them.
+//! alternative to it, as a process of its own; and the CPU time of this process and of
+//! its calling thread.
 
 use std::{fs, io, time::Duration};
 

@@ -3,10 +3,10 @@
 //! /proc: does it count every update, and what does it cost?
 
 use std::{
+    ffi::OsString,
     fmt::Write as _,
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
@@ -18,9 +18,12 @@ use reloadscope_lab::{
     scrape::{self, Samples},
 };
 
-use crate::{
-    disk::LabDisk,
-    util::{fmt_kib, fs_desc, proc_cpu, proc_status_kib, ratio, thread_cpu},
+use crate::common::{
+    agent_process::AgentProcess,
+    figures::ratio,
+    lab_disk::LabDisk,
+    machine::fs_desc,
+    procfs::{fmt_kib, proc_cpu, proc_status_kib, thread_cpu},
 };
 
 /// Volumes per pod: the last one of each pod is a Secret (tmpfs), the others ConfigMaps.
@@ -32,6 +35,15 @@ pub struct Params {
     pub volumes: usize,
     pub seconds: u64,
     pub rate: u64,
+    /// The agent keeps `--state-file` (on the lab's disk): each batch of swaps waits
+    /// for one sync of its journal before it is counted.
+    pub state_file: bool,
+}
+
+/// One burst's report, and the agent's CPU over it.
+pub struct Burst {
+    pub report: String,
+    pub agent_cpu: Duration,
 }
 
 struct Volume {
@@ -42,45 +54,6 @@ struct Volume {
     written: u64,
 }
 
-/// The agent process; killed if still running when dropped (an error path).
-struct Agent {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Agent {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then waits up to 5 s; returns how it ended and how long it took.
-    fn terminate(&mut self) -> (String, Duration) {
-        let start = Instant::now();
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
-            return (format!("SIGTERM failed: {e}"), start.elapsed());
-        }
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return (status.to_string(), start.elapsed());
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        ("still running after 5 s; killed".into(), start.elapsed())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn update_payload(n: u64) -> Payload {
     payload(&[
         ("app.properties", &format!("revision={n}\nlog.level=info\n")),
@@ -88,63 +61,11 @@ fn update_payload(n: u64) -> Payload {
     ])
 }
 
-/// The agent binary cargo built with this benchmark: `target/<profile>/reloadscope`,
-/// next to the `deps/` dir this binary runs from.
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("own path")?;
-    let mut candidates = Vec::new();
-    if let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) {
-        candidates.push(profile_dir.join("reloadscope"));
-        if let Some(target) = profile_dir.parent() {
-            candidates.push(target.join("release").join("reloadscope"));
-            candidates.push(target.join("debug").join("reloadscope"));
-        }
-    }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_reloadscope") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .with_context(|| format!("no reloadscope binary among {candidates:?}"))
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
-    Ok(l.local_addr()?)
-}
-
 fn metric_sum(m: &Samples, name: &str, with: &[(&str, &str)]) -> u64 {
     m.sum(name, with) as u64
 }
 
-/// Polls `cond` on fresh scrapes every 20 ms until it holds or `limit` passes,
-/// failing early if the agent exits.
-fn wait_scrape(
-    agent: &mut Agent,
-    limit: Duration,
-    what: &str,
-    cond: impl Fn(&Samples) -> bool,
-) -> anyhow::Result<Samples> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = agent.child.try_wait()? {
-            bail!("the agent exited ({status}) while waiting for {what}");
-        }
-        if let Ok(m) = scrape::scrape(agent.addr)
-            && cond(&m)
-        {
-            return Ok(m);
-        }
-        if start.elapsed() > limit {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn run(p: &Params, binary: &PathBuf) -> anyhow::Result<String> {
+pub fn run(p: &Params, binary: &Path) -> anyhow::Result<Burst> {
     let disk = match LabDisk::create(512) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -192,41 +113,32 @@ pub fn run(p: &Params, binary: &PathBuf) -> anyhow::Result<String> {
         .filter(|v| v.ty == VolumeType::Secret)
         .count();
 
-    let addr = free_port()?;
-    eprintln!("[detect] burst: starting {} on {addr}", binary.display());
-    let child = Command::new(binary)
-        .arg("agent")
-        .arg("--kubelet-root")
-        .arg(node.kubelet_root())
-        .arg("--pod-logs-dir")
-        .arg(node.pod_logs_dir())
-        .arg("--listen")
-        .arg(addr.to_string())
-        .args(["--log-level", "warn"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("start {}", binary.display()))?;
-    let mut agent = Agent { child, addr };
-    let pid = agent.pid();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = agent.child.try_wait()? {
-            bail!("the agent exited at start: {status}");
-        }
-        if scrape::get(addr, "/readyz").is_ok_and(|(code, _)| code == 200) {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            bail!("the agent was not ready after 20 s");
-        }
-        thread::sleep(Duration::from_millis(20));
+    let mut args: Vec<OsString> = vec![
+        "--kubelet-root".into(),
+        node.kubelet_root().into(),
+        "--pod-logs-dir".into(),
+        node.pod_logs_dir().into(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    // Beside the node: on the ext4 image when there is one, as a node's hostPath is on
+    // its disk.
+    let state = node.base().join("state.json");
+    if p.state_file {
+        args.extend(["--state-file".into(), state.clone().into()]);
     }
+    let mut agent = AgentProcess::start(binary, &args, Stdio::inherit())?;
+    let start = Instant::now();
+    let (pid, addr) = (agent.pid(), agent.addr);
+    eprintln!("[detect] burst: started {} on {addr}", binary.display());
+    agent.wait_ready(Duration::from_secs(20), Duration::from_millis(20))?;
     let n = p.volumes as u64;
-    let m = wait_scrape(&mut agent, Duration::from_secs(15), "all volumes", |m| {
-        metric_sum(m, "reloadscope_watched_volumes", &[]) == n
-    })?;
+    let (m, _) = agent.wait_scrape(
+        Duration::from_secs(15),
+        Duration::from_millis(20),
+        "all volumes",
+        |m| metric_sum(m, "reloadscope_watched_volumes", &[]) == n,
+    )?;
     let ebpf = m.get("reloadscope_ebpf_loaded", &[]) == Some(1.0);
     let ready_after = start.elapsed();
     let rss_before = proc_status_kib(pid, "VmRSS");
@@ -350,15 +262,25 @@ pub fn run(p: &Params, binary: &PathBuf) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Burst: {}/s for {} s across {} volumes, agent as its own process\n\n\
-         `{}` (`agent --log-level warn`, eBPF loaded: {}), {} configmap volumes on disk \
+        "### Burst: {}/s for {} s across {} volumes, agent as its own process{}\n\n\
+         `{}` (`agent --log-level warn{}`, eBPF loaded: {}), {} configmap volumes on disk \
          ({disk_fs}{image}) and {secrets} secret volumes on tmpfs, 2 keys each, in {} pods; \
          ready with all volumes watched {:.2} s after start. The writer, one thread, makes \
          the kubelet's calls on the volumes in turn on an absolute schedule.\n",
         p.rate,
         p.seconds,
         p.volumes,
+        if p.state_file {
+            ", with a state file"
+        } else {
+            ""
+        },
         binary.display(),
+        if p.state_file {
+            " --state-file <node dir>/state.json"
+        } else {
+            ""
+        },
         if ebpf { "yes" } else { "NO" },
         p.volumes - secrets,
         p.volumes.div_ceil(PER_POD),
@@ -465,5 +387,8 @@ pub fn run(p: &Params, binary: &PathBuf) -> anyhow::Result<String> {
             }
         );
     }
-    Ok(s)
+    Ok(Burst {
+        report: s,
+        agent_cpu,
+    })
 }

@@ -24,7 +24,10 @@ use reloadscope::{
 };
 use reloadscope_lab::{AtomicWriter, CallStyle, LabNode, Payload, WriteOutcome, payload, scrape};
 
-use crate::util::{Dist, fmt_opt_ns, own_bpf_progs, ratio};
+use crate::common::{
+    figures::{Dist, fmt_opt_ns, ratio},
+    machine::own_bpf_progs,
+};
 
 /// How long one update may take to show before it counts as missed.
 const MISS_AFTER: Duration = Duration::from_secs(2);

@@ -6,14 +6,16 @@
 //! trace. Each round measures them on three sides: no probe (baseline), the probe as
 //! `Probe::load` attaches it, and the probe with `Probe::watch_calls` attached too.
 
-use std::{fmt::Write as _, path::Path, time::Instant};
+use std::{fmt::Write as _, time::Instant};
 
 use anyhow::Context as _;
 use reloadscope::probe::{DEFAULT_RING_BYTES, Probe};
 
-use crate::{
-    overhead_loops::{Inotify, ReaderTotals, WatchReader, cstr, getppid_loop, rename_loop},
-    util::{fmt_delta_ns, fmt_ns, fs_type, median, own_bpf_progs, tracepoint_prog_holders},
+use super::watch_reader::{ReaderTotals, WatchReader};
+use crate::common::{
+    figures::{fmt_delta_ns, fmt_ns, median, min_max},
+    machine::{fs_type, own_bpf_progs, tracepoint_prog_holders},
+    syscall_loops::{Inotify, cstr, getppid_loop, loop_dir, rename_loop},
 };
 
 pub struct Params {
@@ -106,16 +108,7 @@ impl Loops<'_> {
 }
 
 pub fn run(p: &Params) -> anyhow::Result<String> {
-    let shm = Path::new("/dev/shm");
-    let parent = if shm.is_dir() && fs_type(shm) == "tmpfs" {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("reloadscope-bench-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("temp dir in {parent:?}"))?;
+    let dir = loop_dir("reloadscope-bench-")?;
     let (a, b, watched) = (
         dir.path().join("a"),
         dir.path().join("b"),
@@ -201,8 +194,7 @@ pub fn run(p: &Params) -> anyhow::Result<String> {
 
 /// `median (min-max)` of per-round figures, with `fmt` for each.
 fn spread(v: &[f64], fmt: impl Fn(f64) -> String) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = min_max(v);
     format!("{} ({}-{})", fmt(median(v)), fmt(lo), fmt(hi))
 }
 

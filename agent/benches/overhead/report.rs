@@ -24,9 +24,13 @@ use std::{fmt::Write as _, time::Duration};
 use reloadscope::probe::Variant;
 use serde_json::{Value, json};
 
-use crate::{
-    Args, common,
+use super::{
+    Args,
     rounds::{CHUNKS, Calls, Figures, Loop},
+};
+use crate::common::{
+    figures::{fmt_ns, median},
+    machine::{cpu_model, kernel_release, loadavg, nproc, tracepoint_prog_holders},
 };
 
 pub const PREFIX: &str = "RELOADSCOPE-OVERHEAD ";
@@ -40,7 +44,7 @@ pub struct Report {
 
 fn ms(d: &[Duration]) -> f64 {
     let v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    common::median(&v)
+    median(&v)
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {
@@ -83,14 +87,14 @@ impl Report {
     }
 
     pub fn machine(&mut self, args: &Args, fs: &str, nice: i32) {
-        let holders = common::tracepoint_prog_holders();
-        let cpu = common::cpu_model().unwrap_or_else(|| "unknown".into());
+        let holders = tracepoint_prog_holders();
+        let cpu = cpu_model().unwrap_or_else(|| "unknown".into());
         self.emit(json!({
             "kind": "machine",
-            "kernel": common::kernel_release(),
-            "nproc": common::nproc(),
+            "kernel": kernel_release(),
+            "nproc": nproc(),
             "cpu": cpu,
-            "loadavg": common::loadavg(),
+            "loadavg": loadavg(),
             "holders": holders,
             "rounds": args.rounds,
             "side_ms": args.side.as_millis() as u64,
@@ -104,7 +108,7 @@ impl Report {
         };
         let _ = writeln!(
             self.head,
-            "## `cargo bench -p reloadscope --bench overhead`\n\n\
+            "## `cargo bench -p reloadscope --bench bench -- overhead`\n\n\
              - kernel (`uname -r`): {}\n- nproc: {}\n- CPU: {cpu}\n- load average at start: {}\n\
              - other processes holding tracepoint BPF programs at start: {holders}\n\n\
              {} A/B rounds (A B, then B A, alternating): **A** no probe, **B** the probe \
@@ -116,9 +120,9 @@ impl Report {
              loop, a no-op fexit program alone on its call: the row `no-op program` is \
              that side against A (the trampoline's cost, the floor under any fentry or \
              fexit program), `over no-op` the probe against it (the programs' own work).",
-            common::kernel_release(),
-            common::nproc(),
-            common::loadavg(),
+            kernel_release(),
+            nproc(),
+            loadavg(),
             args.rounds,
             args.side.as_millis(),
         );
@@ -187,11 +191,11 @@ impl Report {
         goal: Option<f64>,
     ) {
         let ratios: Vec<f64> = b.iter().zip(a).map(|(b, a)| b / a).collect();
-        let ratio = common::median(&ratios);
+        let ratio = median(&ratios);
         let (lo, hi) = min_max(&ratios);
         let (ci_lo, ci_hi) = median_ci(&ratios);
         let met = goal.map(|g| ratio <= g);
-        let (a_ns, b_ns) = (common::median(a), common::median(b));
+        let (a_ns, b_ns) = (median(a), median(b));
         self.emit(json!({
             "kind": "loop",
             "variant": label,
@@ -214,8 +218,8 @@ impl Report {
             "| {label} | {} | {} | {} | {} | {:.3}x ({ci_lo:.3}-{ci_hi:.3}) | {} | {} |",
             l.name(),
             calls.per_side(l),
-            common::fmt_ns(a_ns),
-            common::fmt_ns(b_ns),
+            fmt_ns(a_ns),
+            fmt_ns(b_ns),
             ratio,
             goal.map_or("-".into(), |g| format!("≤ {g:.2}x")),
             match met {

@@ -9,10 +9,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use reloadscope::probe::{DEFAULT_RING_BYTES, Floor, Probe, RenameHook, Variant};
 
-use crate::{
-    Args, common,
-    overhead_loops::{cstr, getppid_loop, rename_loop},
-    util::own_bpf_progs,
+use super::Args;
+use crate::common::{
+    figures::median,
+    machine::{fs_type, own_bpf_progs, tracepoint_prog_holders},
+    syscall_loops::{cstr, getppid_loop, loop_dir, rename_loop},
 };
 
 /// Each side of a round times each loop in this many chunks of calls, and takes the
@@ -63,16 +64,7 @@ pub struct Files {
 
 impl Files {
     pub fn new() -> anyhow::Result<Files> {
-        let shm = std::path::Path::new("/dev/shm");
-        let parent = if shm.is_dir() && common::fs_type(shm) == "tmpfs" {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("reloadscope-overhead-")
-            .tempdir_in(&parent)
-            .with_context(|| format!("temp dir in {parent:?}"))?;
+        let dir = loop_dir("reloadscope-overhead-")?;
         let (read, a, b) = (
             dir.path().join("key"),
             dir.path().join("a"),
@@ -81,7 +73,7 @@ impl Files {
         std::fs::write(&read, b"value\n").context("create the file to open")?;
         std::fs::write(&a, b"x").context("create the file to rename")?;
         Ok(Files {
-            fs: common::fs_type(dir.path()),
+            fs: fs_type(dir.path()),
             read: cstr(&read)?,
             from: cstr(&a)?,
             to: cstr(&b)?,
@@ -156,7 +148,7 @@ pub fn calibrate(files: &Files, side: Duration) -> anyhow::Result<Calls> {
         for _ in 0..5 {
             timings.push(files.time(l, first)?);
         }
-        let ns = common::median(&timings);
+        let ns = median(&timings);
         let per_chunk = side.as_nanos() as f64 / CHUNKS as f64;
         let n = round2(per_chunk / ns.max(1.0)).max(100);
         // The rename loop goes a→b then b→a.
@@ -261,7 +253,7 @@ pub fn run(
         t.elapsed().as_secs_f64() * 1e3,
         args.rounds
     );
-    let mut holders = common::tracepoint_prog_holders();
+    let mut holders = tracepoint_prog_holders();
     let mut f = Figures {
         variant,
         renames,
@@ -334,7 +326,7 @@ pub fn run(
             last.join(", ")
         );
     }
-    holders.extend(common::tracepoint_prog_holders());
+    holders.extend(tracepoint_prog_holders());
     holders.sort();
     holders.dedup();
     f.holders = holders;

@@ -30,7 +30,10 @@ use reloadscope_lab::{
     payload, scrape,
 };
 
-use crate::util::{fmt_ns, median, pct};
+use crate::common::{
+    figures::{fmt_ns, median, percentile},
+    revision::ns_between,
+};
 
 const KEY: &str = "config.yaml";
 /// How long an update's reloads may take to show in the agent's state.
@@ -86,13 +89,6 @@ struct Row {
 
 fn content(rev: usize) -> String {
     format!("rev={rev:06}\nlog.level=info\nfeature.fast-path=true\n")
-}
-
-fn ns_between(a: SystemTime, b: SystemTime) -> i64 {
-    match a.duration_since(b) {
-        Ok(d) => d.as_nanos() as i64,
-        Err(e) => -(e.duration().as_nanos() as i64),
-    }
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -418,7 +414,7 @@ fn report(
          - the consumer's clock read right before that open(2). Latencies: the agent's \
          (reload - its swap time) and the consumer's own (its open - the writer's clock \
          right after the rename returned).\n",
-        crate::cost_report::settled_label(p.settled),
+        super::cost_report::settled_label(p.settled),
         vols.len(),
         p.period.as_millis(),
         p.updates,
@@ -449,8 +445,8 @@ fn report(
             "| {who} | {vol} | {} | {missed} | {} | {} | {} | {} | {} | {} |",
             samples.len() as u64 + missed,
             fmt_ns(median(&abs)),
-            fmt_ns(pct(&abs, 99.0)),
-            fmt_ns(pct(&abs, 100.0)),
+            fmt_ns(percentile(&abs, 99.0)),
+            fmt_ns(percentile(&abs, 100.0)),
             fmt_ns(median(&err)),
             fmt_ns(median(&al)),
             fmt_ns(median(&ol)),

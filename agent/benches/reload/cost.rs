@@ -24,11 +24,16 @@ use std::{
 use anyhow::Context as _;
 use reloadscope::{agent::Running, node::volumes::VolumeType};
 
-use crate::{
+use super::{
     cost_fleet::{Fleet, KEY, POD_VOLUMES, build_fleet, start_steady, update, wait_stale},
     cost_report::report,
+    fanotify_marks::Marks,
     openloop,
-    util::{Marks, fmt_ns, fs_type, own_fds, self_cpu, tracepoint_prog_holders},
+};
+use crate::common::{
+    figures::fmt_ns,
+    machine::{fs_type, own_fds, tracepoint_prog_holders},
+    procfs::self_cpu,
 };
 
 pub struct Params {

@@ -21,9 +21,9 @@ use reloadscope_lab::{
     payload,
 };
 
-use crate::{
+use super::{
     cost::Side,
-    util::{MarkKind, Marks, inode_id, own_fanotify_mark_lines, own_fanotify_marks},
+    fanotify_marks::{MarkKind, Marks, inode_id, own_fanotify_mark_lines, own_fanotify_marks},
 };
 
 /// The volumes of every pod: three ConfigMaps on disk, two Secrets on tmpfs.

@@ -4,11 +4,12 @@
 
 use std::fmt::Write as _;
 
-use crate::{
+use super::{
     cost::{AGENT, DETECT, EBPF, Group, OFF, Phase, Run, Side, SideStats, Target},
     cost_fleet::{KEY, POD_VOLUMES},
-    util::{Marks, fmt_delta_ns, fmt_ns, median, min_max, ratio3},
+    fanotify_marks::Marks,
 };
+use crate::common::figures::{fmt_delta_ns, fmt_ns, median, min_max, ratio3};
 
 const UNRELATED_GOAL: f64 = 1.01;
 const WATCHED_GOAL: f64 = 1.05;

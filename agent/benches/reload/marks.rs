@@ -19,10 +19,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    openloop,
-    util::{fmt_delta_ns, fmt_ns, median, min_max},
-};
+use super::openloop;
+use crate::common::figures::{fmt_delta_ns, fmt_ns, median, min_max};
 
 pub struct Params {
     pub rounds: usize,

@@ -1,5 +1,5 @@
 //! The open+close loop, run in a process of its own: this benchmark binary again, as
-//! `reload --open-loop <calls> <path> [<pid>]`. With a pid it first enters that
+//! `bench reload --open-loop <calls> <path> [<pid>]`. With a pid it first enters that
 //! process's mount namespace (a lab container's), so `<path>` is looked up as the
 //! container sees it.
 //!
@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// The flag that selects the child mode.
+/// The flag that selects the child mode, first after `reload`.
 pub const FLAG: &str = "--open-loop";
 
 /// ns per open+close of `path` over `calls` calls (after `calls / 10` unmeasured
@@ -27,7 +27,7 @@ pub const FLAG: &str = "--open-loop";
 pub fn measure(path: &Path, calls: u64, mntns_of: Option<u32>) -> anyhow::Result<f64> {
     let exe = std::env::current_exe().context("own path")?;
     let mut cmd = Command::new(exe);
-    cmd.arg(FLAG).arg(calls.to_string()).arg(path);
+    cmd.args(["reload", FLAG]).arg(calls.to_string()).arg(path);
     if let Some(pid) = mntns_of {
         cmd.arg(pid.to_string());
     }

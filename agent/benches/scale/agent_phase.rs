@@ -15,16 +15,16 @@ use anyhow::Context as _;
 use reloadscope::agent::PAIR_WINDOW;
 use reloadscope_lab::scrape::Samples;
 
-use crate::{
+use super::{
     Params,
     churn::Churn,
-    common::{
-        agent_process::AgentProcess,
-        procfs::{MachineCpu, inotify_watches, proc_cpu, proc_status_kib, self_cpu},
-        revision::{first_opens, unix_ns},
-    },
     node::{CONSUMER, NAMESPACE, ScaleNode},
     writer::{Burst, sustained, update_at},
+};
+use crate::common::{
+    agent_process::AgentProcess,
+    procfs::{MachineCpu, inotify_watches, proc_cpu, proc_status_kib, self_cpu},
+    revision::{first_opens, unix_ns},
 };
 
 /// How long the counts may take to settle after the burst.

@@ -14,7 +14,8 @@ use reloadscope_lab::{
     AtomicWriter, CallStyle, ContainerSpec, LabContainer, LabNode, Strategy, WriteOutcome, payload,
 };
 
-use crate::{Params, common::revision::revision_content, disk::LabDisk};
+use super::Params;
+use crate::common::{lab_disk::LabDisk, machine::fs_desc, revision::revision_content};
 
 /// The key consumers read; its content starts with the revision marker.
 pub const KEY: &str = "config.yaml";
@@ -89,7 +90,7 @@ impl ScaleNode {
             Some(d) => d.path().parent().unwrap_or(d.path()).to_path_buf(),
             None => node.base().to_path_buf(),
         };
-        let mut fs = crate::common::fs_desc(&node.kubelet_root());
+        let mut fs = fs_desc(&node.kubelet_root());
         if disk.is_some() {
             fs += &format!(
                 ", a loop-mounted {} GiB image made for the run",

@@ -3,8 +3,8 @@
 //! 100 ms (on a ticker: a pass that overruns its slot drops the ticks it missed)
 //! readlinks every volume's `..data` and counts a change whenever the target differs
 //! from the last one it read. Two updates of one volume within one interval are one
-//! change: a missed update. It runs as a process of its own (this benchmark binary,
-//! re-executed with [`FLAG`]) so that its CPU time and memory are its own; it keeps
+//! change: a missed update. It runs as a process of its own (the benchmarks' program
+//! again, as `scale` [`FLAG`]) so that its CPU time and memory are its own; it keeps
 //! 12 bytes per change it sees, for the benchmark, and no other state than the last
 //! target of each volume.
 
@@ -21,15 +21,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
+use super::{
     Params,
     agent_phase::{Window, WindowStart},
-    common::{procfs::proc_status_kib, revision::unix_ns},
     node::ScaleNode,
     writer::{Burst, sustained, update_at},
 };
+use crate::common::{procfs::proc_status_kib, revision::unix_ns};
 
-/// First argument of the benchmark binary when it runs as the poller.
+/// First argument after `scale` when the benchmarks' program runs as the poller.
 pub const FLAG: &str = "--poller-child";
 
 pub struct PollerFigures {
@@ -180,7 +180,7 @@ pub fn run(p: &Params, sn: &ScaleNode, next_rev: &mut u64) -> anyhow::Result<Pol
     eprintln!("[scale] poller: starting (every {} ms)", p.poll.as_millis());
     let started = Instant::now();
     let mut child = Command::new(&exe)
-        .arg(FLAG)
+        .args(["scale", FLAG])
         .arg(sn.node.kubelet_root())
         .arg(&out)
         .arg(p.poll.as_micros().to_string())

@@ -2,12 +2,15 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::{
+use super::{
     Params,
     agent_phase::{AgentFigures, COST_SCRAPES, Window},
-    common::{fmt_ns, percentile, procfs::fmt_kib},
     node::ScaleNode,
     poller::PollerFigures,
+};
+use crate::common::{
+    figures::{fmt_ns, percentile},
+    procfs::fmt_kib,
 };
 
 pub struct Setup {
@@ -45,7 +48,7 @@ pub struct Outcome {
     pub full: anyhow::Result<AgentFigures>,
     pub inotify: anyhow::Result<AgentFigures>,
     pub poller: anyhow::Result<PollerFigures>,
-    pub teardown: crate::node::Teardown,
+    pub teardown: super::node::Teardown,
 }
 
 /// `a / b` as `0.12x`, or `n/a`.

@@ -9,10 +9,8 @@ use std::{
 
 use reloadscope_lab::{CallStyle, WriteOutcome};
 
-use crate::{
-    common::{procfs::thread_cpu, revision::unix_ns},
-    node::{Vol, update_payload},
-};
+use super::node::{Vol, update_payload};
+use crate::common::{procfs::thread_cpu, revision::unix_ns};
 
 /// One update made.
 #[derive(Clone, Copy, Debug)]

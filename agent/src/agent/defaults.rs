@@ -11,8 +11,11 @@ pub const CONTAINER_LOGS_DIR: &str = "/var/log/containers";
 pub const PROC_ROOT: &str = "/proc";
 /// `--listen`.
 pub const LISTEN: &str = "0.0.0.0:9741";
-/// `--histogram-labels` and `--metric-labels`: every consumer label.
+/// `--metric-labels`: every consumer label.
 pub const CONSUMER_LABELS: &str = "namespace,workload,pod,container,volume";
+/// `--histogram-labels`: one latency histogram per workload's container and volume,
+/// not per pod (its replicas share it); the per-pod view is the stale gauge's.
+pub const HISTOGRAM_LABELS: &str = "namespace,workload,container,volume";
 /// `--rewatch-grace`, seconds.
 pub const REWATCH_GRACE_SECONDS: f64 = crate::linter::REWATCH_GRACE.as_secs_f64();
 /// `--propagation-timeout`, seconds.

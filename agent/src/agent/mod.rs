@@ -67,6 +67,8 @@ pub struct Config {
     /// What becomes of a settled volume's fanotify marks.
     pub settled_marks: opens::SettledMarks,
     pub ring_bytes: u32,
+    /// The kernel programs' log lines to the agent's log (`--kernel-log`).
+    pub kernel_log: bool,
     /// Labels kept on the reload latency histogram (of namespace, pod, container, volume).
     pub histogram_labels: Vec<String>,
     /// Where pending reload measurements are checkpointed across restarts.
@@ -102,13 +104,14 @@ impl Config {
             reloads: true,
             settled_marks: defaults::SETTLED_MARKS,
             ring_bytes: defaults::RING_BYTES,
+            kernel_log: false,
             state_file: None,
             rescan: None,
             rewatch_grace: Duration::from_secs_f64(defaults::REWATCH_GRACE_SECONDS),
             kube: None,
             labels: crate::metrics::LabelControls::default(),
             reload_signals: false,
-            histogram_labels: defaults::CONSUMER_LABELS
+            histogram_labels: defaults::HISTOGRAM_LABELS
                 .split(',')
                 .map(String::from)
                 .collect(),
@@ -263,7 +266,7 @@ fn start_probe(
     roots: &Roots,
     w: &mut Wiring,
 ) {
-    let (mut probe, ring) = match Probe::load_choice(choice, cfg.ring_bytes) {
+    let (mut probe, ring) = match Probe::load_choice(choice, cfg.ring_bytes, cfg.kernel_log) {
         Ok(((probe, ring), tried)) => {
             for (v, e) in tried {
                 info!("eBPF {} probe unavailable, trying the next: {e}", v.label());
@@ -296,6 +299,10 @@ fn start_probe(
             }
             Err(e) => warn!("inotify watch calls not traced (scans only): {e}"),
         }
+    }
+    if let Some(log) = probe.take_kernel_log() {
+        info!("the kernel programs' log goes to this log (--kernel-log)");
+        w.tasks.push(tokio::spawn(log.run(stopped(w.stop.clone()))));
     }
     *shared.probe.lock().expect("probe lock") = Some(probe);
     shared.tracker.lock().expect("tracker lock").set_ebpf(true);

@@ -14,8 +14,10 @@ use tracing::{debug, info, warn};
 
 use super::stopped;
 use crate::{
-    consumers,
-    node::{cgroup::parse_proc_cgroup, stat},
+    node::{
+        cgroup::parse_proc_cgroup,
+        stat::{self, MainProcess},
+    },
     reloads::MountKind,
     signals::{
         Failure, Request, Swapped, Unsent,
@@ -164,7 +166,7 @@ impl SignalLoop {
         }
     }
 
-    fn target(&self, c: &Container, m: consumers::MainProcess) -> Target {
+    fn target(&self, c: &Container, m: MainProcess) -> Target {
         Target {
             pid: m.pid,
             start_ticks: m.start_ticks,
@@ -215,7 +217,7 @@ impl SignalLoop {
 }
 
 /// The main process of container `id` now, from a walk of `<proc_root>`.
-fn main_process(proc_root: &std::path::Path, id: &str) -> Option<consumers::MainProcess> {
+fn main_process(proc_root: &std::path::Path, id: &str) -> Option<MainProcess> {
     let mut procs = Vec::new();
     for e in std::fs::read_dir(proc_root).ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -240,7 +242,7 @@ fn main_process(proc_root: &std::path::Path, id: &str) -> Option<consumers::Main
             procs.push((pid, st.ppid, st.start_ticks));
         }
     }
-    consumers::main_process(&procs)
+    stat::main_process(&procs)
 }
 
 #[cfg(test)]

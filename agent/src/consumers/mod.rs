@@ -23,6 +23,7 @@ use crate::{
         fdinfo::{self, Ino, Watch},
         mountinfo::{self, Mount},
         pod_logs::parse_container_log_name,
+        stat::{MainProcess, main_process},
         volumes::{VolumeKey, is_timestamped_dir},
     },
     reloads::{Found, MountKind},
@@ -67,28 +68,6 @@ pub struct Scan {
     pub pinned: HashMap<VolumeKey, Vec<Ino>>,
     /// Each container's main process, by container id ([`main_process`]).
     pub main: HashMap<String, MainProcess>,
-}
-
-/// A container's main process: the one the runtime started, whose parent is outside
-/// the container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MainProcess {
-    pub pid: u32,
-    /// Its start in clock ticks since boot: a reuse of the pid has another.
-    pub start_ticks: u64,
-}
-
-/// The main process of a container whose processes are `procs` (pid, parent's pid,
-/// start ticks): the one whose parent is not among them (the runtime's shim is its
-/// parent); of several such (a process reparented to the shim), the oldest, then the
-/// lowest pid.
-pub fn main_process(procs: &[(u32, u32, u64)]) -> Option<MainProcess> {
-    let pids: HashSet<u32> = procs.iter().map(|p| p.0).collect();
-    procs
-        .iter()
-        .filter(|(_, ppid, _)| !pids.contains(ppid))
-        .min_by_key(|(pid, _, start)| (*start, *pid))
-        .map(|&(pid, _, start_ticks)| MainProcess { pid, start_ticks })
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -382,21 +361,6 @@ mod tests {
         assert_eq!(bound_file(&t.path().join("gone"), &m), None);
         let elsewhere = on(libc::makedev(libc::major(meta.dev()) + 1, 0));
         assert_eq!(bound_file(&file, &elsewhere), None, "another device");
-    }
-
-    #[test]
-    fn the_main_process_is_the_one_whose_parent_is_outside() {
-        // 10 started by the shim (1), 11 and 12 its children; 20 reparented to the
-        // shim, younger.
-        let procs = [(11, 10, 5), (10, 1, 5), (12, 11, 9), (20, 1, 7)];
-        assert_eq!(
-            main_process(&procs),
-            Some(MainProcess {
-                pid: 10,
-                start_ticks: 5
-            })
-        );
-        assert_eq!(main_process(&[]), None);
     }
 
     #[test]

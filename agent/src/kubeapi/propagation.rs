@@ -33,6 +33,7 @@ use std::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
 use super::model::{PodMeta, SourceKind};
+use crate::histogram::{Buckets, Histogram};
 
 #[cfg(test)]
 mod tests;
@@ -52,38 +53,16 @@ pub const BUCKETS: [f64; 15] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
 ];
 
+/// The propagation delay's buckets ([`BUCKETS`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DelayBuckets;
+
+impl Buckets for DelayBuckets {
+    const BOUNDS: &'static [f64] = &BUCKETS;
+}
+
 /// Propagation delays observed in one namespace, in seconds.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct DelayHistogram {
-    /// Observations per bucket, not cumulative: `counts[i]` holds those in
-    /// `(BUCKETS[i-1], BUCKETS[i]]`, the last those above 600 s (`+Inf`).
-    pub counts: [u64; BUCKETS.len() + 1],
-    pub sum: f64,
-    pub count: u64,
-}
-
-impl DelayHistogram {
-    pub fn observe(&mut self, delay: Duration) {
-        let seconds = delay.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|&le| seconds <= le)
-            .unwrap_or(BUCKETS.len());
-        self.counts[bucket] += 1;
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    /// Cumulative counts, as Prometheus exposes them (`_bucket{le=...}`); the last is
-    /// `+Inf`, equal to [`Self::count`].
-    pub fn cumulative(&self) -> [u64; BUCKETS.len() + 1] {
-        let mut total = 0;
-        self.counts.map(|c| {
-            total += c;
-            total
-        })
-    }
-}
+pub type DelayHistogram = Histogram<DelayBuckets>;
 
 /// A watched object: a ConfigMap or a Secret.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -296,10 +275,10 @@ fn observe(
 ) {
     let delay = at.duration_since(since).unwrap_or_default();
     if let Some(h) = histograms.get_mut(namespace) {
-        h.observe(delay);
+        h.observe(delay.as_secs_f64());
     } else {
         let mut h = DelayHistogram::default();
-        h.observe(delay);
+        h.observe(delay.as_secs_f64());
         histograms.insert(namespace.to_owned(), h);
     }
 }

@@ -8,7 +8,11 @@
 //! histograms add up, stale seconds and last reload take the largest, consumer info
 //! counts the consumers.
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use prometheus::{
     core::{Collector, Desc},
@@ -22,7 +26,7 @@ use super::{
 };
 use crate::{
     clock,
-    reloads::{BUCKETS, FOREIGN, Histogram, MountKind},
+    reloads::{FOREIGN, Latency, MountKind},
 };
 
 const LATENCY: Family = Family {
@@ -51,7 +55,7 @@ const SINCE_SIGNAL: Family = Family {
 };
 const INFO: Family = Family {
     name: "reloadscope_consumer_info",
-    help: "Number of containers consuming a volume with these labels: 1 per container, more where --metric-labels drops the labels that tell them apart. workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none; reads: whether it reads the volume, yes (seen opening one of its files, holding one open or watching it with inotify), no (not seen reading in the first-read window after its start) or unknown (not seen reading, its start not seen or the window not over): only a reader has a stale-seconds series.",
+    help: "A container consuming a volume, always 1 (containers that --metric-labels leaves alike share the series). workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none; reads: whether it reads the volume, yes (seen opening one of its files, holding one open or watching it with inotify), no (not seen reading in the first-read window after its start) or unknown (not seen reading, its start not seen or the window not over): only a reader has a stale-seconds series.",
     kind: MetricType::GAUGE,
     labels: &[],
 };
@@ -128,12 +132,12 @@ impl ConsumerCollector {
 /// The per-consumer series, by the kept label values: consumers sharing them merged.
 #[derive(Default)]
 struct Merged {
-    latency: BTreeMap<Vec<String>, Histogram>,
+    latency: BTreeMap<Vec<String>, Latency>,
     stale: BTreeMap<Vec<String>, f64>,
     last: BTreeMap<Vec<String>, f64>,
     since_signal: BTreeMap<Vec<String>, f64>,
     /// With the workload's kind, mount, measurement and reads.
-    info: BTreeMap<Vec<String>, u64>,
+    info: BTreeSet<Vec<String>>,
 }
 
 fn max_into(map: &mut BTreeMap<Vec<String>, f64>, key: Vec<String>, v: f64) {
@@ -163,7 +167,7 @@ impl ConsumerCollector {
             let mut info = self.labels.values_with_kind(&values);
             let reads = c.reads.label();
             info.extend([c.mount.label(), measurement, reads].map(str::to_owned));
-            *m.info.entry(info).or_default() += 1;
+            m.info.insert(info);
             if c.mount == MountKind::Volume {
                 let kept = self.histogram.values(&values);
                 m.latency.entry(kept).or_default().merge(&c.latency);
@@ -220,18 +224,14 @@ impl Collector for ConsumerCollector {
         let latency = m
             .latency
             .iter()
-            .map(|(v, h)| histogram(&hist_names, v, &BUCKETS, &h.counts, h.sum, h.count))
+            .map(|(v, h)| histogram(&hist_names, v, h.bounds(), h.counts(), h.sum, h.count))
             .collect();
         let gauges = |map: &BTreeMap<Vec<String>, f64>| {
             map.iter().map(|(v, x)| gauge(&names, v, *x)).collect()
         };
         let mut info_names = self.labels.names_with_kind();
         info_names.extend(INFO_LABELS);
-        let info = m
-            .info
-            .iter()
-            .map(|(v, n)| gauge(&info_names, v, *n as f64))
-            .collect();
+        let info = m.info.iter().map(|v| gauge(&info_names, v, 1.0)).collect();
         let none: [&str; 0] = [];
         vec![
             family(&LATENCY, latency),

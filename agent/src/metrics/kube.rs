@@ -21,7 +21,6 @@ use super::{
     LabelControls, Shared,
     render::{Family, family, gauge, histogram},
 };
-use crate::kubeapi::propagation::BUCKETS;
 
 const API_UP: Family = Family {
     name: "reloadscope_kube_api_up",
@@ -80,7 +79,7 @@ impl Collector for KubeCollector {
             .propagation
             .histograms()
             .filter(|(ns, _)| self.controls.exports_namespace(Some(ns)))
-            .map(|(ns, h)| histogram(DELAY.labels, &[ns], &BUCKETS, &h.counts, h.sum, h.count))
+            .map(|(ns, h)| histogram(DELAY.labels, &[ns], h.bounds(), h.counts(), h.sum, h.count))
             .collect();
         let mut pending = meta.propagation.pending_past(now);
         pending.retain(|p| self.controls.exports(Some(&p.namespace), &p.volume));

@@ -1,6 +1,7 @@
 //! /metrics rendered from hand-built state ([`node`]): labels kept and merged,
 //! filters, and the Kubernetes API's families.
 
+mod budget;
 mod node;
 
 use std::{sync::Arc, time::Duration};
@@ -196,9 +197,10 @@ fn consumers_sharing_the_kept_labels_share_a_series() {
         order(&text, "reloadscope_consumer_stale_seconds"),
         ["namespace", "workload", "volume"]
     );
-    // info: the number of consumers; mount still tells subPath ones apart.
+    // info: 1 for the three whole-volume consumers merged, as every _info series is;
+    // mount still tells subPath ones apart.
     let whole = [web.as_slice(), &[("mount", "volume")]].concat();
-    assert_eq!(m.get("reloadscope_consumer_info", &whole), Some(3.0));
+    assert_eq!(m.get("reloadscope_consumer_info", &whole), Some(1.0));
     let sub = [web.as_slice(), &[("mount", "subpath")]].concat();
     assert_eq!(m.get("reloadscope_consumer_info", &sub), Some(1.0));
     assert_eq!(m.matching("reloadscope_consumer_info", &[]).count(), 4);

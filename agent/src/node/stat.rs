@@ -1,5 +1,6 @@
 //! `/proc/<pid>/stat`: a process's parent and start time, the fields that tell a
-//! container's main process from its children and a pid from its reuse.
+//! container's main process from its children ([`main_process`]) and a pid from its
+//! reuse.
 
 /// What the agent reads of one process's `stat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,9 +23,46 @@ pub fn parse(stat: &str) -> Option<Stat> {
     Some(Stat { ppid, start_ticks })
 }
 
+/// A container's main process: the one the runtime started, whose parent is outside
+/// the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MainProcess {
+    pub pid: u32,
+    /// Its start in clock ticks since boot: a reuse of the pid has another.
+    pub start_ticks: u64,
+}
+
+/// The main process of a container whose processes are `procs` (pid, parent's pid,
+/// start ticks): the one whose parent is not among them (the runtime's shim is its
+/// parent); of several such (a process reparented to the shim), the oldest, then the
+/// lowest pid.
+pub fn main_process(procs: &[(u32, u32, u64)]) -> Option<MainProcess> {
+    let pids: std::collections::HashSet<u32> = procs.iter().map(|p| p.0).collect();
+    procs
+        .iter()
+        .filter(|(_, ppid, _)| !pids.contains(ppid))
+        .min_by_key(|(pid, _, start)| (*start, *pid))
+        .map(|&(pid, _, start_ticks)| MainProcess { pid, start_ticks })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_main_process_is_the_one_whose_parent_is_outside() {
+        // 10 started by the shim (1), 11 and 12 its children; 20 reparented to the
+        // shim, younger.
+        let procs = [(11, 10, 5), (10, 1, 5), (12, 11, 9), (20, 1, 7)];
+        assert_eq!(
+            main_process(&procs),
+            Some(MainProcess {
+                pid: 10,
+                start_ticks: 5
+            })
+        );
+        assert_eq!(main_process(&[]), None);
+    }
 
     #[test]
     fn parent_and_start_even_with_odd_names() {

@@ -110,7 +110,7 @@ pub struct Loaded {
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The object, loaded for `variant`.
-pub fn load(variant: Variant, ring_bytes: u32) -> Result<Loaded, ProbeError> {
+pub fn load(variant: Variant, ring_bytes: u32, log_level: &u8) -> Result<Loaded, ProbeError> {
     let (btf, offsets) = match variant {
         Variant::Fentry => {
             let raw = std::fs::read(KERNEL_BTF).map_err(|error| {
@@ -125,6 +125,7 @@ pub fn load(variant: Variant, ring_bytes: u32) -> Result<Loaded, ProbeError> {
         Variant::Tracepoint => (None, None),
     };
     let mut loader = EbpfLoader::new();
+    super::kernel_log::configure(&mut loader, log_level);
     if let Some(btf) = &btf {
         loader.btf(btf);
     }

@@ -7,6 +7,7 @@
 
 mod attach;
 mod kbtf;
+pub mod kernel_log;
 mod resolve;
 pub mod watch_calls;
 
@@ -60,6 +61,8 @@ pub enum ProbeError {
     Map(#[from] aya::maps::MapError),
     #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
     Btf(#[source] aya::BtfError),
+    #[error("the kernel programs' log: {0}")]
+    Log(#[source] aya_log::Error),
     #[error("the fentry variant is built for x86_64 only")]
     Arch,
 }
@@ -87,6 +90,8 @@ pub struct Probe {
     /// fentry: where the renames are hooked.
     renames: Option<RenameHook>,
     stats: PerCpuArray<MapData, u64>,
+    /// The kernel programs' log, when asked for and not taken yet.
+    kernel_log: Option<kernel_log::KernelLog>,
 }
 
 /// Counters of the user-space side of the probe, and who made the volume swaps.
@@ -134,7 +139,7 @@ impl Floor {
         if !cfg!(target_arch = "x86_64") {
             return Err(ProbeError::Arch);
         }
-        let loaded = attach::load(Variant::Fentry, DEFAULT_RING_BYTES)?;
+        let loaded = attach::load(Variant::Fentry, DEFAULT_RING_BYTES, &0)?;
         let (mut ebpf, btf) = (loaded.ebpf, loaded.btf);
         let btf = btf.ok_or(ProbeError::Missing("the kernel's BTF"))?;
         let mut links = Vec::new();
@@ -179,10 +184,22 @@ impl Probe {
         ring_bytes: u32,
         renames: RenameHook,
     ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
+        Self::load_logged(variant, ring_bytes, renames, false)
+    }
+
+    /// [`Probe::load_hooked`], with the kernel programs' log on (`kernel_log`, taken
+    /// with [`Probe::take_kernel_log`]) or compiled out by the verifier.
+    pub fn load_logged(
+        variant: Variant,
+        ring_bytes: u32,
+        renames: RenameHook,
+        kernel_log: bool,
+    ) -> Result<(Probe, RingBuf<MapData>), ProbeError> {
         if variant == Variant::Fentry && !cfg!(target_arch = "x86_64") {
             return Err(ProbeError::Arch);
         }
-        let mut loaded = attach::load(variant, ring_bytes)?;
+        let level = kernel_log::level(kernel_log);
+        let mut loaded = attach::load(variant, ring_bytes, &level)?;
         let mut links = Vec::new();
         let renames = match attach::swaps(&mut loaded, renames, &mut links) {
             Ok(renames) => renames,
@@ -198,6 +215,12 @@ impl Probe {
         )?;
         let stats =
             PerCpuArray::try_from(ebpf.take_map("STATS").ok_or(ProbeError::Missing("STATS"))?)?;
+        let kernel_log = match kernel_log {
+            true => Some(kernel_log::KernelLog::new(
+                aya_log::EbpfLogger::init(&mut ebpf).map_err(ProbeError::Log)?,
+            )),
+            false => None,
+        };
         let probe = Probe {
             links,
             ebpf,
@@ -205,6 +228,7 @@ impl Probe {
             variant,
             renames,
             stats,
+            kernel_log,
         };
         Ok((probe, ring))
     }
@@ -214,15 +238,33 @@ impl Probe {
     pub fn load_choice(
         choice: Choice,
         ring_bytes: u32,
+        kernel_log: bool,
     ) -> Result<((Probe, RingBuf<MapData>), Tried), Tried> {
         let mut failed = Vec::new();
         for &v in choice.variants() {
-            match Self::load_variant(v, ring_bytes) {
+            match Self::load_logged(v, ring_bytes, RenameHook::VfsRename, kernel_log) {
                 Ok(p) => return Ok((p, failed)),
                 Err(e) => failed.push((v, e)),
             }
         }
         Err(failed)
+    }
+
+    /// The kernel programs' log, to forward to the agent's ([`kernel_log::KernelLog::run`]);
+    /// None when it is off or was taken.
+    pub fn take_kernel_log(&mut self) -> Option<kernel_log::KernelLog> {
+        self.kernel_log.take()
+    }
+
+    /// Each loaded program's size as the kernel verified and translated it, by name:
+    /// what `--kernel-log` off leaves out shows here.
+    pub fn translated_sizes(&self) -> std::collections::BTreeMap<String, u32> {
+        (self.ebpf.programs())
+            .filter_map(|(name, p)| {
+                let size = p.info().ok()?.size_translated()?;
+                Some((name.to_owned(), size))
+            })
+            .collect()
     }
 
     pub fn variant(&self) -> Variant {

@@ -1,4 +1,5 @@
-//! The pod annotations that ask for a reload signal:
+//! The pod annotations that ask for a reload signal (the pod model keeps the pods'
+//! `reloadscope.dev/` annotations only):
 //!
 //! - `reloadscope.dev/reload-signal: SIGHUP`: the signal, by name, with or without
 //!   `SIG`, in any case (`HUP`, `sighup`); a name that is no Linux signal is refused.
@@ -9,8 +10,6 @@
 
 use std::collections::BTreeMap;
 
-/// The annotations' common prefix: the pod model keeps only these.
-pub const PREFIX: &str = crate::kubeapi::model::ANNOTATION_PREFIX;
 pub const SIGNAL: &str = "reloadscope.dev/reload-signal";
 pub const CONTAINERS: &str = "reloadscope.dev/reload-containers";
 pub const VOLUMES: &str = "reloadscope.dev/reload-volumes";

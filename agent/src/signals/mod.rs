@@ -24,7 +24,7 @@ use std::{
 pub use annotation::{Request, Signal};
 pub use send::Failure;
 
-use crate::{consumers::MainProcess, node::volumes::VolumeKey};
+use crate::node::{stat::MainProcess, volumes::VolumeKey};
 
 /// The kubelet swapped `key` to `ts_dir`: the state loop's word to the signal task.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
-//! `cargo xtask bench overhead`: the `overhead` benchmark (agent/benches/overhead.rs)
-//! on the host kernel, then inside each VM kernel of the matrix, one boot per kernel
+//! `cargo xtask bench overhead`: the `overhead` benchmark (agent/benches/overhead.rs,
+//! a subcommand of the benchmarks' program) on the host kernel, then inside each VM kernel of the matrix, one boot per kernel
 //! with one run of the benchmark per probe variant (`RELOADSCOPE_PROBE`), its
 //! figures read back from the console; then one Markdown table of them all.
 //!
@@ -22,7 +22,9 @@ use super::initramfs::{self, Plan, Run};
 use super::{AccelChoice, CMDLINE, KERNELS, image};
 use crate::cmd;
 
-/// The benchmark's target name in agent/benches/.
+/// The benchmarks' program: its bench target in agent/benches/.
+const PROGRAM: &str = "bench";
+/// The benchmark: the program's subcommand, and its name in the VM's runs.
 const BENCH: &str = "overhead";
 /// Its lines' prefix (agent/benches/overhead/report.rs).
 const PREFIX: &str = "RELOADSCOPE-OVERHEAD ";
@@ -34,7 +36,7 @@ const VARIANTS: [&str; 2] = ["fentry", "tracepoint"];
 /// The probe's cost to other syscalls, with and without each variant, on the host
 /// kernel and in the VM kernels of the matrix (needs root)
 ///
-/// Builds the `overhead` benchmark (`cargo bench --no-run`), runs it on the host,
+/// Builds the benchmarks (`cargo bench --no-run`), runs `overhead` on the host,
 /// then, unless --host-only, boots each kernel of the matrix under QEMU (KVM, or TCG
 /// where /dev/kvm is kvm_pvm or with --accel tcg) with the benchmark in its
 /// initramfs and runs it there once per probe variant (fewer rounds: --vm-rounds).
@@ -142,9 +144,9 @@ pub fn overhead(given: &[OsString]) -> Result<()> {
     let dirty = command_output(Command::new("git").args(["status", "--porcelain"]))
         .map_or(0, |s| s.lines().count());
 
-    let mut cargo = cmd::cargo(["bench", "-p", "reloadscope", "--bench", BENCH, "--no-run"]);
+    let mut cargo = cmd::cargo(["bench", "-p", "reloadscope", "--bench", PROGRAM, "--no-run"]);
     cargo.stderr(Stdio::inherit());
-    let exe = super::build_executables(cargo, "bench", &[BENCH.to_owned()])?
+    let exe = super::build_executables(cargo, "bench", &[PROGRAM.to_owned()])?
         .remove(0)
         .1;
 
@@ -242,9 +244,11 @@ fn command_line(cmd: &mut Command) -> String {
     command_output(cmd).map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
-/// The benchmark's arguments for `rounds` rounds of `side_ms`.
+/// The program's arguments for `rounds` rounds of `side_ms`: the benchmark's name,
+/// then its own.
 fn bench_args(rounds: usize, side_ms: u64) -> Vec<String> {
     vec![
+        BENCH.to_owned(),
         "--lines".to_owned(),
         "--rounds".to_owned(),
         rounds.to_string(),
@@ -257,8 +261,8 @@ fn bench_args(rounds: usize, side_ms: u64) -> Vec<String> {
 fn host(exe: &Path, args: &OverheadArgs) -> Result<Place> {
     println!("==> host: {BENCH} benchmark, {} rounds", args.rounds);
     let mut run = Command::new(exe);
-    run.args(["--bench", "--probe", "auto"])
-        .args(bench_args(args.rounds, args.side_ms))
+    run.args(bench_args(args.rounds, args.side_ms))
+        .args(["--bench", "--probe", "auto"])
         .current_dir(cmd::workspace_root())
         .env_remove("RELOADSCOPE_PROBE")
         .stdin(Stdio::null())
@@ -308,6 +312,7 @@ fn boot_and_run(
         runs: VARIANTS
             .iter()
             .map(|v| Run {
+                binary: BENCH.to_owned(),
                 test: BENCH.to_owned(),
                 probe: Some((*v).to_owned()),
                 args: bench_args(args.vm_rounds, args.vm_side_ms),
@@ -800,5 +805,13 @@ RELOADSCOPE-OVERHEAD {{"kind":"loop","variant":"fentry, no-op program","floor_of
         assert!(a.host_only);
         assert_eq!(a.vm_rounds, 4);
         assert!(OverheadArgs::try_parse_from(["x", "--nope"]).is_err());
+    }
+
+    #[test]
+    fn the_program_is_told_which_benchmark_first() {
+        assert_eq!(
+            bench_args(4, 20),
+            ["overhead", "--lines", "--rounds", "4", "--side-ms", "20"]
+        );
     }
 }

@@ -23,9 +23,11 @@ pub const SUITE_START: &str = "RELOADSCOPE-VM-SUITE-START ";
 pub const SUITE_END: &str = "RELOADSCOPE-VM-SUITE-END ";
 pub const EXIT: &str = "RELOADSCOPE-VM-EXIT=";
 
-/// One test binary run inside the VM.
+/// One run of a test binary inside the VM.
 pub struct Run {
-    /// The integration test's name (`probe`): the binary is `/tests/<test>`.
+    /// The executable, `/tests/<binary>` (`integration`, or a benchmark's).
+    pub binary: String,
+    /// What runs of it (a module of the integration tests, `probe`): names the run.
     pub test: String,
     /// `RELOADSCOPE_PROBE` for this run; `None` leaves it unset.
     pub probe: Option<String>,
@@ -248,7 +250,7 @@ ip link set lo up
         if let Some(probe) = &run.probe {
             line.push_str(&format!("RELOADSCOPE_PROBE={} ", quote(probe)));
         }
-        line.push_str(&format!("/tests/{}", run.test));
+        line.push_str(&format!("/tests/{}", run.binary));
         for arg in &run.args {
             line.push(' ');
             line.push_str(&quote(arg));
@@ -296,11 +298,13 @@ mod tests {
             hide_btf: true,
             runs: vec![
                 Run {
+                    binary: "integration".into(),
                     test: "probe".into(),
                     probe: None,
                     args: vec!["--include-ignored".into()],
                 },
                 Run {
+                    binary: "integration".into(),
                     test: "detect".into(),
                     probe: Some("fentry".into()),
                     args: vec!["it's".into()],
@@ -309,13 +313,13 @@ mod tests {
         };
         let script = init_script(&plan);
         assert!(script.starts_with("#!/bin/sh\n"));
-        assert!(script.contains("\n/tests/probe '--include-ignored'\n"));
-        assert!(script.contains("\nRELOADSCOPE_PROBE='fentry' /tests/detect 'it'\\''s'\n"));
+        assert!(script.contains("\n/tests/integration '--include-ignored'\n"));
+        assert!(script.contains("\nRELOADSCOPE_PROBE='fentry' /tests/integration 'it'\\''s'\n"));
         assert!(script.contains("echo \"RELOADSCOPE-VM-SUITE-END detect/fentry exit=$rc\""));
         assert!(script.contains("mount -t tmpfs -o ro,mode=0555 nobtf /sys/kernel/btf\n"));
         let btf = script.find("nobtf").unwrap();
         assert!(
-            btf < script.find("/tests/probe").unwrap(),
+            btf < script.find("/tests/integration").unwrap(),
             "BTF is hidden before any test"
         );
         assert!(script.trim_end().ends_with("reboot -f"));

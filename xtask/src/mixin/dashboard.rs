@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::Config;
 use super::panels::{
     Grid, RATE, With, consumers, heatmap, panel, percentiles, table, target, timeseries, variable,
-    volumes,
+    volumes, workloads,
 };
 
 /// The dashboard's stable uid: links and provisioning refer to it.
@@ -122,7 +122,8 @@ fn updates(cfg: &Config) -> Value {
 
 fn reloads(cfg: &Config) -> Vec<Value> {
     let pods = consumers(cfg);
-    let buckets = format!("reloadscope_reload_latency_seconds_bucket{pods}[{RATE}]");
+    let selected = workloads(cfg);
+    let buckets = format!("reloadscope_reload_latency_seconds_bucket{selected}[{RATE}]");
     let heatmap = heatmap(
         "Reload latency",
         "Time from a volume's swap to each consuming container's first open of the new \
@@ -132,7 +133,7 @@ fn reloads(cfg: &Config) -> Vec<Value> {
     let percentiles = percentiles(
         "Reload latency p50 / p99",
         "Median and 99th percentile of the time from a swap to a container's reload, over \
-         the selected pods' containers.",
+         the selected workloads' containers (their replicas share one histogram).",
         &buckets,
     );
     let stale = table(

@@ -186,6 +186,12 @@ pub(super) fn pods(cfg: &Config) -> String {
     cfg.select(r#"namespace=~"$namespace", pod=~"$pod""#)
 }
 
+/// The selector of the chosen workloads: the latency histogram's, which by default
+/// keeps no pod label (a workload's replicas share it).
+pub(super) fn workloads(cfg: &Config) -> String {
+    cfg.select(r#"namespace=~"$namespace", workload=~"$workload""#)
+}
+
 /// The selector of the chosen consumers: namespaces, workloads and pods.
 pub(super) fn consumers(cfg: &Config) -> String {
     cfg.select(r#"namespace=~"$namespace", workload=~"$workload", pod=~"$pod""#)
