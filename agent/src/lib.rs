@@ -22,6 +22,7 @@ pub mod opens;
 pub mod probe;
 pub mod reloads;
 pub mod server;
+pub mod signals;
 pub mod state;
 pub mod updates;
 pub mod walker;

@@ -71,6 +71,11 @@ struct AgentArgs {
     /// Needs no CAP_SYS_ADMIN and costs openers of volume files nothing.
     #[arg(long)]
     no_reloads: bool,
+    /// Signal the containers of pods annotated reloadscope.dev/reload-signal (e.g.
+    /// SIGHUP) at the kubelet's swap of a volume they consume, once per update. Needs
+    /// the Kubernetes API (the annotations) and CAP_KILL.
+    #[arg(long, conflicts_with = "no_reloads")]
+    reload_signals: bool,
     /// What becomes of a volume's fanotify marks once every consumer has its data:
     /// ignore (an ignore mask; every reload is seen, and each open of the volume's files
     /// costs its opener about 0.5 us more), remove (no cost between updates; a reload
@@ -313,6 +318,7 @@ fn config(args: AgentArgs) -> anyhow::Result<Config> {
         rewatch_grace: std::time::Duration::from_secs_f64(args.rewatch_grace),
         kube: args.kube.settings(&args.labels.namespaces),
         labels: args.labels.controls()?,
+        reload_signals: args.reload_signals,
     })
 }
 

@@ -44,6 +44,9 @@ pub struct Shared {
     pub heartbeat_ms: AtomicU64,
     /// What the agent cannot see now, and why.
     pub blind: Arc<crate::blind::Blind>,
+    /// Reload signals sent and not sent (`--reload-signals`). Taken last: code
+    /// holding it takes no other lock.
+    pub signals: Mutex<crate::signals::Record>,
 }
 
 impl Shared {
@@ -68,6 +71,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
             blind: Arc::default(),
+            signals: Mutex::default(),
         }
     }
 

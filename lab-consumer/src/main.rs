@@ -33,6 +33,9 @@ Stdout, one line per event:
                              !<errno> when the open or the read failed
   ready                      after the first open, once the watch is in place
 
+SIGHUP makes the sighup-reloader strategy read the file again; the other strategies
+ignore it.
+
 It runs until SIGTERM or SIGINT (handled: as a container's PID 1 it would otherwise
 ignore them), then exits 0. It never exits on its own otherwise: an error (a watch that
 cannot be added, stdout closed) is printed on stderr and it exits 1.";
@@ -73,7 +76,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
-    signals.thread_block().context("block SIGTERM and SIGINT")?;
+    signals.add(Signal::SIGHUP);
+    signals
+        .thread_block()
+        .context("block SIGTERM, SIGINT and SIGHUP")?;
     let signals = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("signalfd")?;
     let mut host = Stdout { signals };
@@ -99,7 +105,8 @@ fn target(args: &Args) -> anyhow::Result<Target> {
     })
 }
 
-/// Opens and `ready` on stdout, one write(2) each; stops on SIGTERM or SIGINT.
+/// Opens and `ready` on stdout, one write(2) each; stops on SIGTERM or SIGINT, hangs
+/// up on SIGHUP.
 struct Stdout {
     signals: SignalFd,
 }
@@ -138,6 +145,7 @@ impl Host for Stdout {
             return Ok(Wake::Idle);
         }
         match self.signals.read_signal().context("read signalfd")? {
+            Some(info) if info.ssi_signo == Signal::SIGHUP as u32 => Ok(Wake::Hangup),
             Some(info) => {
                 let name =
                     Signal::try_from(info.ssi_signo as i32).map_or("a signal", Signal::as_str);

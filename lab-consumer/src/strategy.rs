@@ -39,6 +39,9 @@ pub enum Wake {
     Readable,
     /// The timeout passed, or a signal interrupted the wait: nothing to read yet.
     Idle,
+    /// SIGHUP came: the strategies that reload on it reopen the file, the others
+    /// take it as [`Wake::Idle`] (it neither stops nor reloads them).
+    Hangup,
     /// The consumer is to stop: the strategy returns.
     Stop,
 }
@@ -88,10 +91,13 @@ pub enum Strategy {
     TimerPoller,
     /// Reads once at start, never again.
     ReadOnce,
+    /// Reads at start and again on each SIGHUP, never on its own: nginx, HAProxy,
+    /// Prometheus and most daemons. Gets updates only when something signals it.
+    SighupReloader,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 8] = [
+    pub const ALL: [Strategy; 9] = [
         Strategy::DataDirWatcher,
         Strategy::FileRewatcher,
         Strategy::NaiveModify,
@@ -100,6 +106,7 @@ impl Strategy {
         Strategy::FileWatcherNoRewatch,
         Strategy::TimerPoller,
         Strategy::ReadOnce,
+        Strategy::SighupReloader,
     ];
 
     /// The name on the command line (`data-dir-watcher`, ...).
@@ -113,6 +120,7 @@ impl Strategy {
             Strategy::FileWatcherNoRewatch => "file-watcher-no-rewatch",
             Strategy::TimerPoller => "timer-poller",
             Strategy::ReadOnce => "read-once",
+            Strategy::SighupReloader => "sighup-reloader",
         }
     }
 
@@ -140,6 +148,7 @@ impl Strategy {
             Strategy::FileWatcherNoRewatch => file_watcher_no_rewatch(&mut c),
             Strategy::TimerPoller => timer_poller(&mut c),
             Strategy::ReadOnce => read_once(&mut c),
+            Strategy::SighupReloader => sighup_reloader(&mut c),
         }
     }
 }
@@ -179,7 +188,7 @@ impl Run<'_> {
     ) -> anyhow::Result<Option<Vec<Event<&'b OsStr>>>> {
         match self.host.wait(Some(ino.as_fd()), None)? {
             Wake::Stop => Ok(None),
-            Wake::Idle => Ok(Some(Vec::new())),
+            Wake::Idle | Wake::Hangup => Ok(Some(Vec::new())),
             Wake::Readable => match ino.read_events(buf) {
                 Ok(events) => Ok(Some(events.collect())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(Vec::new())),
@@ -406,6 +415,18 @@ fn read_once(c: &mut Run<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads at start, then once per SIGHUP.
+fn sighup_reloader(c: &mut Run<'_>) -> anyhow::Result<()> {
+    c.start()?;
+    loop {
+        match c.host.wait(None, None)? {
+            Wake::Stop => return Ok(()),
+            Wake::Hangup => c.open()?,
+            Wake::Idle | Wake::Readable => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::ValueEnum as _;
@@ -420,5 +441,57 @@ mod tests {
             assert_eq!(Strategy::from_str(s.name(), false), Ok(s));
         }
         assert_eq!(Strategy::value_variants(), Strategy::ALL);
+    }
+
+    /// A host that answers its waits from a script, then stops.
+    struct Script {
+        wakes: Vec<Wake>,
+        opens: usize,
+    }
+
+    impl Host for Script {
+        fn log_open(&mut self, _: &Open) -> anyhow::Result<()> {
+            self.opens += 1;
+            Ok(())
+        }
+
+        fn ready(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn wait(&mut self, _: Option<BorrowedFd<'_>>, _: Option<Duration>) -> anyhow::Result<Wake> {
+            Ok(if self.wakes.is_empty() {
+                Wake::Stop
+            } else {
+                self.wakes.remove(0)
+            })
+        }
+    }
+
+    /// The SIGHUP reloader opens once at start and once per hangup, never otherwise;
+    /// the others take a hangup for nothing.
+    #[test]
+    fn only_the_sighup_reloader_reopens_on_sighup() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "v1").unwrap();
+        let target = Target {
+            file,
+            dir: dir.path().to_owned(),
+            period: Duration::from_secs(3600),
+        };
+        let wakes = vec![Wake::Hangup, Wake::Idle, Wake::Hangup, Wake::Readable];
+        let opens = |s: Strategy| {
+            let mut host = Script {
+                wakes: wakes.clone(),
+                opens: 0,
+            };
+            s.run(&target, &mut host).unwrap();
+            host.opens
+        };
+        assert_eq!(opens(Strategy::SighupReloader), 3);
+        assert_eq!(opens(Strategy::ReadOnce), 1);
+        assert_eq!(opens(Strategy::TimerPoller), 1);
+        assert!(!Strategy::SighupReloader.gets_updates());
     }
 }

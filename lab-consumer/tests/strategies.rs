@@ -164,7 +164,8 @@ fn reopens(strategy: Strategy) -> Option<&'static [&'static [u8]]> {
         Strategy::NaiveModify
         | Strategy::DontFollow
         | Strategy::TimestampedDirWatcher
-        | Strategy::ReadOnce => Some(&[]),
+        | Strategy::ReadOnce
+        | Strategy::SighupReloader => Some(&[]),
     }
 }
 

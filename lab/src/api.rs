@@ -2,7 +2,8 @@
 //! their volumes come from. Before each swap of a ConfigMap or Secret volume the lab
 //! edits the object on the API, as a user would, so the agent measures propagation
 //! delays; one ConfigMap per pod (`flags`) changes on the API and is never swapped,
-//! a kubelet stuck on it, so it ends pending.
+//! a kubelet stuck on it, so it ends pending. The pods ask for reload signals
+//! ([`SIGNALLED`]), which an agent with `--reload-signals` sends.
 
 use std::{
     path::PathBuf,
@@ -18,6 +19,14 @@ use super::{
     apiserver::{FakeApiServer, Resource},
     cluster,
 };
+
+/// The lab pods' reload-signal annotations: SIGHUP for the containers named, one
+/// that reloads on it (`sighup-reloader`) and one that does not (`naive-modify`, so
+/// the signal is seen not to help).
+pub const SIGNALLED: [(&str, &str); 2] = [
+    ("reloadscope.dev/reload-signal", "SIGHUP"),
+    ("reloadscope.dev/reload-containers", "hup,naive"),
+];
 
 /// A volume the lab never swaps though its ConfigMap changes on the API.
 pub const FROZEN: (VolumeType, &str) = (VolumeType::ConfigMap, "flags");
@@ -83,7 +92,13 @@ impl LabApi {
                 .iter()
                 .map(|(ty, v, o)| (*ty, *v, o.as_str()))
                 .collect();
-            server.create(Resource::Pods, cluster::pod(pod, &specs, now))?;
+            let mut obj = cluster::pod(pod, &specs, now);
+            obj["metadata"]["annotations"] = SIGNALLED
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            server.create(Resource::Pods, obj)?;
         }
         Ok(LabApi {
             server,

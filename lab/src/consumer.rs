@@ -37,6 +37,10 @@ use nix::{
     errno::Errno,
     mount::{MntFlags, MsFlags},
     sched::CloneFlags,
+    sys::{
+        signal::{SigSet, Signal},
+        signalfd::{SfdFlags, SignalFd},
+    },
 };
 
 use super::{Strategy, container::mountinfo};
@@ -165,9 +169,17 @@ pub fn consumer_main(args: ConsumerArgs) -> anyhow::Result<()> {
         dir: args.mount_dir,
         period,
     };
+    // SIGHUP, blocked, waits in a signalfd that every wait polls: the strategies that
+    // reload on it see it, the others ignore it.
+    let mut hup = SigSet::empty();
+    hup.add(Signal::SIGHUP);
+    hup.thread_block().context("block SIGHUP")?;
+    let hangups = SignalFd::with_flags(&hup, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("signalfd")?;
     let mut c = Consumer {
         log,
         lifeline: args.exit_with_stdin,
+        hangups,
     };
     strategy.run(&target, &mut c)
 }
@@ -255,6 +267,8 @@ struct Consumer {
     log: File,
     /// Watch stdin for end of file.
     lifeline: bool,
+    /// SIGHUP.
+    hangups: SignalFd,
 }
 
 impl Host for Consumer {
@@ -279,10 +293,11 @@ impl Host for Consumer {
         fd: Option<BorrowedFd<'_>>,
         timeout: Option<Duration>,
     ) -> anyhow::Result<Wake> {
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::with_capacity(3);
         if let Some(fd) = fd {
             fds.push(wait::pollfd(fd.as_raw_fd()));
         }
+        fds.push(wait::pollfd(self.hangups.as_raw_fd()));
         if self.lifeline {
             fds.push(wait::pollfd(libc::STDIN_FILENO));
         }
@@ -302,10 +317,19 @@ impl Host for Consumer {
                 }
             }
         }
-        Ok(if fd.is_some() && wait::ready(&fds[0]) {
-            Wake::Readable
-        } else {
-            Wake::Idle
-        })
+        if fd.is_some() && wait::ready(&fds[0]) {
+            return Ok(Wake::Readable);
+        }
+        let hup = usize::from(fd.is_some());
+        if wait::ready(&fds[hup])
+            && self
+                .hangups
+                .read_signal()
+                .context("read signalfd")?
+                .is_some()
+        {
+            return Ok(Wake::Hangup);
+        }
+        Ok(Wake::Idle)
     }
 }

@@ -72,11 +72,13 @@ struct Vol {
 }
 
 /// The containers of each lab pod, on its ConfigMap volume: (name, strategy, subPath).
-const CONTAINERS: [(&str, Strategy, bool); 4] = [
+/// With the API, `hup` and `naive` are signalled at each swap (`api::SIGNALLED`).
+const CONTAINERS: [(&str, Strategy, bool); 5] = [
     ("watcher", Strategy::DataDirWatcher, false),
     ("poller", Strategy::TimerPoller, false),
     ("naive", Strategy::NaiveModify, false),
     ("pinned", Strategy::TimerPoller, true),
+    ("hup", Strategy::SighupReloader, false),
 ];
 
 const VOLUMES: [(VolumeType, &str); 4] = [
@@ -160,6 +162,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         // stale for two (the lab's never-reloading ones, rate-limited).
         let at_least = |n: u32, min: u64| (interval * n).max(Duration::from_secs(min));
         cfg.kube = Some(a.settings(at_least(3, 3), at_least(2, 2)));
+        cfg.reload_signals = true;
         lab_api = Some(a);
     }
     let running = agent::start(cfg).await?;

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 pub mod defaults;
 mod persist;
 mod scan_loop;
+mod signal_loop;
 mod state_loop;
 
 use crate::{
@@ -83,6 +84,8 @@ pub struct Config {
     pub kube: Option<crate::kubeapi::Settings>,
     /// Which labels and series are exported.
     pub labels: crate::metrics::LabelControls,
+    /// Signal the consumers of annotated pods at their volumes' swaps.
+    pub reload_signals: bool,
 }
 
 impl Config {
@@ -107,6 +110,7 @@ impl Config {
             rewatch_grace: Duration::from_secs_f64(defaults::REWATCH_GRACE_SECONDS),
             kube: None,
             labels: crate::metrics::LabelControls::default(),
+            reload_signals: false,
             histogram_labels: defaults::HISTOGRAM_LABELS
                 .split(',')
                 .map(String::from)
@@ -208,6 +212,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if cfg.reloads {
         start_scans(&cfg, &shared, marks.clone(), &mut w);
     }
+    let signals = start_signals(&cfg, &shared, &mut w);
     if let Some(settings) = cfg.kube.clone() {
         shared.meta.state.lock().expect("meta lock").configured = true;
         let client = crate::apiclient::spawn(settings, shared.clone(), w.stop.clone());
@@ -221,6 +226,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         // nothing sees what a late mark missed; the files consumers hold open may.
         held_files_fallback: marks.is_some() && cfg.settled_marks != opens::SettledMarks::Ignore,
         marks,
+        signals,
         rescan: w.rescan.clone(),
         state_file: cfg.state_file.clone(),
         journal,
@@ -371,6 +377,30 @@ fn start_scans(
     );
     let run = scans.run(every, w.rescan.clone(), w.stop.clone());
     w.tasks.push(tokio::spawn(run));
+}
+
+/// Starts the signal loop under `--reload-signals`; returns where the state loop tells
+/// it of swaps. It signals the consumers the scans find, of pods whose annotations the
+/// API gives: without either it would never signal, and says so.
+fn start_signals(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+    w: &mut Wiring,
+) -> Option<mpsc::UnboundedSender<crate::signals::Swapped>> {
+    if !cfg.reload_signals {
+        return None;
+    }
+    if !cfg.reloads || cfg.kube.is_none() {
+        warn!(
+            "--reload-signals needs the consumers (no --no-reloads) and the Kubernetes API              (the pods' annotations): no signal will be sent"
+        );
+        return None;
+    }
+    shared.signals.lock().expect("signals lock").enabled = true;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let signals = signal_loop::SignalLoop::new(shared.clone(), cfg.proc_root.clone());
+    w.tasks.push(tokio::spawn(signals.run(rx, w.stop.clone())));
+    Some(tx)
 }
 
 /// Without fanotify: the approximate source (inotify, unattributed), or nothing.

@@ -148,6 +148,12 @@ impl ScanLoop {
                 tell_watched(&self.shared, m, &mut self.watched);
             }
         }
+        {
+            let mut signals = self.shared.signals.lock().expect("signals lock");
+            if signals.enabled {
+                signals.main = std::mem::take(&mut scan.main);
+            }
+        }
         let mut r = self.shared.reloads.lock().expect("reloads lock");
         // The volumes consumed before and not now lose their consumers.
         let gone: Vec<_> = (r.consumed())

@@ -18,7 +18,8 @@ use super::{
     stopped,
 };
 use crate::{
-    checkpoint, clock, events, events::Event, node::volumes::VolumeKey, opens, state::Shared,
+    checkpoint, clock, events, events::Event, node::volumes::VolumeKey, opens, signals,
+    state::Shared,
 };
 
 pub(super) struct StateLoop {
@@ -28,6 +29,8 @@ pub(super) struct StateLoop {
     pub(super) journal: Option<(checkpoint::Journal, u64)>,
     /// Commands for the fanotify source, when it runs.
     pub(super) marks: Option<mpsc::UnboundedSender<opens::Command>>,
+    /// Swaps for the signal loop, under `--reload-signals`.
+    pub(super) signals: Option<mpsc::UnboundedSender<signals::Swapped>>,
     pub(super) rescan: Arc<Notify>,
     /// Volumes whose data dir the opens source has settled (ignored or unmarked, as
     /// `--settled-marks` says), and that dir.
@@ -277,6 +280,10 @@ impl StateLoop {
                     self.rescan.notify_one();
                     let dir = v.dir.clone();
                     drop(r);
+                    if let Some(s) = &self.signals {
+                        let (key, ts_dir) = (key.clone(), ts.clone());
+                        let _ = s.send(signals::Swapped { key, ts_dir });
+                    }
                     self.mark(opens::Command::Swapped {
                         key,
                         dir,
@@ -424,6 +431,7 @@ mod tests {
             state_file: Some(state.clone()),
             journal: Some((journal, 0)),
             marks: None,
+            signals: None,
             rescan: Arc::new(Notify::new()),
             settled: HashMap::new(),
             held_files_fallback: false,

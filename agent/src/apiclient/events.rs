@@ -1,5 +1,7 @@
 //! `StaleVolumeReload` Events (`--emit-events`): a Warning `events.k8s.io/v1` Event on
-//! the pod of a container that stays stale past `--stale-after`.
+//! the pod of a container that stays stale past `--stale-after`. And, under
+//! `--reload-signals`, `ReloadSignalFailed` Events: a Warning on the pod of a container
+//! whose reload signal could not be sent, posted as the signal loop records them.
 //!
 //! - At most one per (pod, container, volume, update), and at most [`PER_MINUTE`] a
 //!   minute for the whole agent: a ConfigMap that a thousand pods of the node never
@@ -26,9 +28,13 @@ use kube::{Api, Client, api::PostParams};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::{kubeapi::Settings, node::volumes::VolumeKey, state::Shared};
+use crate::{kubeapi::Settings, node::volumes::VolumeKey, signals::Unsent, state::Shared};
 
 pub const REASON: &str = "StaleVolumeReload";
+/// The reason of a reload signal's failure.
+pub const SIGNAL_REASON: &str = "ReloadSignalFailed";
+/// How often failed reload signals are looked for.
+const UNSENT_EVERY: Duration = Duration::from_millis(500);
 /// The Events' `reportingController`.
 pub const CONTROLLER: &str = "reloadscope";
 /// Events posted in any minute, at most.
@@ -73,6 +79,9 @@ pub async fn run(
     let every = (settings.stale_after / 2).clamp(Duration::from_millis(200), SWEEP_MAX);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unsent = tokio::time::interval(UNSENT_EVERY);
+    unsent.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sweeps = settings.emit_events;
     let mut poster = Poster {
         done: HashSet::new(),
         limiter: Limiter::new(PER_MINUTE, Duration::from_secs(60)),
@@ -80,24 +89,88 @@ pub async fn run(
         failing: false,
         seq: 0,
     };
-    info!(
-        stale_after_s = settings.stale_after.as_secs_f64(),
-        "posting {REASON} Events on pods whose containers stay stale"
-    );
+    if sweeps {
+        info!(
+            stale_after_s = settings.stale_after.as_secs_f64(),
+            "posting {REASON} Events on pods whose containers stay stale"
+        );
+    }
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let sweep = tokio::select! {
+            _ = tick.tick(), if sweeps => true,
+            _ = unsent.tick() => false,
             _ = stop.wait_for(|s| *s) => return,
-        }
+        };
         // A post the API server does not answer must not hold the agent's shutdown.
         tokio::select! {
-            _ = poster.sweep(&client, &settings, &shared) => {}
+            _ = async {
+                if sweep {
+                    poster.sweep(&client, &settings, &shared).await
+                } else {
+                    poster.unsent(&client, &settings, &shared).await
+                }
+            } => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
 
 impl Poster {
+    /// Posts the reload signals' failures the signal loop recorded, within the same
+    /// limit; those over it are dropped (the metrics count every one).
+    async fn unsent(&mut self, client: &Client, settings: &Settings, shared: &Shared) {
+        let mut queued: VecDeque<Unsent> = {
+            let mut rec = shared.signals.lock().expect("signals lock");
+            std::mem::take(&mut rec.unsent)
+        };
+        if queued.is_empty() {
+            return;
+        }
+        if !shared.meta.state.lock().expect("meta lock").api_up {
+            put_back(shared, queued);
+            return;
+        }
+        let names = pod_names(shared, queued.iter().map(|u| u.pod_uid.as_str()));
+        while let Some(u) = queued.pop_front() {
+            let Some((namespace, pod)) = names.get(&u.pod_uid) else {
+                continue;
+            };
+            if !self.limiter.allow(Instant::now()) {
+                self.suppressed_total += 1;
+                continue;
+            }
+            self.seq += 1;
+            let note = format!(
+                "{signal} not sent to container {container:?} after the update of volume(s) \
+                 {volumes}: {why}.",
+                signal = u.signal,
+                container = u.container,
+                volumes = u.volumes.join(", "),
+                why = u.failure.describe(),
+            );
+            let w = Warning {
+                reason: SIGNAL_REASON,
+                action: "SignalReload",
+                pod_uid: &u.pod_uid,
+                container: &u.container,
+                note,
+            };
+            let event = warning(settings, namespace, pod, &w, SystemTime::now(), self.seq);
+            let api = Api::<Event>::namespaced(client.clone(), namespace);
+            if let Err(e) = api.create(&PostParams::default(), &event).await {
+                self.limiter.forget_last();
+                if !self.failing {
+                    self.failing = true;
+                    warn!(error = %e, "cannot post {SIGNAL_REASON} Events (RBAC: create events.k8s.io events)");
+                }
+                queued.push_front(u);
+                put_back(shared, queued);
+                return;
+            }
+            debug!(%namespace, %pod, container = %u.container, "{SIGNAL_REASON} Event posted");
+        }
+    }
+
     async fn sweep(&mut self, client: &Client, settings: &Settings, shared: &Shared) {
         let now = SystemTime::now();
         let stale = stale_consumers(shared, settings.stale_after, now);
@@ -189,6 +262,15 @@ impl Poster {
     }
 }
 
+/// Failures not posted yet go back before any recorded since.
+fn put_back(shared: &Shared, mut queued: VecDeque<Unsent>) {
+    let mut rec = shared.signals.lock().expect("signals lock");
+    queued.extend(rec.unsent.drain(..));
+    for u in queued {
+        rec.queue(u);
+    }
+}
+
 /// Whole-volume consumers whose newest update is older than `after` and not reloaded.
 fn stale_consumers(shared: &Shared, after: Duration, now: SystemTime) -> Vec<Stale> {
     let r = shared.reloads.lock().expect("reloads lock");
@@ -254,6 +336,34 @@ fn event(
         volume = s.key.volume.name,
         stale = human(stale_for),
     );
+    let w = Warning {
+        reason: REASON,
+        action: "MeasureReload",
+        pod_uid: &s.key.volume.pod_uid,
+        container: &s.key.container,
+        note,
+    };
+    warning(settings, namespace, pod, &w, now, seq)
+}
+
+/// What a Warning Event on a pod's container says.
+struct Warning<'a> {
+    reason: &'static str,
+    action: &'static str,
+    pod_uid: &'a str,
+    container: &'a str,
+    note: String,
+}
+
+/// A Warning Event on container `w.container` of pod `namespace/pod`.
+fn warning(
+    settings: &Settings,
+    namespace: &str,
+    pod: &str,
+    w: &Warning<'_>,
+    now: SystemTime,
+    seq: u64,
+) -> Event {
     let nanos = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -266,16 +376,16 @@ fn event(
         },
         event_time: Timestamp::try_from(now).ok().map(MicroTime),
         type_: Some("Warning".into()),
-        reason: Some(REASON.into()),
-        action: Some("MeasureReload".into()),
-        note: Some(truncate(note, 1024)),
+        reason: Some(w.reason.into()),
+        action: Some(w.action.into()),
+        note: Some(truncate(w.note.clone(), 1024)),
         regarding: Some(ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
             namespace: Some(namespace.to_owned()),
             name: Some(pod.to_owned()),
-            uid: Some(s.key.volume.pod_uid.clone()),
-            field_path: Some(format!("spec.containers{{{}}}", s.key.container)),
+            uid: Some(w.pod_uid.to_owned()),
+            field_path: Some(format!("spec.containers{{{}}}", w.container)),
             ..ObjectReference::default()
         }),
         reporting_controller: Some(CONTROLLER.into()),

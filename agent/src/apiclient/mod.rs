@@ -102,7 +102,8 @@ async fn run(settings: Settings, shared: Arc<Shared>, stop: signal::Receiver<boo
             &stop,
         );
     }
-    if settings.emit_events {
+    let signals = shared.signals.lock().expect("signals lock").enabled;
+    if settings.emit_events || signals {
         tasks.spawn(events::run(client, settings, shared, stop));
     }
     while tasks.join_next().await.is_some() {}

@@ -23,6 +23,7 @@ use crate::{
         fdinfo::{self, Ino, Watch},
         mountinfo::{self, Mount},
         pod_logs::parse_container_log_name,
+        stat::{MainProcess, main_process},
         volumes::{VolumeKey, is_timestamped_dir},
     },
     reloads::{Found, MountKind},
@@ -65,6 +66,8 @@ pub struct Scan {
     /// the subPath consumers' mount paths show them: the data of the container's
     /// start, kept alive by the bind after an update replaced it.
     pub pinned: HashMap<VolumeKey, Vec<Ino>>,
+    /// Each container's main process, by container id ([`main_process`]).
+    pub main: HashMap<String, MainProcess>,
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -164,6 +167,7 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
     // and all its processes.
     let mut containers: HashMap<String, (String, u32, (u64, SystemTime))> = HashMap::new();
     let mut pids: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut procs: HashMap<String, Vec<(u32, u32, u64)>> = HashMap::new();
     let Ok(rd) = std::fs::read_dir(proc_root) else {
         return scan;
     };
@@ -178,10 +182,15 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
         else {
             continue;
         };
-        let Some(start) = read(&dir.join("stat")).as_deref().and_then(started) else {
+        let stat = read(&dir.join("stat"));
+        let Some(start) = stat.as_deref().and_then(started) else {
             scan.unreadable += 1;
             continue;
         };
+        if let Some(st) = stat.as_deref().and_then(crate::node::stat::parse) {
+            let p = (pid, st.ppid, st.start_ticks);
+            procs.entry(c.container_id.clone()).or_default().push(p);
+        }
         pids.entry(c.container_id.clone()).or_default().push(pid);
         let entry = containers
             .entry(c.container_id)
@@ -191,6 +200,9 @@ pub fn scan(proc_root: &Path, container_logs: &Path, volumes: &[(VolumeKey, Path
         }
     }
     scan.containers = containers.len();
+    scan.main = (procs.iter())
+        .filter_map(|(id, p)| Some((id.clone(), main_process(p)?)))
+        .collect();
     scan.ids = containers.keys().cloned().collect();
     // Only the volumes of pods with a container running: locating a volume costs a
     // walk of the mount table, and a node has far more volumes than running pods

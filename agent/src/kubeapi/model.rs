@@ -1,5 +1,6 @@
 //! Pods as the API returns them, reduced to what the metrics need: each volume's
-//! sources and the owning workload.
+//! sources and the owning workload; and the `reloadscope.dev/` annotations, which ask
+//! for reload signals.
 //!
 //! Everything here is read from the pod object alone: no ReplicaSet, Job or CronJob is
 //! fetched, so the agent's RBAC stays `get/list/watch` on pods (and metadata of
@@ -70,7 +71,12 @@ pub struct PodMeta {
     pub workload: Option<Workload>,
     /// Each volume's sources, by volume name; several for a projected volume.
     pub volumes: BTreeMap<String, Vec<VolumeSource>>,
+    /// Its annotations under [`ANNOTATION_PREFIX`], the others left out.
+    pub annotations: BTreeMap<String, String>,
 }
+
+/// The prefix of the annotations kept.
+pub const ANNOTATION_PREFIX: &str = "reloadscope.dev/";
 
 impl PodMeta {
     /// `source_kind` and `source_name` label values of one of its volumes.
@@ -134,11 +140,16 @@ pub fn pod_meta(pod: &Pod) -> Option<PodMeta> {
         .flat_map(|spec| spec.volumes.iter().flatten())
         .filter_map(|v| Some((v.name.clone(), volume_sources(v)?)))
         .collect();
+    let annotations = (pod.metadata.annotations.iter().flatten())
+        .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Some(PodMeta {
         namespace,
         name,
         workload: workload(pod),
         volumes,
+        annotations,
     })
 }
 

@@ -47,6 +47,12 @@ const LAST_RELOAD: Family = Family {
     kind: MetricType::GAUGE,
     labels: &[],
 };
+const SINCE_SIGNAL: Family = Family {
+    name: "reloadscope_consumer_stale_since_signal_seconds",
+    help: "Seconds since the reload signal sent for the newest update this container has not reloaded (--reload-signals); 0 when it has reloaded it. Only for containers that were signalled and are known to read the volume. Containers with the same values of the kept labels (--metric-labels) share a series: the largest.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
 const INFO: Family = Family {
     name: "reloadscope_consumer_info",
     help: "A container consuming a volume, always 1 (containers that --metric-labels leaves alike share the series). workload_kind and workload: the pod's owner (Deployment, StatefulSet, DaemonSet, CronJob, Job, ...; empty without the Kubernetes API or for a bare pod); mount: whether it binds the whole volume or one file through subPath; measurement: how its reloads are seen, exact (fanotify, per process), approximate (inotify, per volume) or none; reads: whether it reads the volume, yes (seen opening one of its files, holding one open or watching it with inotify), no (not seen reading in the first-read window after its start) or unknown (not seen reading, its start not seen or the window not over): only a reader has a stale-seconds series.",
@@ -106,6 +112,7 @@ impl ConsumerCollector {
             LATENCY.desc(&hist.names())?,
             STALE.desc(&labels.names())?,
             LAST_RELOAD.desc(&labels.names())?,
+            SINCE_SIGNAL.desc(&labels.names())?,
             INFO.desc(&info)?,
             FOREIGN_OPENS.fixed_desc()?,
             LATE_MARKS.fixed_desc()?,
@@ -128,6 +135,7 @@ struct Merged {
     latency: BTreeMap<Vec<String>, Latency>,
     stale: BTreeMap<Vec<String>, f64>,
     last: BTreeMap<Vec<String>, f64>,
+    since_signal: BTreeMap<Vec<String>, f64>,
     /// With the workload's kind, mount, measurement and reads.
     info: BTreeSet<Vec<String>>,
 }
@@ -148,7 +156,9 @@ impl ConsumerCollector {
         let mut m = Merged::default();
         let tracker = self.shared.tracker.lock().expect("tracker lock");
         let r = self.shared.reloads.lock().expect("reloads lock");
-        for (volume, _, c) in r.consumers() {
+        // Taken last (lock order).
+        let signals = self.shared.signals.lock().expect("signals lock");
+        for (volume, id, c) in r.consumers() {
             let (ns, values) =
                 ConsumerValues::new(&tracker, &workloads, &volume.pod_uid, &c.name, &volume.name);
             if !self.controls.exports(ns, &volume.name) {
@@ -166,6 +176,15 @@ impl ConsumerCollector {
             if c.measured() {
                 let stale = c.stale_seconds(now);
                 max_into(&mut m.stale, self.labels.values(&values), stale);
+                if let Some((ts_dir, sent)) = signals.last.get(&(volume.clone(), id.clone())) {
+                    let since = match &c.pending {
+                        Some((pending, _)) if pending == ts_dir => {
+                            now.duration_since(*sent).unwrap_or_default().as_secs_f64()
+                        }
+                        _ => 0.0,
+                    };
+                    max_into(&mut m.since_signal, self.labels.values(&values), since);
+                }
             }
             if let Some(t) = c.last_reload {
                 let at = clock::unix_seconds(t);
@@ -218,6 +237,7 @@ impl Collector for ConsumerCollector {
             family(&LATENCY, latency),
             family(&STALE, gauges(&m.stale)),
             family(&LAST_RELOAD, gauges(&m.last)),
+            family(&SINCE_SIGNAL, gauges(&m.since_signal)),
             family(&INFO, info),
             family(&FOREIGN_OPENS, foreign),
             family(&LATE_MARKS, vec![counter(&[], &none, late)]),

@@ -14,6 +14,7 @@ mod linter;
 mod modes;
 mod process;
 mod render;
+mod signals;
 mod volumes;
 
 #[cfg(test)]
@@ -287,7 +288,11 @@ fn registry(
         labels.clone(),
     )?))?;
     r.register(Box::new(modes::ModeCollector::new(shared.clone())?))?;
-    r.register(Box::new(kube::KubeCollector::new(shared, labels)?))?;
+    r.register(Box::new(kube::KubeCollector::new(
+        shared.clone(),
+        labels.clone(),
+    )?))?;
+    r.register(Box::new(signals::SignalCollector::new(shared, labels)?))?;
     let build = IntGaugeVec::new(
         opts(
             "reloadscope_build_info",

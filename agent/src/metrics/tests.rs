@@ -427,3 +427,90 @@ fn propagation_delay_and_pending() {
         2
     );
 }
+
+/// `--reload-signals`: nothing without it; with it, the counters by namespace and
+/// workload (every reason at 0 from the workload's first signal), and each signalled
+/// reader's time since the signal for the update it still lacks (0 once it has it,
+/// or when the signal was for an older update).
+#[test]
+fn reload_signals_sent_failed_and_stale_since_the_signal() {
+    use crate::{node::volumes::VolumeType, signals::Failure};
+    let shared = node(true);
+    let (_, m) = render(shared.clone(), LabelControls::default(), &ALL);
+    assert_eq!(
+        m.matching("reloadscope_reload_signals_sent_total", &[])
+            .count(),
+        0
+    );
+    assert_eq!(
+        m.matching("reloadscope_consumer_stale_since_signal_seconds", &[])
+            .count(),
+        0
+    );
+
+    let key = |uid: &str, ty, name: &str| crate::node::volumes::VolumeKey {
+        pod_uid: uid.into(),
+        volume_type: ty,
+        name: name.into(),
+    };
+    let sent_at = t0() + Duration::from_secs(2);
+    {
+        let mut rec = shared.signals.lock().unwrap();
+        rec.enabled = true;
+        rec.count_sent("shop".into(), "web".into());
+        rec.count_sent("shop".into(), "web".into());
+        rec.count_failed("shop".into(), "web".into(), Failure::PidReused);
+        rec.count_sent("batch".into(), "".into());
+        let app1 = key("u1", VolumeType::ConfigMap, "app-config");
+        let app0 = key("u0", VolumeType::ConfigMap, "app-config");
+        let tls = key("u3", VolumeType::Secret, "tls");
+        // naive lacks ..2, signalled for it; app has it; c lacks it, signalled for ..1.
+        rec.last
+            .insert((app1, "naive".into()), ("..2".into(), sent_at));
+        rec.last
+            .insert((app0, "app".into()), ("..2".into(), sent_at));
+        rec.last.insert((tls, "c".into()), ("..1".into(), sent_at));
+    }
+    let (_, m) = render(shared.clone(), LabelControls::default(), &ALL);
+    let shop = [("namespace", "shop"), ("workload", "web")];
+    assert_eq!(
+        m.get("reloadscope_reload_signals_sent_total", &shop),
+        Some(2.0)
+    );
+    for f in Failure::ALL {
+        let with = [shop[0], shop[1], ("reason", f.label())];
+        let want = f64::from(u8::from(f == Failure::PidReused));
+        assert_eq!(
+            m.get("reloadscope_reload_signals_failed_total", &with),
+            Some(want),
+            "{f:?}"
+        );
+    }
+    let since = |container: &str| {
+        m.get(
+            "reloadscope_consumer_stale_since_signal_seconds",
+            &[("container", container)],
+        )
+    };
+    let naive = since("naive").unwrap();
+    assert!((3590.0..3700.0).contains(&naive), "{naive}");
+    assert_eq!(since("app"), Some(0.0));
+    assert_eq!(since("c"), Some(0.0), "signalled for an older update");
+    assert_eq!(since("main"), None, "never signalled");
+
+    // The namespace filter applies.
+    let only_shop = LabelControls {
+        namespaces: vec!["shop".into()],
+        ..LabelControls::default()
+    };
+    let (_, m) = render(shared, only_shop, &ALL);
+    assert_eq!(
+        m.matching(
+            "reloadscope_reload_signals_sent_total",
+            &[("namespace", "batch")]
+        )
+        .count(),
+        0
+    );
+    assert_eq!(m.sum("reloadscope_reload_signals_sent_total", &[]), 2.0);
+}

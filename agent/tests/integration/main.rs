@@ -28,4 +28,5 @@ mod readers;
 mod reload;
 mod restart;
 mod settle;
+mod signals;
 mod watch_findings;

@@ -123,13 +123,16 @@ impl Test {
     fn start(layout: &Layout, dir: &TempDir, tag: &str) -> Result<Self> {
         let t = Instant::now();
         let kubectl = |args: &[&str]| cluster::kubectl(layout, args).map_err(anyhow::Error::msg);
-        // As the README tells users, from the workspace root.
+        // As deploy/README.md tells users: a kustomization of their own, the default
+        // install and a component (reload signals).
+        let own = with_component(dir, "reload-signals")?;
         cmd::run(
             Command::new("kubectl")
                 .arg("--kubeconfig")
                 .arg(layout.admin_kubeconfig())
-                .args(["apply", "-k", "deploy/"])
-                .current_dir(cmd::workspace_root()),
+                .arg("apply")
+                .arg("-k")
+                .arg(&own),
         )?;
         let agent_ip = wait_for(
             "the agent's pod to be Ready through its own probes",
@@ -286,6 +289,27 @@ fn pod_ready_ip(layout: &Layout, namespace: &str, selector: &str) -> Result<Stri
         [ip, "True"] => Ok((*ip).to_owned()),
         _ => Err(format!("pod: {out:?}")),
     }
+}
+
+/// A kustomization in `dir`: deploy/ (the default install) and
+/// `deploy/components/<component>`, by relative paths (kustomize refuses absolute ones).
+fn with_component(dir: &TempDir, component: &str) -> Result<std::path::PathBuf> {
+    let own = dir.path().join("deploy");
+    fs::create_dir_all(&own)?;
+    let up = "../".repeat(own.components().count().saturating_sub(1));
+    let root = cmd::workspace_root()
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .to_owned();
+    fs::write(
+        own.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - {up}{root}/deploy\n\
+             components:\n  - {up}{root}/deploy/components/{component}\n"
+        ),
+    )?;
+    Ok(own)
 }
 
 /// `kubectl apply -f -` as cluster admin.

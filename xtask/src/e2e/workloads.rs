@@ -18,6 +18,9 @@ pub const IDLE_IMAGE: &str = "k8s.gcr.io/pause:3.2";
 pub enum Verdict {
     /// Reloads each update: its reload time must match its own log within 5 ms.
     Reloads,
+    /// Reloads each update only because the agent signals it (its pod's
+    /// `reloadscope.dev/reload-signal` annotation): judged as [`Verdict::Reloads`].
+    Signalled,
     /// Never reloads: stale, and ReloadscopeConsumerStale fires for it.
     Stale,
     /// Mounts the volume but never reads it: never its stale consumer.
@@ -87,6 +90,9 @@ pub const CONSUMERS: &[Consumer] = &[
     c(SHOP, "dontfollow", "app-config", Some("dont-follow"), "/etc/app", "key", Stale, Some("dont_follow")),
     c(SHOP, "once", "app-config", Some("read-once"), "/etc/app", "key", Stale, None),
     c(SHOP, "restarted", "app-config", Some("read-once"), "/etc/app", "key", Restarted, None),
+    // Reads at start and on SIGHUP only; the pod asks the agent for SIGHUP for it
+    // alone (SIGNAL_ANNOTATIONS), so the never-reloading ones above stay stale.
+    c(SHOP, "hup", "app-config", Some("sighup-reloader"), "/etc/app", "key", Signalled, None),
     // A StatefulSet's pod: a Secret (tmpfs) volume.
     c(VAULT, "watcher", "tls", Some("data-dir-watcher"), "/etc/tls", "tls.crt", Reloads, Some("ok")),
     c(VAULT, "rewatcher", "tls", Some("file-rewatcher"), "/etc/tls", "tls.crt", Reloads, Some("ok")),
@@ -106,6 +112,11 @@ pub const CONSUMERS: &[Consumer] = &[
     c(BATCH, "tokenonce", "tok", Some("read-once"), "/var/run/tok", "token", Stale, None),
     c(BATCH, "idle", "tok", None, "/var/run/tok", "token", NeverReads, None),
 ];
+
+/// The Deployment's pod annotations: SIGHUP for `hup` at each swap of `app-config`
+/// (not of its token's volume; the agent runs with `deploy/components/reload-signals`).
+pub const SIGNAL_ANNOTATIONS: &str = "{reloadscope.dev/reload-signal: SIGHUP, \
+     reloadscope.dev/reload-containers: hup, reloadscope.dev/reload-volumes: app-config}";
 
 /// The token's lifetime in the `tok` volume: the API's minimum. The kubelet
 /// rewrites the volume once the token is older than 80 % of it (480 s), at a sync.
@@ -240,7 +251,7 @@ spec:
   replicas: 1
   selector: {{matchLabels: {{app: web}}}}
   template:
-    metadata: {{labels: {{app: web}}}}
+    metadata: {{labels: {{app: web}}, annotations: {SIGNAL_ANNOTATIONS}}}
     spec:
       terminationGracePeriodSeconds: 1
       containers:

@@ -48,6 +48,7 @@ pub fn rule_file(cfg: &Config) -> Value {
     };
     json!({"groups": [
         group("reloadscope-consumers", consumer_alerts(cfg)),
+        group("reloadscope-signals", signal_alerts(cfg)),
         group("reloadscope-propagation", propagation_alerts(cfg)),
         group("reloadscope-agent", agent_alerts(cfg)),
     ]})
@@ -121,6 +122,59 @@ fn consumer_alerts(cfg: &Config) -> Vec<Alert<'_>> {
                 "Container {{ $labels.container }} of pod {{ $labels.namespace }}/{{ $labels.pod }} \
                  watches volume {{ $labels.volume }} with inotify in a way that will miss its \
                  updates ({{ $labels.finding }}), and has for <finding_for>.",
+                &values,
+            ),
+        },
+    ]
+}
+
+/// Reload signals (`--reload-signals`): no series, no alert, without them.
+fn signal_alerts(cfg: &Config) -> Vec<Alert<'_>> {
+    let ns_workload_reason = cfg.by("namespace, workload, reason");
+    let values = [
+        ("job", cfg.job_selector.as_str()),
+        ("signalled_stale_for", &cfg.signalled_stale_for),
+        ("window", &cfg.counter_window),
+        ("ns_workload_reason", &ns_workload_reason),
+    ];
+    vec![
+        // The gauge counts from the signal sent for the update the container still
+        // lacks: > 0 at every evaluation for the whole `for` means no reload since.
+        Alert {
+            name: "ReloadscopeSignalledConsumerStale",
+            expr: fill(
+                "reloadscope_consumer_stale_since_signal_seconds{<job>} > 0",
+                &values,
+            ),
+            r#for: &cfg.signalled_stale_for,
+            severity: "warning",
+            summary: "A container signalled to reload has not read its new data.",
+            description: fill(
+                "Container {{ $labels.container }} of pod {{ $labels.namespace }}/{{ $labels.pod }} \
+                 was signalled to reload at the update of volume {{ $labels.volume }} \
+                 {{ $value | humanizeDuration }} ago and has not read the new data since: \
+                 the signal does not make it reload (wrong signal, or it reloads something \
+                 else), and it still serves the old configuration.",
+                &values,
+            ),
+        },
+        // Summed by namespace, workload and reason: an agent restart leaves two
+        // series of one counter in the window.
+        Alert {
+            name: "ReloadscopeReloadSignalsFailed",
+            expr: fill(
+                "sum by (<ns_workload_reason>) \
+                 (increase(reloadscope_reload_signals_failed_total{<job>}[<window>])) > 0",
+                &values,
+            ),
+            r#for: "0s",
+            severity: "warning",
+            summary: "Reload signals asked for by pod annotations were not sent.",
+            description: fill(
+                "Reload signals for workload {{ $labels.workload }} in namespace \
+                 {{ $labels.namespace }} were not sent in the last <window> \
+                 ({{ $labels.reason }}: {{ $value | humanize }}): its containers keep their old \
+                 configuration. Each is a ReloadSignalFailed Event on the pod.",
                 &values,
             ),
         },

@@ -27,6 +27,9 @@ pub struct Config {
     /// How long a container must stay stale (not holding the newest update of a
     /// volume) before ReloadscopeConsumerStale fires.
     pub stale_for: String,
+    /// How long a container signalled to reload (--reload-signals) may go on without
+    /// reading its new data before ReloadscopeSignalledConsumerStale fires.
+    pub signalled_stale_for: String,
     /// How long ReloadscopeSubPathVolumeUpdated keeps firing after an update.
     pub subpath_window: String,
     /// How long a watch finding other than `ok` must hold before
@@ -65,6 +68,8 @@ impl Default for Config {
             // Apps that poll their config typically do so every minute or few; ten
             // minutes of old data is past any reasonable reload strategy.
             stale_for: s("10m"),
+            // A program asked to reload by a signal does so in seconds.
+            signalled_stale_for: s("5m"),
             subpath_window: s("1h"),
             finding_for: s("15m"),
             counter_window: s("10m"),
@@ -86,6 +91,7 @@ impl Config {
         let s = |v: &str| v.to_owned();
         Self {
             stale_for: s("5s"),
+            signalled_stale_for: s("5s"),
             subpath_window: s("1m"),
             finding_for: s("5s"),
             counter_window: s("1m"),
@@ -184,9 +190,10 @@ impl Config {
         Ok(())
     }
 
-    fn durations(&self) -> [(&'static str, &str); 10] {
+    fn durations(&self) -> [(&'static str, &str); 11] {
         [
             ("stale_for", &self.stale_for),
+            ("signalled_stale_for", &self.signalled_stale_for),
             ("subpath_window", &self.subpath_window),
             ("finding_for", &self.finding_for),
             ("counter_window", &self.counter_window),

@@ -161,7 +161,48 @@ fn reloads(cfg: &Config) -> Vec<Value> {
         ),
         "Updates",
     );
-    vec![heatmap, percentiles, stale, subpath]
+    // --reload-signals: empty without it.
+    let workloads = cfg.select(r#"namespace=~"$namespace", workload=~"$workload""#);
+    let signals = timeseries(
+        "Reload signals",
+        "Signals sent to containers of pods annotated reloadscope.dev/reload-signal at \
+         their volumes' swaps (--reload-signals), and those not sent, by reason (each also \
+         a ReloadSignalFailed Event on the pod). Whether a signalled container reloaded is \
+         in the latency and stale panels, and the next one.",
+        "short",
+        vec![
+            target(
+                format!(
+                    "sum by (namespace, workload) \
+                     (increase(reloadscope_reload_signals_sent_total{workloads}[{RATE}]))"
+                ),
+                "sent {{namespace}}/{{workload}}",
+            ),
+            target(
+                format!(
+                    "sum by (namespace, workload, reason) \
+                     (increase(reloadscope_reload_signals_failed_total{workloads}[{RATE}]))"
+                ),
+                "not sent {{namespace}}/{{workload}} ({{reason}})",
+            ),
+        ],
+    );
+    let signalled_stale = table(
+        "Signalled, not reloaded",
+        "Containers signalled to reload at an update that have not read its data since, \
+         longest first. For: time since the signal.",
+        "s",
+        format!("sort_desc(reloadscope_consumer_stale_since_signal_seconds{pods} > 0)"),
+        "For",
+    );
+    vec![
+        heatmap,
+        percentiles,
+        stale,
+        subpath,
+        signals,
+        signalled_stale,
+    ]
 }
 
 fn health(cfg: &Config) -> Vec<Value> {

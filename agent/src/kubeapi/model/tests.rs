@@ -360,3 +360,37 @@ fn pod_missing_fields() {
     let meta = volumes_pod(json!([{"name": "s", "secret": {}}]));
     assert_eq!(meta.source_labels("s"), labels("Secret", ""));
 }
+
+/// Only the `reloadscope.dev/` annotations are kept: a pod's others (last-applied
+/// configurations, checksums) can be large and say nothing to the agent.
+#[test]
+fn only_the_agents_annotations_are_kept() {
+    let p = pod(json!({"metadata": {
+        "name": "p", "namespace": "ns", "uid": "u-1",
+        "annotations": {
+            "reloadscope.dev/reload-signal": "SIGHUP",
+            "reloadscope.dev/reload-containers": "app",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            "example.com/reloadscope.dev/x": "y",
+        },
+    }}));
+    let meta = pod_meta(&p).unwrap();
+    let kept: Vec<(&str, &str)> = (meta.annotations.iter())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("reloadscope.dev/reload-containers", "app"),
+            ("reloadscope.dev/reload-signal", "SIGHUP"),
+        ]
+    );
+    assert!(
+        pod_meta(&pod(
+            json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"}})
+        ))
+        .unwrap()
+        .annotations
+        .is_empty()
+    );
+}

@@ -34,6 +34,7 @@ fn pod(namespace: &str, name: &str, volumes: &[(&str, &[(SourceKind, &str)])]) -
                 (volume.to_string(), sources)
             })
             .collect::<BTreeMap<_, _>>(),
+        annotations: BTreeMap::new(),
     }
 }
 

@@ -61,6 +61,7 @@ fn big_node() -> Arc<Shared> {
                         name: format!("app-{w}"),
                     }),
                     volumes: BTreeMap::new(),
+                    annotations: BTreeMap::new(),
                 },
             );
             for (ty, vol) in VOLUMES {

@@ -53,6 +53,7 @@ fn pod_meta(
             vol.to_owned(),
             src.iter().map(|(k, n)| VolumeSource::new(*k, *n)).collect(),
         )]),
+        annotations: BTreeMap::new(),
     }
 }
 

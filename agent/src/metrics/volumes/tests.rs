@@ -149,6 +149,7 @@ fn node(updated: &[u32]) -> Arc<Shared> {
             s.iter().map(|(k, n)| VolumeSource::new(*k, *n)).collect(),
         )]
         .into(),
+        annotations: Default::default(),
     };
     let cm = [(SourceKind::ConfigMap, "c\"m\\1\nx")];
     m.pods.insert("u1".into(), sources("cfg\"\\", &cm));

@@ -27,6 +27,7 @@ impl Test {
         let patched_at = self.changes_through_the_api()?;
         self.swaps_counted_once_per_source(&patched_at)?;
         self.consumers_judged(CHANGES.iter().map(|c| c.volume).collect())?;
+        self.signals_sent_to_the_annotated_only()?;
         self.restarted_container_has_the_new_data()?;
         self.token_refresh()?;
         self.alerts_fire_for_the_never_reloading_only()?;
@@ -238,6 +239,59 @@ impl Test {
         Ok(())
     }
 
+    /// The signalled consumer reloaded (judged with the others) because it was
+    /// signalled, once per update of its volume; nothing else was signalled, and no
+    /// signal failed.
+    fn signals_sent_to_the_annotated_only(&mut self) -> Result<()> {
+        let signalled: Vec<&Consumer> = (CONSUMERS.iter())
+            .filter(|c| c.verdict == Verdict::Signalled)
+            .collect();
+        for c in &signalled {
+            let sel = Self::consumer_selector(c);
+            let since = self
+                .value(&format!(
+                    "reloadscope_consumer_stale_since_signal_seconds{{{sel}}}"
+                ))
+                .map_err(anyhow::Error::msg)?;
+            ensure!(
+                since == 0.0,
+                "{}/{}: {since} s since its signal without a reload",
+                c.namespace,
+                c.container
+            );
+            // Its opens: the one at its start and one per signal, each for an update.
+            let opens = podlogs::opens(&self.lines(c)).len();
+            let updates = CHANGES
+                .iter()
+                .filter(|ch| ch.namespace == c.namespace)
+                .count();
+            ensure!(
+                opens == 1 + updates,
+                "{}/{}: {opens} opens for {updates} updates:\n{}",
+                c.namespace,
+                c.container,
+                self.lines(c).join("\n")
+            );
+        }
+        let sent = self
+            .value(r#"sum(reloadscope_reload_signals_sent_total{namespace="e2e-shop", workload="web"})"#)
+            .map_err(anyhow::Error::msg)?;
+        let all = self
+            .value("sum(reloadscope_reload_signals_sent_total)")
+            .map_err(anyhow::Error::msg)?;
+        let failed = self
+            .value("sum(reloadscope_reload_signals_failed_total)")
+            .map_err(anyhow::Error::msg)?;
+        ensure!(
+            sent >= 1.0 && all == sent && failed == 0.0,
+            "signals: {sent} sent to e2e-shop/web, {all} in all, {failed} failed"
+        );
+        println!(
+            "e2e: {sent} SIGHUP sent to the annotated container only, none failed; it reloaded each time"
+        );
+        Ok(())
+    }
+
     fn judge(&mut self, c: &Consumer) -> Result<()> {
         let sel = Self::consumer_selector(c);
         let swap = self
@@ -247,7 +301,7 @@ impl Test {
             ))
             .map_err(anyhow::Error::msg)?;
         match c.verdict {
-            Verdict::Reloads => {
+            Verdict::Reloads | Verdict::Signalled => {
                 let reload = self
                     .wait(
                         &format!("{}/{} to reload", c.namespace, c.container),
