@@ -224,7 +224,7 @@ impl Collector for ConsumerCollector {
         let latency = m
             .latency
             .iter()
-            .map(|(v, h)| histogram(&hist_names, v, h.bounds(), h.counts(), h.sum, h.count))
+            .map(|(v, h)| histogram(&hist_names, v, h))
             .collect();
         let gauges = |map: &BTreeMap<Vec<String>, f64>| {
             map.iter().map(|(v, x)| gauge(&names, v, *x)).collect()

@@ -79,7 +79,7 @@ impl Collector for KubeCollector {
             .propagation
             .histograms()
             .filter(|(ns, _)| self.controls.exports_namespace(Some(ns)))
-            .map(|(ns, h)| histogram(DELAY.labels, &[ns], h.bounds(), h.counts(), h.sum, h.count))
+            .map(|(ns, h)| histogram(DELAY.labels, &[ns], h))
             .collect();
         let mut pending = meta.propagation.pending_past(now);
         pending.retain(|p| self.controls.exports(Some(&p.namespace), &p.volume));

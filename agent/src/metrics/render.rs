@@ -1,6 +1,7 @@
 //! Metric families built by hand at each scrape, for the collectors whose series come
 //! and go with the state they render.
 
+use crate::histogram::Buckets;
 use prometheus::{
     core::Desc,
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
@@ -66,25 +67,18 @@ pub(super) fn counter<S: AsRef<str>>(labels: &[&str], values: &[S], v: f64) -> M
     m
 }
 
-/// A histogram from non-cumulative `counts`, one per bound of `bounds` (the `+Inf`
-/// count beyond them is implied by `count`).
-pub(super) fn histogram<S: AsRef<str>>(
+/// `h` as a Prometheus histogram: a cumulative bucket per bound (the `+Inf` one is
+/// implied by the count).
+pub(super) fn histogram<S: AsRef<str>, B: Buckets>(
     labels: &[&str],
     values: &[S],
-    bounds: &[f64],
-    counts: &[u64],
-    sum: f64,
-    count: u64,
+    h: &crate::histogram::Histogram<B>,
 ) -> Metric {
     let mut m = metric(labels, values);
     let mut out = Histogram::default();
-    let mut cumulative = 0;
     out.set_bucket(
-        bounds
-            .iter()
-            .zip(counts)
-            .map(|(&bound, n)| {
-                cumulative += n;
+        (h.bounds().iter().zip(h.cumulative()))
+            .map(|(&bound, cumulative)| {
                 let mut b = Bucket::default();
                 b.set_upper_bound(bound);
                 b.set_cumulative_count(cumulative);
@@ -92,8 +86,8 @@ pub(super) fn histogram<S: AsRef<str>>(
             })
             .collect(),
     );
-    out.set_sample_count(count);
-    out.set_sample_sum(sum);
+    out.set_sample_count(h.count);
+    out.set_sample_sum(h.sum);
     m.set_histogram(out);
     m
 }
